@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v3"
+
+	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/node"
+)
+
+func nodeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "node",
+		Usage: "run one cache node",
+		Description: "A cache node keeps images in memory (LRU or random replacement) and serves\n" +
+			"them over HTTP. It joins the cluster by gossip. Until a manager assigns it\n" +
+			"regions, it owns all 16.",
+		Flags: []cli.Flag{
+			stringFlag("id", "", "node id, unique in the cluster (default: <hostname>-<http port>)"),
+			stringFlag("http-addr", "127.0.0.1:7100", "host:port the HTTP API listens on"),
+			stringFlag("advertise-http", "", "base URL others use to reach the HTTP API (default: http://<http-addr>)"),
+			stringFlag("gossip-addr", "127.0.0.1:7946", "host:port for gossip (TCP and UDP)"),
+			stringFlag("gossip-advertise", "", "host:port others use to reach this node's gossip (default: from --gossip-addr)"),
+			stringSliceFlag("join", "gossip addresses (host:port) of cluster members to join; repeat or separate with commas"),
+			stringFlag("gossip-key", "", "base64 AES key (16, 24 or 32 bytes) that encrypts gossip; the same on every member"),
+			intFlag("capacity-mb", 64, "cache capacity in MB, 1..1024"),
+			stringFlag("policy", "LRU", "replacement policy: LRU or RR (random)"),
+			&cli.DurationFlag{Name: "sample-interval", Value: 5 * time.Second, Usage: "how often statistics are sampled", Sources: cli.EnvVars(envName("sample-interval"))},
+		},
+		Action: runNode,
+	}
+}
+
+func runNode(ctx context.Context, cmd *cli.Command) error {
+	log, err := newLogger(cmd)
+	if err != nil {
+		return err
+	}
+	key, err := gossipKey(cmd.String("gossip-key"))
+	if err != nil {
+		return err
+	}
+	id := cmd.String("id")
+	if id == "" {
+		id, err = defaultID(cmd.String("http-addr"))
+		if err != nil {
+			return err
+		}
+	}
+	svc, err := node.Start(node.ServiceConfig{
+		Node: node.Config{
+			ID:             id,
+			Cache:          node.CacheConfig{CapacityMB: cmd.Int("capacity-mb"), Policy: node.Policy(cmd.String("policy"))},
+			SampleInterval: cmd.Duration("sample-interval"),
+		},
+		HTTPAddr:      cmd.String("http-addr"),
+		AdvertiseHTTP: cmd.String("advertise-http"),
+		Gossip: gossip.Config{
+			BindAddr:      cmd.String("gossip-addr"),
+			AdvertiseAddr: cmd.String("gossip-advertise"),
+			Join:          cmd.StringSlice("join"),
+			SecretKey:     key,
+		},
+	}, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	shutdown, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return svc.Close(shutdown)
+}
+
+// gossipKey decodes the --gossip-key flag; blank means unencrypted gossip.
+func gossipKey(s string) ([]byte, error) {
+	if s == "" {
+		return nil, nil
+	}
+	key, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("--gossip-key is not base64: %w", err)
+	}
+	return key, nil
+}
+
+// defaultID names a process after its host and HTTP port.
+func defaultID(httpAddr string) (string, error) {
+	host, err := os.Hostname()
+	if err != nil {
+		return "", err
+	}
+	_, port, err := net.SplitHostPort(httpAddr)
+	if err != nil {
+		return "", fmt.Errorf("--http-addr %q: %w", httpAddr, err)
+	}
+	return host + "-" + port, nil
+}

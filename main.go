@@ -1,0 +1,103 @@
+// Command memcache runs the memcache image store: cache nodes, Raft manager
+// replicas, frontends, a load generator, or all of them on one machine (up).
+//
+// This package only parses flags and wires the packages together.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v3"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := rootCommand().Run(ctx, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "memcache:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "memcache",
+		Usage: "an image store with an auto-scaling cache pool, coordinated by Raft",
+		Description: "Every flag can also be set with an environment variable MEMCACHE_<FLAG>,\n" +
+			"the flag's name in upper case with '-' as '_' (for example MEMCACHE_HTTP_ADDR).",
+		Flags: []cli.Flag{
+			stringFlag("log-level", "info", "log level: debug, info, warn or error"),
+			stringFlag("log-format", "text", "log format: text or json"),
+		},
+		Commands: []*cli.Command{
+			upCommand(),
+			managerCommand(),
+			nodeCommand(),
+			frontendCommand(),
+			loadCommand(),
+		},
+	}
+}
+
+// envName is the environment variable that sets flag name.
+func envName(name string) string {
+	return "MEMCACHE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+func stringFlag(name, value, usage string) *cli.StringFlag {
+	return &cli.StringFlag{Name: name, Value: value, Usage: usage, Sources: cli.EnvVars(envName(name))}
+}
+
+func stringSliceFlag(name, usage string) *cli.StringSliceFlag {
+	return &cli.StringSliceFlag{Name: name, Usage: usage, Sources: cli.EnvVars(envName(name))}
+}
+
+func intFlag(name string, value int, usage string) *cli.IntFlag {
+	return &cli.IntFlag{Name: name, Value: value, Usage: usage, Sources: cli.EnvVars(envName(name))}
+}
+
+// newLogger builds the process's logger from the root flags.
+func newLogger(cmd *cli.Command) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cmd.String("log-level"))); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch f := cmd.String("log-format"); f {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", f)
+	}
+}
+
+// notYet is the action of a subcommand that a later release brings.
+func notYet(name string) cli.ActionFunc {
+	return func(context.Context, *cli.Command) error {
+		return cli.Exit(fmt.Sprintf("memcache %s: not yet available in this build", name), 2)
+	}
+}
+
+func upCommand() *cli.Command {
+	return &cli.Command{Name: "up", Usage: "run the whole system on this machine (not yet available)", Action: notYet("up")}
+}
+
+func managerCommand() *cli.Command {
+	return &cli.Command{Name: "manager", Usage: "run one Raft manager replica (not yet available)", Action: notYet("manager")}
+}
+
+func frontendCommand() *cli.Command {
+	return &cli.Command{Name: "frontend", Usage: "run the web frontend and data API (not yet available)", Action: notYet("frontend")}
+}
+
+func loadCommand() *cli.Command {
+	return &cli.Command{Name: "load", Usage: "generate load against a frontend (not yet available)", Action: notYet("load")}
+}

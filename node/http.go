@@ -1,0 +1,312 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/memcache/memcache/region"
+)
+
+// HTTP headers of the node API.
+const (
+	// HeaderEpoch carries a region-map epoch: on a request, the caller's; on
+	// every response, the node's. A caller that sees a larger epoch in a
+	// response knows it holds an older map than the node.
+	HeaderEpoch = "X-Memcache-Epoch"
+	// HeaderETag is how a PUT passes the ETag stored beside the value.
+	HeaderETag = "ETag"
+)
+
+// maxJSONBody bounds the JSON bodies of control requests.
+const maxJSONBody = 64 << 10
+
+// Handler returns the node's HTTP API:
+//
+//	GET    /cache/{key}  the value (raw bytes) with its Content-Type and ETag; 404 on a miss
+//	PUT    /cache/{key}  cache the raw body (Content-Type and ETag headers are kept); 204
+//	DELETE /cache/{key}  invalidate one key; 204
+//	DELETE /cache        clear every entry; 204
+//	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
+//	GET    /regions      the region map held; PUT /regions installs a newer one
+//	GET    /stats        cumulative counters, occupancy and recent samples (?since=RFC3339)
+//	GET    /healthz, /readyz, /metrics
+//
+// Keys are path-escaped in the URL (a key may contain '/', spaces or unicode).
+// Errors are JSON: {"error":{"code":N,"message":"..."}}.
+func (n *Node) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	r.Handle("/metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{}))
+	r.Get("/cache/*", n.timed("get", n.handleGet))
+	r.Put("/cache/*", n.timed("put", n.handlePut))
+	r.Delete("/cache/*", n.timed("invalidate", n.handleDelete))
+	r.Delete("/cache", n.timed("clear", n.handleClear))
+	r.Get("/config", n.handleGetConfig)
+	r.Put("/config", n.handlePutConfig)
+	r.Get("/regions", n.handleGetRegions)
+	r.Put("/regions", n.handlePutRegions)
+	r.Get("/stats", n.handleStats)
+	return r
+}
+
+// timed counts a served cache request and observes its latency.
+func (n *Node) timed(op string, h http.HandlerFunc) http.HandlerFunc {
+	obs := n.latency.WithLabelValues(op)
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		w.Header()[HeaderEpoch] = []string{strconv.FormatUint(n.epoch.Load(), 10)}
+		h(w, r)
+		n.requests.Add(1)
+		obs.Observe(time.Since(start).Seconds())
+	}
+}
+
+// writeError writes the API's JSON error shape.
+func writeError(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]any{
+		"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)},
+	})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// cacheKey returns the unescaped key from a /cache/{key} URL.
+func cacheKey(r *http.Request) (string, error) {
+	raw := strings.TrimPrefix(r.URL.EscapedPath(), "/cache/")
+	key, err := url.PathUnescape(raw)
+	if err != nil {
+		return "", fmt.Errorf("key is not a valid path-escaped string: %v", err)
+	}
+	if key == "" {
+		return "", ErrEmptyKey
+	}
+	return key, nil
+}
+
+// checkRoute answers for a key the node must not serve: a caller whose map
+// is newer than the node's (409: the node is behind and may still hold a
+// region it has lost), or a key of a region the node does not own (421).
+// It reports whether the request may go on.
+func (n *Node) checkRoute(w http.ResponseWriter, r *http.Request, key string) bool {
+	if v := r.Header.Get(HeaderEpoch); v != "" {
+		callerEpoch, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "%s header %q is not an unsigned integer", HeaderEpoch, v)
+			return false
+		}
+		if held := n.epoch.Load(); callerEpoch > held {
+			writeError(w, http.StatusConflict, "node holds region map epoch %d, older than the caller's %d", held, callerEpoch)
+			return false
+		}
+	}
+	if rg := region.Of(key); !n.cache.Owns(rg) {
+		writeError(w, http.StatusMisdirectedRequest, "region %d of key is not owned by node %s at epoch %d", rg, n.id, n.epoch.Load())
+		return false
+	}
+	return true
+}
+
+func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
+	key, err := cacheKey(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if !n.checkRoute(w, r, key) {
+		return
+	}
+	item, ok, err := n.cache.Get(key)
+	switch {
+	case errors.Is(err, ErrNotOwner):
+		writeError(w, http.StatusMisdirectedRequest, "region of key is not owned by node %s", n.id)
+		return
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	case !ok:
+		writeError(w, http.StatusNotFound, "key is not cached")
+		return
+	}
+	h := w.Header()
+	if item.ContentType != "" {
+		h["Content-Type"] = []string{item.ContentType}
+	} else {
+		h["Content-Type"] = []string{"application/octet-stream"}
+	}
+	if item.ETag != "" {
+		h["Etag"] = []string{item.ETag}
+	}
+	h["Content-Length"] = []string{strconv.Itoa(len(item.Value))}
+	w.Write(item.Value)
+}
+
+func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
+	key, err := cacheKey(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if !n.checkRoute(w, r, key) {
+		return
+	}
+	capacity := n.cache.Capacity()
+	if r.ContentLength > capacity {
+		writeError(w, http.StatusRequestEntityTooLarge, "value of %d bytes exceeds the cache capacity of %d bytes; not cached", r.ContentLength, capacity)
+		return
+	}
+	value, err := readValue(r, capacity)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			writeError(w, http.StatusRequestEntityTooLarge, "value exceeds the cache capacity of %d bytes; not cached", capacity)
+			return
+		}
+		writeError(w, http.StatusBadRequest, "reading value: %v", err)
+		return
+	}
+	err = n.cache.Put(key, Item{Value: value, ContentType: r.Header.Get("Content-Type"), ETag: r.Header.Get(HeaderETag)})
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, "%v; not cached", err)
+	case errors.Is(err, ErrNotOwner):
+		writeError(w, http.StatusMisdirectedRequest, "region of key is not owned by node %s", n.id)
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "%v", err)
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// readValue reads a request body of at most limit bytes into a slice of
+// exactly its length, so the cache holds no slack capacity.
+func readValue(r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength >= 0 {
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), b...), nil
+}
+
+func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
+	key, err := cacheKey(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	n.cache.Delete(key)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (n *Node) handleClear(w http.ResponseWriter, _ *http.Request) {
+	n.cache.Clear()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (n *Node) handleGetConfig(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, n.cache.Config())
+}
+
+// decodeJSON decodes a bounded JSON body into v, refusing unknown fields and
+// trailing data.
+func decodeJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxJSONBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed JSON body: %v", err)
+	}
+	if dec.More() {
+		return errors.New("malformed JSON body: trailing data")
+	}
+	return nil
+}
+
+func (n *Node) handlePutConfig(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		CapacityMB *int    `json:"capacity_mb"`
+		Policy     *Policy `json:"policy"`
+	}
+	if err := decodeJSON(r, &body); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	cfg := n.cache.Config()
+	if body.CapacityMB != nil {
+		cfg.CapacityMB = *body.CapacityMB
+	}
+	if body.Policy != nil {
+		cfg.Policy = *body.Policy
+	}
+	if err := n.cache.SetConfig(cfg); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	n.log.Info("cache config applied", "capacity_mb", cfg.CapacityMB, "policy", cfg.Policy)
+	writeJSON(w, cfg)
+}
+
+func (n *Node) handleGetRegions(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, n.Regions())
+}
+
+func (n *Node) handlePutRegions(w http.ResponseWriter, r *http.Request) {
+	var m Regions
+	if err := decodeJSON(r, &m); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	dropped, err := n.SetRegions(m)
+	if err != nil {
+		writeError(w, http.StatusConflict, "%v", err)
+		return
+	}
+	writeJSON(w, map[string]any{"epoch": m.Epoch, "owned": m.Owners.Owned(n.id), "dropped": dropped})
+}
+
+// Stats is the body of GET /stats.
+type Stats struct {
+	ID       string      `json:"id"`
+	Epoch    uint64      `json:"epoch"`
+	Config   CacheConfig `json:"config"`
+	Counters Counters    `json:"counters"`
+	Samples  []Sample    `json:"samples"`
+	Time     time.Time   `json:"time"`
+}
+
+func (n *Node) handleStats(w http.ResponseWriter, r *http.Request) {
+	var since time.Time
+	if v := r.URL.Query().Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "since %q is not an RFC 3339 time", v)
+			return
+		}
+		since = t
+	}
+	writeJSON(w, Stats{
+		ID: n.id, Epoch: n.Epoch(), Config: n.cache.Config(),
+		Counters: n.Counters(), Samples: n.Samples(since), Time: time.Now(),
+	})
+}

@@ -1,0 +1,177 @@
+// Package node provides a memcache cache node: an in-memory image cache with
+// LRU and random replacement, its statistics, region ownership, and its HTTP API.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/memcache/memcache/region"
+)
+
+// Regions is the pool's region map as a node receives it: which member owns
+// each region at Epoch, and the epoch since which each region has had its
+// current owner.
+type Regions struct {
+	Epoch  uint64               `json:"epoch"`
+	Owners region.Map           `json:"owners"`
+	Since  [region.Count]uint64 `json:"since"`
+}
+
+// ErrStaleRegions is returned by SetRegions for a map older than the one held.
+var ErrStaleRegions = errors.New("region map is older than the node's")
+
+// Config configures a Node.
+type Config struct {
+	// ID is the node's id, as named in region maps. Required.
+	ID string
+	// Cache is the initial cache configuration. If zero, it defaults to 64 MB LRU.
+	Cache CacheConfig
+	// SampleInterval is how often statistics are sampled. If zero, it defaults to 5 s.
+	SampleInterval time.Duration
+	// History is how many samples are kept. If zero, it defaults to 360 (30 minutes at 5 s).
+	History int
+}
+
+// Node is a cache node: a cache, the regions it owns, and its statistics.
+type Node struct {
+	id       string
+	log      *slog.Logger
+	cache    *Cache
+	sampler  *sampler
+	requests atomic.Uint64
+	epoch    atomic.Uint64 // epoch of regions, readable without mu
+
+	mu      sync.Mutex // guards regions
+	regions Regions
+
+	registry *prometheus.Registry
+	latency  *prometheus.HistogramVec
+}
+
+// New returns a node that owns every region (epoch 0) until told otherwise.
+func New(cfg Config, log *slog.Logger) (*Node, error) {
+	if cfg.ID == "" {
+		return nil, errors.New("node: ID is required")
+	}
+	if cfg.Cache == (CacheConfig{}) {
+		cfg.Cache = CacheConfig{CapacityMB: 64, Policy: LRU}
+	}
+	if cfg.SampleInterval <= 0 {
+		cfg.SampleInterval = 5 * time.Second
+	}
+	if cfg.History <= 0 {
+		cfg.History = 360
+	}
+	cache, err := NewCache(cfg.Cache)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{id: cfg.ID, log: log, cache: cache}
+	for r := range n.regions.Owners {
+		n.regions.Owners[r] = cfg.ID
+	}
+	n.sampler = newSampler(n.Counters, cfg.SampleInterval, cfg.History, time.Now)
+	n.registry = prometheus.NewRegistry()
+	n.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "memcache_node_request_duration_seconds",
+		Help:    "Latency of cache node HTTP requests, by operation.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+	}, []string{"op"})
+	n.registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		n.latency,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_hits_total", Help: "Cache GETs that found the key."},
+			func() float64 { return float64(n.cache.hits.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_misses_total", Help: "Cache GETs that did not find the key."},
+			func() float64 { return float64(n.cache.misses.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_evictions_total", Help: "Entries evicted to make room."},
+			func() float64 { return float64(n.cache.evictions.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_requests_total", Help: "Cache requests served."},
+			func() float64 { return float64(n.requests.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_items", Help: "Entries cached."},
+			func() float64 { return float64(n.cache.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_bytes", Help: "Value bytes cached."},
+			func() float64 { return float64(n.cache.Bytes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_capacity_bytes", Help: "Cache capacity in bytes."},
+			func() float64 { return float64(n.cache.Capacity()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_region_epoch", Help: "Epoch of the region map the node holds."},
+			func() float64 { return float64(n.epoch.Load()) }),
+	)
+	return n, nil
+}
+
+// ID returns the node's id.
+func (n *Node) ID() string { return n.id }
+
+// Cache returns the node's cache.
+func (n *Node) Cache() *Cache { return n.cache }
+
+// Run samples statistics until ctx is done.
+func (n *Node) Run(ctx context.Context) { n.sampler.run(ctx) }
+
+// Counters returns the node's cumulative statistics.
+func (n *Node) Counters() Counters {
+	h, m := n.cache.hits.Load(), n.cache.misses.Load()
+	return Counters{
+		Hits: h, Misses: m, Gets: h + m,
+		Requests: n.requests.Load(),
+		Items:    int64(n.cache.Len()),
+		Bytes:    n.cache.Bytes(),
+	}
+}
+
+// Samples returns the statistics samples that ended after since, oldest first.
+func (n *Node) Samples(since time.Time) []Sample { return n.sampler.history(since) }
+
+// Regions returns the region map the node holds.
+func (n *Node) Regions() Regions {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.regions
+}
+
+// Epoch returns the epoch of the region map the node holds.
+func (n *Node) Epoch() uint64 { return n.epoch.Load() }
+
+// SetRegions installs a newer region map. The node then serves exactly the
+// regions the map gives it, and drops the entries of every region it does
+// not own, and of every region whose current ownership began after the
+// epoch the node held (it may have lost and regained it meanwhile, and
+// entries from the earlier ownership may be stale). A map with an epoch not
+// newer than the held one is refused with ErrStaleRegions, except an equal
+// identical map, which is accepted as a no-op. It returns the entries dropped.
+func (n *Node) SetRegions(m Regions) (int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if m.Epoch < n.regions.Epoch || (m.Epoch == n.regions.Epoch && m != n.regions) {
+		return 0, fmt.Errorf("%w: got epoch %d, hold %d", ErrStaleRegions, m.Epoch, n.regions.Epoch)
+	}
+	if m == n.regions {
+		return 0, nil
+	}
+	var mask, reset uint16
+	for r, owner := range m.Owners {
+		if owner != n.id {
+			continue
+		}
+		mask |= 1 << r
+		if m.Since[r] > n.regions.Epoch || n.regions.Owners[r] != n.id {
+			reset |= 1 << r
+		}
+	}
+	dropped := n.cache.SetOwned(mask, reset)
+	n.regions = m
+	n.epoch.Store(m.Epoch)
+	n.log.Info("region map applied", "epoch", m.Epoch, "owned", region.Map(m.Owners).Owned(n.id), "dropped", dropped)
+	return dropped, nil
+}
