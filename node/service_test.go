@@ -1,0 +1,163 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/memcache/memcache/gossip"
+)
+
+// childEnv makes the test binary run a cache node service instead of the
+// tests: the parent kills it with SIGKILL to test a node that dies without
+// leaving.
+const childEnv = "MEMCACHE_TEST_CHILD_NODE"
+
+func TestMain(m *testing.M) {
+	if join := os.Getenv(childEnv); join != "" {
+		runChildNode(join)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func runChildNode(join string) {
+	svc, err := Start(ServiceConfig{
+		Node:     Config{ID: "child"},
+		HTTPAddr: "127.0.0.1:0",
+		Gossip:   gossip.Config{BindAddr: "127.0.0.1:0", Join: []string{join}, Fast: true},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	fmt.Println("gossip:", svc.Gossip().Addr())
+	select {} // until killed
+}
+
+// poll fails the test unless cond becomes true within timeout.
+func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func startService(t *testing.T, id string, join ...string) *Service {
+	t.Helper()
+	svc, err := Start(ServiceConfig{
+		Node:     Config{ID: id},
+		HTTPAddr: "127.0.0.1:0",
+		Gossip:   gossip.Config{BindAddr: "127.0.0.1:0", Join: join, Fast: true},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		svc.Close(ctx)
+	})
+	return svc
+}
+
+func memberIDs(g *gossip.Gossip) string {
+	var ids []string
+	for _, m := range g.Members() {
+		ids = append(ids, m.Meta.ID)
+	}
+	return strings.Join(ids, ",")
+}
+
+// waitEvent waits for an event of kind about member id.
+func waitEvent(t *testing.T, events <-chan gossip.Event, kind gossip.EventKind, id string) gossip.Event {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatalf("event channel closed waiting for %v of %s", kind, id)
+			}
+			if ev.Member.Meta.ID == id && (ev.Kind == gossip.EventLeave || ev.Kind == gossip.EventFail) && ev.Kind != kind {
+				t.Fatalf("got %v for %s, want %v", ev.Kind, id, kind)
+			}
+			if ev.Kind == kind && ev.Member.Meta.ID == id {
+				return ev
+			}
+		case <-timeout:
+			t.Fatalf("no %v event for %s", kind, id)
+		}
+	}
+}
+
+func TestNodesFormClusterAndNoticeLeaveAndDeath(t *testing.T) {
+	a := startService(t, "a")
+	b := startService(t, "b", a.Gossip().Addr())
+	c := startService(t, "c", a.Gossip().Addr())
+	for _, s := range []*Service{a, b, c} {
+		poll(t, 10*time.Second, s.Node().ID()+" to see a,b,c", func() bool { return memberIDs(s.Gossip()) == "a,b,c" })
+	}
+	// Every member sees the others' metadata: role, id and HTTP address.
+	urls := map[string]string{"a": a.URL(), "b": b.URL(), "c": c.URL()}
+	for _, m := range b.Gossip().Members() {
+		if m.Meta.Role != gossip.RoleNode || m.Meta.HTTP != urls[m.Meta.ID] {
+			t.Errorf("b sees %s as %+v, want role node, http %s", m.Meta.ID, m.Meta, urls[m.Meta.ID])
+		}
+	}
+	events, cancel := a.Gossip().Subscribe()
+	defer cancel()
+
+	// c leaves gracefully.
+	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ev := waitEvent(t, events, gossip.EventLeave, "c")
+	if ev.Member.State != gossip.StateLeft {
+		t.Errorf("leave event state %v, want left", ev.Member.State)
+	}
+	poll(t, 10*time.Second, "a and b to drop c", func() bool {
+		return memberIDs(a.Gossip()) == "a,b" && memberIDs(b.Gossip()) == "a,b"
+	})
+
+	// A node in another process joins, then is killed without leaving.
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+a.Gossip().Addr())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "gossip: ") {
+		t.Fatalf("child node: %q, %v", line, err)
+	}
+	waitEvent(t, events, gossip.EventJoin, "child")
+	poll(t, 10*time.Second, "b to see the child", func() bool { return memberIDs(b.Gossip()) == "a,b,child" })
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	ev = waitEvent(t, events, gossip.EventFail, "child")
+	if ev.Member.State != gossip.StateDead {
+		t.Errorf("fail event state %v, want dead", ev.Member.State)
+	}
+	poll(t, 10*time.Second, "a and b to drop the child", func() bool {
+		return memberIDs(a.Gossip()) == "a,b" && memberIDs(b.Gossip()) == "a,b"
+	})
+}
