@@ -86,14 +86,6 @@ func notYet(name string) cli.ActionFunc {
 	}
 }
 
-func upCommand() *cli.Command {
-	return &cli.Command{Name: "up", Usage: "run the whole system on this machine (not yet available)", Action: notYet("up")}
-}
-
-func managerCommand() *cli.Command {
-	return &cli.Command{Name: "manager", Usage: "run one Raft manager replica (not yet available)", Action: notYet("manager")}
-}
-
 func frontendCommand() *cli.Command {
 	return &cli.Command{Name: "frontend", Usage: "run the web frontend and data API (not yet available)", Action: notYet("frontend")}
 }

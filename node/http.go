@@ -14,6 +14,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/region"
 )
 
@@ -41,6 +42,7 @@ const maxJSONBody = 64 << 10
 //	GET    /stats        cumulative counters, occupancy and recent samples (?since=RFC3339)
 //	GET    /healthz, /readyz, /metrics
 //
+// When the node has a cluster secret, every route but the last three requires it.
 // Keys are path-escaped in the URL (a key may contain '/', spaces or unicode).
 // Errors are JSON: {"error":{"code":N,"message":"..."}}.
 func (n *Node) Handler() http.Handler {
@@ -48,15 +50,20 @@ func (n *Node) Handler() http.Handler {
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	r.Handle("/metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{}))
-	r.Get("/cache/*", n.timed("get", n.handleGet))
-	r.Put("/cache/*", n.timed("put", n.handlePut))
-	r.Delete("/cache/*", n.timed("invalidate", n.handleDelete))
-	r.Delete("/cache", n.timed("clear", n.handleClear))
-	r.Get("/config", n.handleGetConfig)
-	r.Put("/config", n.handlePutConfig)
-	r.Get("/regions", n.handleGetRegions)
-	r.Put("/regions", n.handlePutRegions)
-	r.Get("/stats", n.handleStats)
+	r.Group(func(r chi.Router) {
+		if n.secret != "" {
+			r.Use(auth.Require(n.secret))
+		}
+		r.Get("/cache/*", n.timed("get", n.handleGet))
+		r.Put("/cache/*", n.timed("put", n.handlePut))
+		r.Delete("/cache/*", n.timed("invalidate", n.handleDelete))
+		r.Delete("/cache", n.timed("clear", n.handleClear))
+		r.Get("/config", n.handleGetConfig)
+		r.Put("/config", n.handlePutConfig)
+		r.Get("/regions", n.handleGetRegions)
+		r.Put("/regions", n.handlePutRegions)
+		r.Get("/stats", n.handleStats)
+	})
 	return r
 }
 

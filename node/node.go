@@ -39,19 +39,25 @@ type Config struct {
 	SampleInterval time.Duration
 	// History is how many samples are kept. If zero, it defaults to 360 (30 minutes at 5 s).
 	History int
+	// Secret, if set, is the cluster secret every cache and control request
+	// must carry (auth.Header); /healthz, /readyz and /metrics stay open.
+	Secret string
 }
 
 // Node is a cache node: a cache, the regions it owns, and its statistics.
 type Node struct {
 	id       string
+	secret   string
 	log      *slog.Logger
 	cache    *Cache
 	sampler  *sampler
 	requests atomic.Uint64
 	epoch    atomic.Uint64 // epoch of regions, readable without mu
 
-	mu      sync.Mutex // guards regions
-	regions Regions
+	mu        sync.Mutex // guards regions, clearGen and deleteGen
+	regions   Regions
+	clearGen  uint64 // the pool's clear-caches generation last acted on
+	deleteGen uint64 // the pool's delete-all generation last acted on
 
 	registry *prometheus.Registry
 	latency  *prometheus.HistogramVec
@@ -75,7 +81,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{id: cfg.ID, log: log, cache: cache}
+	n := &Node{id: cfg.ID, secret: cfg.Secret, log: log, cache: cache}
 	for r := range n.regions.Owners {
 		n.regions.Owners[r] = cfg.ID
 	}

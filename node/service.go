@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/watch"
 )
 
 // ServiceConfig configures a running cache node: the node, its HTTP
@@ -23,6 +24,8 @@ type ServiceConfig struct {
 	AdvertiseHTTP string
 	// Gossip configures the membership; its Meta is filled in by Start.
 	Gossip gossip.Config
+	// WatchWait is how long one pool-state watch request blocks. If zero, 30 s.
+	WatchWait time.Duration
 }
 
 // Service is a cache node serving HTTP and taking part in gossip.
@@ -67,9 +70,15 @@ func Start(cfg ServiceConfig, log *slog.Logger) (*Service, error) {
 		srv: &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 10 * time.Second},
 	}
 	sampling := make(chan struct{})
+	watching := make(chan struct{})
 	go func() {
 		defer close(sampling)
 		n.Run(ctx)
+	}()
+	// Follow the pool state from whichever manager replicas gossip shows.
+	go func() {
+		defer close(watching)
+		watch.Run(ctx, watch.Config{Managers: s.managers, Secret: cfg.Node.Secret, Wait: cfg.WatchWait}, log, n.ApplyPool)
 	}()
 	go func() {
 		defer close(s.done)
@@ -77,10 +86,22 @@ func Start(cfg ServiceConfig, log *slog.Logger) (*Service, error) {
 			log.Error("http server stopped", "err", err)
 		}
 		<-sampling
+		<-watching
 	}()
 	log.Info("cache node started", "http", url, "gossip", g.Addr(),
 		"capacity_mb", n.cache.Config().CapacityMB, "policy", n.cache.Policy())
 	return s, nil
+}
+
+// managers returns the HTTP URLs of the manager replicas gossip knows.
+func (s *Service) managers() []string {
+	var urls []string
+	for _, m := range s.gossip.Members() {
+		if m.Meta.Role == gossip.RoleManager && m.Meta.HTTP != "" && m.State == gossip.StateAlive {
+			urls = append(urls, m.Meta.HTTP)
+		}
+	}
+	return urls
 }
 
 // Node returns the running node.

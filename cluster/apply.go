@@ -1,0 +1,164 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/memcache/memcache/fsm"
+)
+
+// applyTimeout bounds one raft.Apply on the leader.
+const applyTimeout = 10 * time.Second
+
+// errRetry marks a failure after which the command was certainly not
+// applied, so it may be sent again (no leader, leadership moved).
+var errRetry = errors.New("retry")
+
+// Apply validates cmd against this replica's state, then has the leader
+// commit it: directly when this replica leads, otherwise by forwarding it
+// to the leader's HTTP API. While no leader is known it retries until ctx
+// is done. A command the FSM refuses returns its fsm.ErrInvalidCommand
+// error and changes nothing.
+func (c *Cluster) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	if err := cmd.Validate(c.fsm.State()); err != nil {
+		return fsm.Result{}, err
+	}
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	backoff := 10 * time.Millisecond
+	for {
+		res, err := c.applyOnce(ctx, data)
+		if !errors.Is(err, errRetry) {
+			return res, err
+		}
+		select {
+		case <-c.stop:
+			return fsm.Result{}, ErrClosed
+		case <-ctx.Done():
+			return fsm.Result{}, fmt.Errorf("%w: %v (%v)", ErrNoLeader, ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+func (c *Cluster) applyOnce(ctx context.Context, data []byte) (fsm.Result, error) {
+	if c.IsLeader() {
+		return c.applyLocal(data)
+	}
+	_, url, ok := c.Leader()
+	if !ok {
+		return fsm.Result{}, fmt.Errorf("%w: no known leader", errRetry)
+	}
+	return c.forward(ctx, url, data)
+}
+
+// applyLocal commits data through this replica's Raft, which must lead.
+func (c *Cluster) applyLocal(data []byte) (fsm.Result, error) {
+	f := c.raft.Apply(data, applyTimeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) {
+			return fsm.Result{}, fmt.Errorf("%w: %v", errRetry, err)
+		}
+		// ErrLeadershipLost and others: the entry may or may not commit.
+		return fsm.Result{}, fmt.Errorf("cluster: apply: %w", err)
+	}
+	res, ok := f.Response().(fsm.Result)
+	if !ok {
+		return fsm.Result{}, fmt.Errorf("cluster: apply: unexpected response %T", f.Response())
+	}
+	return res, res.Err
+}
+
+// applyResponse is the body of POST /internal/v1/apply.
+type applyResponse struct {
+	Index   uint64 `json:"index"`
+	Epoch   uint64 `json:"epoch"`
+	Refused string `json:"refused,omitempty"` // the FSM's domain error
+	Error   string `json:"error,omitempty"`   // any other failure
+	Retry   bool   `json:"retry,omitempty"`   // not applied: send again (to the new leader)
+}
+
+// forward sends an encoded command to the leader at url.
+func (c *Cluster) forward(ctx context.Context, url string, data []byte) (fsm.Result, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/internal/v1/apply", bytes.NewReader(data))
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		// A connection error before the request was written is safe to retry;
+		// net/http does not say which, so only dial errors are retried.
+		var op interface{ Timeout() bool }
+		if errors.As(err, &op) || isDialError(err) {
+			return fsm.Result{}, fmt.Errorf("%w: %v", errRetry, err)
+		}
+		return fsm.Result{}, fmt.Errorf("cluster: forward to leader: %w", err)
+	}
+	defer resp.Body.Close()
+	var ar applyResponse
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ar); err != nil {
+		return fsm.Result{}, fmt.Errorf("cluster: forward to leader: %s: %w", resp.Status, err)
+	}
+	switch {
+	case ar.Retry:
+		return fsm.Result{}, fmt.Errorf("%w: %s", errRetry, ar.Error)
+	case ar.Refused != "":
+		return fsm.Result{Index: ar.Index, Epoch: ar.Epoch}, fmt.Errorf("%w: %s", fsm.ErrInvalidCommand, ar.Refused)
+	case ar.Error != "":
+		return fsm.Result{}, fmt.Errorf("cluster: leader: %s", ar.Error)
+	}
+	return fsm.Result{Index: ar.Index, Epoch: ar.Epoch}, nil
+}
+
+// handleApply commits a command forwarded by another replica.
+func (c *Cluster) handleApply(w http.ResponseWriter, r *http.Request) {
+	data, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "reading command: %v", err)
+		return
+	}
+	var ar applyResponse
+	if !c.IsLeader() {
+		ar.Retry, ar.Error = true, "not the leader"
+	} else if cmd, err := fsm.Decode(data); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	} else if err := cmd.Validate(c.fsm.State()); err != nil {
+		ar.Refused = unwrapInvalid(err)
+	} else {
+		res, err := c.applyLocal(data)
+		ar.Index, ar.Epoch = res.Index, res.Epoch
+		switch {
+		case errors.Is(err, errRetry):
+			ar.Retry, ar.Error = true, err.Error()
+		case errors.Is(err, fsm.ErrInvalidCommand):
+			ar.Refused = unwrapInvalid(err)
+		case err != nil:
+			ar.Error = err.Error()
+		}
+	}
+	writeJSON(w, http.StatusOK, ar)
+}
+
+// unwrapInvalid returns err's message without the sentinel's prefix, so the
+// forwarding replica can wrap it again.
+func unwrapInvalid(err error) string {
+	msg := err.Error()
+	prefix := fsm.ErrInvalidCommand.Error() + ": "
+	if len(msg) > len(prefix) && msg[:len(prefix)] == prefix {
+		return msg[len(prefix):]
+	}
+	return msg
+}

@@ -1,0 +1,197 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/hashicorp/raft"
+
+	"github.com/memcache/memcache/auth"
+)
+
+// HeaderIndex carries the pool state's index on watch responses.
+const HeaderIndex = "X-Memcache-Index"
+
+// headerForwarded marks a request a replica has forwarded to the leader.
+const headerForwarded = "X-Memcache-Forwarded-By"
+
+// maxWatchWait bounds how long one watch request blocks.
+const maxWatchWait = 5 * time.Minute
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, format string, args ...any) {
+	writeJSON(w, code, map[string]any{"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)}})
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// Routes mounts the replica's cluster endpoints on r:
+//
+//	GET  /raft/status          this replica's Raft state, the leader, indexes, peers, pool epoch
+//	GET  /v1/pool              the pool state; ?index=N blocks until the state's index passes N
+//	                           (at most ?wait=, default 30 s, then answers the current state)
+//	POST /internal/v1/apply    a command forwarded to the leader
+//
+// /v1 and /internal require the cluster secret.
+func (c *Cluster) Routes(r chi.Router) {
+	r.Get("/raft/status", c.handleStatus)
+	r.Group(func(r chi.Router) {
+		r.Use(auth.Require(c.cfg.Secret))
+		r.Get("/v1/pool", c.handleWatch)
+		r.Post("/internal/v1/apply", c.handleApply)
+	})
+}
+
+func (c *Cluster) handleWatch(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var index uint64
+	if v := q.Get("index"); v != "" {
+		i, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "index %q is not an unsigned integer", v)
+			return
+		}
+		index = i
+	}
+	wait := 30 * time.Second
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, "wait %q is not a duration such as 30s", v)
+			return
+		}
+		wait = min(d, maxWatchWait)
+	}
+	st := c.fsm.State()
+	if st.Index <= index && wait > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		defer cancel()
+		if s, err := c.fsm.Wait(ctx, index); err == nil {
+			st = s
+		} else if r.Context().Err() != nil {
+			return // the watcher went away
+		} else {
+			st = c.fsm.State()
+		}
+	}
+	w.Header().Set(HeaderIndex, strconv.FormatUint(st.Index, 10))
+	writeJSON(w, http.StatusOK, st)
+}
+
+// Status is the body of GET /raft/status.
+type Status struct {
+	ID            string `json:"id"`
+	State         string `json:"state"`
+	Leader        Peer   `json:"leader"`
+	Term          uint64 `json:"term"`
+	LastLogIndex  uint64 `json:"last_log_index"`
+	CommitIndex   uint64 `json:"commit_index"`
+	AppliedIndex  uint64 `json:"applied_index"`
+	LastContact   string `json:"last_contact,omitempty"`
+	Peers         []Peer `json:"peers"`
+	PoolEpoch     uint64 `json:"pool_epoch"`
+	PoolIndex     uint64 `json:"pool_index"`
+	ConfigIndex   uint64 `json:"configuration_index"`
+	LastSnapIndex uint64 `json:"last_snapshot_index"`
+}
+
+// Peer is a member of the Raft configuration.
+type Peer struct {
+	ID       string `json:"id"`
+	Address  string `json:"address"`
+	Suffrage string `json:"suffrage,omitempty"`
+}
+
+// Status returns this replica's view of the Raft group.
+func (c *Cluster) Status() Status {
+	addr, id := c.raft.LeaderWithID()
+	stats := c.raft.Stats()
+	st := c.fsm.State()
+	s := Status{
+		ID:           c.cfg.Name,
+		State:        c.raft.State().String(),
+		Leader:       Peer{ID: string(id), Address: string(addr)},
+		LastLogIndex: c.raft.LastIndex(),
+		CommitIndex:  c.raft.CommitIndex(),
+		AppliedIndex: c.raft.AppliedIndex(),
+		PoolEpoch:    st.Epoch,
+		PoolIndex:    st.Index,
+		Peers:        []Peer{},
+	}
+	s.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
+	s.LastSnapIndex, _ = strconv.ParseUint(stats["last_snapshot_index"], 10, 64)
+	if s.State != raft.Leader.String() {
+		s.LastContact = stats["last_contact"]
+	}
+	if f := c.raft.GetConfiguration(); f.Error() == nil {
+		s.ConfigIndex = f.Index()
+		for _, srv := range f.Configuration().Servers {
+			s.Peers = append(s.Peers, Peer{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()})
+		}
+	}
+	return s
+}
+
+func (c *Cluster) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, c.Status())
+}
+
+// ForwardToLeader returns middleware that serves a request here when this
+// replica leads and otherwise proxies it to the leader, with the cluster
+// secret. With no leader known (an election), it answers 503 with
+// Retry-After. A request already forwarded once is never forwarded again.
+func (c *Cluster) ForwardToLeader(next http.Handler) http.Handler {
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			target := pr.In.Context().Value(leaderURLKey{}).(*url.URL)
+			pr.SetURL(target)
+			pr.Out.Host = target.Host
+			pr.SetXForwarded()
+			pr.Out.Header.Set(headerForwarded, c.cfg.Name)
+			if c.cfg.Secret != "" {
+				pr.Out.Header.Set(auth.Header, c.cfg.Secret)
+			}
+		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusBadGateway, "forwarding to the leader failed: %v", err)
+		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c.IsLeader() {
+			next.ServeHTTP(w, r)
+			return
+		}
+		name, leaderURL, ok := c.Leader()
+		if !ok || r.Header.Get(headerForwarded) != "" {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, "no leader is known to replica %s yet; retry", c.cfg.Name)
+			return
+		}
+		u, err := url.Parse(leaderURL)
+		if err != nil {
+			writeError(w, http.StatusBadGateway, "leader %s advertises a bad URL %q", name, leaderURL)
+			return
+		}
+		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), leaderURLKey{}, u)))
+	})
+}
+
+type leaderURLKey struct{}

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v3"
+
+	"github.com/memcache/memcache/cluster"
+	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/scaler"
+)
+
+func upCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "up",
+		Usage: "run the whole system on this machine: 3 manager replicas and the cache nodes",
+		Description: "Starts 3 manager replicas (Raft group, data under --data), a local provisioner\n" +
+			"that starts cache nodes as child processes, and a pool of one node; prints every\n" +
+			"address and writes them as JSON to --info-file once the cluster is ready. Ctrl-C\n" +
+			"stops everything. Restarting on the same --data brings back the same pool config.",
+		Flags: []cli.Flag{
+			stringFlag("data", "./memcache-data", "directory for every replica's data, secrets and node logs"),
+			stringFlag("host", "127.0.0.1", "IP address every process listens on"),
+			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i"),
+			stringFlag("info-file", "", "write the addresses as JSON here once ready"),
+			&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, Usage: "how long to wait for a leader and the first node", Sources: cli.EnvVars(envName("ready-timeout"))},
+		},
+		Action: runUp,
+	}
+}
+
+// upInfo is the shape of --info-file.
+type upInfo struct {
+	Managers []string `json:"managers"`
+	Frontend *string  `json:"frontend"`
+	Token    *string  `json:"token"`
+}
+
+// readOrCreateSecret returns the secret kept in path, creating n random bytes
+// (encoded with enc) the first time, so a restart reuses it.
+func readOrCreateSecret(path string, n int, enc func([]byte) string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	b := make([]byte, n)
+	rand.Read(b)
+	s := enc(b)
+	return s, os.WriteFile(path, []byte(s+"\n"), 0o600)
+}
+
+func runUp(ctx context.Context, cmd *cli.Command) error {
+	log, err := newLogger(cmd)
+	if err != nil {
+		return err
+	}
+	data, host, base := cmd.String("data"), cmd.String("host"), cmd.Int("port-base")
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	secret, err := readOrCreateSecret(filepath.Join(data, "cluster-secret"), 24, hex.EncodeToString)
+	if err != nil {
+		return err
+	}
+	keyText, err := readOrCreateSecret(filepath.Join(data, "gossip-key"), 32, base64.StdEncoding.EncodeToString)
+	if err != nil {
+		return err
+	}
+	key, err := gossipKey(keyText)
+	if err != nil {
+		return err
+	}
+	const replicas = 3
+	gossipAddrs := make([]string, replicas)
+	for i := range replicas {
+		gossipAddrs[i] = fmt.Sprintf("%s:%d", host, base+200+i+1)
+	}
+
+	// One local provisioner serves the three replicas: the nodes are children
+	// of this process whichever replica leads.
+	var shared *scaler.Local
+	newProvisioner := func(g *gossip.Gossip) (scaler.Provisioner, error) {
+		if shared == nil {
+			cfg := scaler.LocalConfig{
+				Join: gossipAddrs, GlobalArgs: []string{"--log-level", "warn"}, Host: host,
+				LogDir: filepath.Join(data, "logs"),
+				Env:    []string{envName("cluster-secret") + "=" + secret, envName("gossip-key") + "=" + keyText},
+			}
+			l, err := scaler.NewLocal(cfg, g, log)
+			if err != nil {
+				return nil, err
+			}
+			shared = l
+		}
+		return sharedProvisioner{shared}, nil
+	}
+
+	var managers []*managerProc
+	stopAll := func() error {
+		shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var errs []error
+		for i := len(managers) - 1; i >= 0; i-- {
+			errs = append(errs, managers[i].close(shutdown))
+		}
+		if shared != nil {
+			errs = append(errs, shared.Close())
+		}
+		return errors.Join(errs...)
+	}
+	for i := range replicas {
+		name := fmt.Sprintf("manager-%d", i+1)
+		m, err := startManager(managerOptions{
+			name: name, dataDir: filepath.Join(data, name),
+			httpAddr:   fmt.Sprintf("%s:%d", host, base+i+1),
+			raftAddr:   fmt.Sprintf("%s:%d", host, base+100+i+1),
+			gossipAddr: gossipAddrs[i], join: gossipAddrs, gossipKey: key,
+			bootstrapExpect: replicas, initialNodes: 1, secret: secret,
+			deadGrace: 10 * time.Second, timing: cluster.DefaultTiming(),
+			newProvisioner: newProvisioner,
+		}, log.With("replica", name))
+		if err != nil {
+			stopAll()
+			return err
+		}
+		managers = append(managers, m)
+	}
+
+	if err := waitReady(ctx, managers, cmd.Duration("ready-timeout")); err != nil {
+		stopAll()
+		return err
+	}
+	info := upInfo{}
+	for _, m := range managers {
+		info.Managers = append(info.Managers, m.url)
+	}
+	printTable(os.Stdout, managers, secret)
+	if f := cmd.String("info-file"); f != "" {
+		b, _ := json.MarshalIndent(info, "", "  ")
+		if err := os.WriteFile(f, append(b, '\n'), 0o600); err != nil {
+			stopAll()
+			return err
+		}
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return stopAll()
+}
+
+// waitReady waits until a leader is elected and the pool has a node.
+func waitReady(ctx context.Context, managers []*managerProc, timeout time.Duration) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		c := managers[0].cluster
+		if _, _, ok := c.Leader(); ok && len(c.State().Members) > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("up: no leader and pool node after %v (see the logs above)", timeout)
+		case <-tick.C:
+		}
+	}
+}
+
+func printTable(w io.Writer, managers []*managerProc, secret string) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROLE\tNAME\tHTTP\tRAFT\tGOSSIP\tSTATE")
+	for _, m := range managers {
+		c := m.cluster
+		state := "follower"
+		if c.IsLeader() {
+			state = "leader"
+		}
+		fmt.Fprintf(tw, "manager\t%s\t%s\t%s\t%s\t%s\n", c.Name(), m.url, c.RaftAddr(), c.Gossip().Addr(), state)
+	}
+	st := managers[0].cluster.State()
+	for _, n := range st.Members {
+		fmt.Fprintf(tw, "node\t%s\t%s\t-\t-\tregions %v\n", n.ID, n.HTTP, st.Regions.Owned(n.ID))
+	}
+	fmt.Fprintln(tw, "frontend\t-\t(not yet available)\t-\t-\t-")
+	tw.Flush()
+	fmt.Fprintf(w, "\ncluster secret: %s\nraft status:    curl %s/raft/status\n", secret, managers[0].url)
+}
+
+// sharedProvisioner lets several replicas use one provisioner; closing it is
+// left to its owner.
+type sharedProvisioner struct{ *scaler.Local }
+
+func (sharedProvisioner) Close() error { return nil }

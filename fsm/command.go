@@ -1,0 +1,281 @@
+package fsm
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+)
+
+// CommandType tags an encoded command: the first byte on the wire.
+type CommandType uint8
+
+// Command types. Never renumber them: they are in every Raft log and snapshot
+// that has been written.
+const (
+	CmdSetCache    CommandType = 1
+	CmdSetScaling  CommandType = 2
+	CmdResize      CommandType = 3
+	CmdMarkFailed  CommandType = 4
+	CmdClearCaches CommandType = 5
+	CmdDeleteAll   CommandType = 6
+)
+
+// IgnoreUnknownFlag, set in the type byte, tells a replica that does not know
+// the type (or its version) to skip the command instead of failing, as Nomad
+// does for rolling upgrades. Commands of this build never set it.
+const IgnoreUnknownFlag CommandType = 0x80
+
+// commandVersion is the encoding version of every command type (byte 1).
+const commandVersion = 1
+
+// String returns the command's name, such as "SetCache".
+func (t CommandType) String() string {
+	switch t &^ IgnoreUnknownFlag {
+	case CmdSetCache:
+		return "SetCache"
+	case CmdSetScaling:
+		return "SetScaling"
+	case CmdResize:
+		return "Resize"
+	case CmdMarkFailed:
+		return "MarkFailed"
+	case CmdClearCaches:
+		return "ClearCaches"
+	case CmdDeleteAll:
+		return "DeleteAll"
+	}
+	return fmt.Sprintf("CommandType(%d)", uint8(t))
+}
+
+// Command is a change to the State.
+type Command interface {
+	// Type returns the command's type tag.
+	Type() CommandType
+	// Validate checks the command against s, the current state. The same
+	// check runs before the command is proposed and again in Apply; an error
+	// wraps ErrInvalidCommand.
+	Validate(s State) error
+}
+
+// SetCache sets the cache configuration of every node.
+type SetCache struct {
+	Config CacheConfig `json:"config"`
+}
+
+// SetScaling sets the scaling policy.
+type SetScaling struct {
+	Policy ScalingPolicy `json:"policy"`
+}
+
+// Resize replaces the pool with Members, the complete new member list:
+// MinNodes..MaxNodes members with distinct non-empty ids and valid URLs.
+// The regions are reassigned with region.Assign from the current map.
+type Resize struct {
+	Members []Member `json:"members"`
+}
+
+// MarkFailed removes member ID, which memberlist declared dead; the pool may
+// become empty. With Replacement, the replacement takes the dead member's
+// place in the member list and all of its regions, and no other region moves.
+type MarkFailed struct {
+	ID          string  `json:"id"`
+	Replacement *Member `json:"replacement,omitempty"`
+}
+
+// ClearCaches tells every node to empty its cache (ClearGen+1).
+type ClearCaches struct{}
+
+// DeleteAll records that all data was deleted, so every node empties its
+// cache (DeleteGen+1).
+type DeleteAll struct{}
+
+// Type implements Command.
+func (SetCache) Type() CommandType { return CmdSetCache }
+
+// Type implements Command.
+func (SetScaling) Type() CommandType { return CmdSetScaling }
+
+// Type implements Command.
+func (Resize) Type() CommandType { return CmdResize }
+
+// Type implements Command.
+func (MarkFailed) Type() CommandType { return CmdMarkFailed }
+
+// Type implements Command.
+func (ClearCaches) Type() CommandType { return CmdClearCaches }
+
+// Type implements Command.
+func (DeleteAll) Type() CommandType { return CmdDeleteAll }
+
+// Validate implements Command.
+func (c SetCache) Validate(State) error { return c.Config.Validate() }
+
+// Validate implements Command.
+func (c SetScaling) Validate(State) error { return c.Policy.Validate() }
+
+// Validate implements Command.
+func (c Resize) Validate(State) error {
+	if n := len(c.Members); n < MinNodes || n > MaxNodes {
+		return invalidf("%d nodes is outside %d..%d", n, MinNodes, MaxNodes)
+	}
+	return validateMembers(c.Members)
+}
+
+// Validate implements Command.
+func (c MarkFailed) Validate(s State) error {
+	if _, ok := s.Member(c.ID); !ok {
+		return invalidf("member %q is not in the pool", c.ID)
+	}
+	if r := c.Replacement; r != nil {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("replacement: %w", err)
+		}
+		if _, ok := s.Member(r.ID); ok {
+			return invalidf("replacement %q is already in the pool", r.ID)
+		}
+	}
+	return nil
+}
+
+// Validate implements Command.
+func (ClearCaches) Validate(State) error { return nil }
+
+// Validate implements Command.
+func (DeleteAll) Validate(State) error { return nil }
+
+// The apply functions, one per command. Each runs only after the command's
+// Validate passed against s, and cannot fail.
+
+func (s *State) applySetCache(c SetCache) { s.Cache = c.Config }
+
+func (s *State) applySetScaling(c SetScaling) { s.Scaling = c.Policy }
+
+func (s *State) applyResize(c Resize) {
+	members := make([]Member, len(c.Members))
+	copy(members, c.Members)
+	s.setPool(members, s.Regions)
+}
+
+func (s *State) applyMarkFailed(c MarkFailed) {
+	members := make([]Member, 0, len(s.Members))
+	cur := s.Regions
+	for _, m := range s.Members {
+		if m.ID != c.ID {
+			members = append(members, m)
+			continue
+		}
+		if c.Replacement != nil {
+			// The replacement inherits the dead member's regions.
+			members = append(members, *c.Replacement)
+			for r, owner := range cur {
+				if owner == c.ID {
+					cur[r] = c.Replacement.ID
+				}
+			}
+		}
+	}
+	s.setPool(members, cur)
+}
+
+func (s *State) applyClearCaches(ClearCaches) { s.ClearGen++ }
+
+func (s *State) applyDeleteAll(DeleteAll) { s.DeleteGen++ }
+
+// apply runs the apply function of cmd. It reports false for a command type
+// it does not know (a Command implemented outside this package).
+func (s *State) apply(cmd Command) bool {
+	switch c := cmd.(type) {
+	case SetCache:
+		s.applySetCache(c)
+	case SetScaling:
+		s.applySetScaling(c)
+	case Resize:
+		s.applyResize(c)
+	case MarkFailed:
+		s.applyMarkFailed(c)
+	case ClearCaches:
+		s.applyClearCaches(c)
+	case DeleteAll:
+		s.applyDeleteAll(c)
+	default:
+		return false
+	}
+	return true
+}
+
+// Encode returns the wire form of c: byte 0 is c.Type(), byte 1 the encoding
+// version (1), and the rest the JSON of c. c may be a command value or a
+// pointer to one; Decode always returns values.
+func Encode(c Command) ([]byte, error) {
+	if c == nil {
+		return nil, fmt.Errorf("%w: nil command", ErrUnknownCommand)
+	}
+	t := c.Type()
+	if _, ok := decoder(t); !ok {
+		return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, uint8(t))
+	}
+	body, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("encoding %v: %w", t, err)
+	}
+	return append([]byte{byte(t), commandVersion}, body...), nil
+}
+
+// decoder returns the function decoding the JSON body of type t.
+func decoder(t CommandType) (func([]byte) (Command, error), bool) {
+	switch t {
+	case CmdSetCache:
+		return decodeAs[SetCache], true
+	case CmdSetScaling:
+		return decodeAs[SetScaling], true
+	case CmdResize:
+		return decodeAs[Resize], true
+	case CmdMarkFailed:
+		return decodeAs[MarkFailed], true
+	case CmdClearCaches:
+		return decodeAs[ClearCaches], true
+	case CmdDeleteAll:
+		return decodeAs[DeleteAll], true
+	}
+	return nil, false
+}
+
+// Decode reads a command written by Encode. An unknown type or version
+// returns an error wrapping ErrUnknownCommand, or ErrUnknownIgnorable if the
+// type byte carries IgnoreUnknownFlag; bytes that are not a command return an
+// error wrapping ErrCorruptCommand. Decode does not validate the command.
+func Decode(b []byte) (Command, error) {
+	if len(b) < 2 {
+		return nil, fmt.Errorf("%w: %d bytes, want at least 2", ErrCorruptCommand, len(b))
+	}
+	t := CommandType(b[0])
+	ignorable := t&IgnoreUnknownFlag != 0
+	t &^= IgnoreUnknownFlag
+	dec, ok := decoder(t)
+	switch {
+	case !ok && ignorable:
+		return nil, fmt.Errorf("%w: type %d", ErrUnknownIgnorable, uint8(t))
+	case !ok:
+		return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, uint8(t))
+	case b[1] != commandVersion && ignorable:
+		return nil, fmt.Errorf("%w: %v version %d", ErrUnknownIgnorable, t, b[1])
+	case b[1] != commandVersion:
+		return nil, fmt.Errorf("%w: %v version %d, want %d", ErrUnknownCommand, t, b[1], commandVersion)
+	}
+	return dec(b[2:])
+}
+
+// decodeAs decodes a JSON body strictly: no unknown fields, nothing after it.
+func decodeAs[T Command](body []byte) (Command, error) {
+	var c T
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: %v: %v", ErrCorruptCommand, c.Type(), err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: %v: data after the JSON body", ErrCorruptCommand, c.Type())
+	}
+	return c, nil
+}

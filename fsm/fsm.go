@@ -1,0 +1,188 @@
+package fsm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// Result is what Apply returns to Raft, read back with
+// raft.ApplyFuture.Response(). Index and Epoch are the state's after the
+// command. Err is a domain error wrapping ErrInvalidCommand: the command was
+// refused and changed nothing (Index and Epoch are then the unchanged ones).
+type Result struct {
+	Index uint64
+	Epoch uint64
+	Err   error
+}
+
+// FSM is the Raft state machine of the pool. It implements raft.FSM.
+// Its methods are safe for concurrent use.
+type FSM struct {
+	mu      sync.Mutex
+	state   State         // guarded by mu
+	changed chan struct{} // guarded by mu; closed and replaced on every change
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// New returns an FSM holding DefaultState().
+func New() *FSM {
+	return &FSM{state: DefaultState(), changed: make(chan struct{})}
+}
+
+// State returns a deep copy of the current state, safe to keep and modify.
+func (f *FSM) State() State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state.Clone()
+}
+
+// Changed returns a channel that is closed at the next change of the state:
+// an applied command or a Restore. Every change closes the current channel
+// and makes a new one, so every caller holding it wakes up.
+//
+// To wait without missing a change, take the channel before reading the state:
+//
+//	for {
+//		ch := f.Changed()
+//		st := f.State()
+//		if st.Index > known {
+//			return st
+//		}
+//		<-ch // or select with ctx.Done()
+//	}
+//
+// Wait does exactly this.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+// Wait returns the state as soon as its Index is above after, at once if it
+// already is. It returns ctx.Err() if ctx ends first.
+func (f *FSM) Wait(ctx context.Context, after uint64) (State, error) {
+	for {
+		f.mu.Lock()
+		if f.state.Index > after {
+			st := f.state.Clone()
+			f.mu.Unlock()
+			return st, nil
+		}
+		ch := f.changed
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return State{}, ctx.Err()
+		}
+	}
+}
+
+// notifyLocked wakes every watcher. f.mu must be held.
+func (f *FSM) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// Apply implements raft.FSM. It decodes the command in l, validates it
+// against the current state and applies it, setting Index to l.Index. It
+// returns a Result; a refused command returns its error in Result.Err and
+// changes nothing. Bytes that do not decode panic: the log is corrupt or was
+// written by a newer build, and going on would let the replicas diverge. A
+// command of unknown type marked with IgnoreUnknownFlag is skipped.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		// Raft passes only commands to Apply; nothing to do otherwise.
+		return f.result(nil)
+	}
+	cmd, err := Decode(l.Data)
+	if errors.Is(err, ErrUnknownIgnorable) {
+		return f.result(nil)
+	}
+	if err != nil {
+		panic(fmt.Sprintf("fsm: applying log %d: %v", l.Index, err))
+	}
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := cmd.Validate(f.state); err != nil {
+		return Result{Index: f.state.Index, Epoch: f.state.Epoch, Err: err}
+	}
+	if !f.state.apply(cmd) {
+		panic(fmt.Sprintf("fsm: applying log %d: no apply function for %v", l.Index, cmd.Type()))
+	}
+	f.state.Index = l.Index
+	f.notifyLocked()
+	return Result{Index: f.state.Index, Epoch: f.state.Epoch}
+}
+
+func (f *FSM) result(err error) Result {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return Result{Index: f.state.Index, Epoch: f.state.Epoch, Err: err}
+}
+
+// snapshotVersion is the format version of a persisted snapshot.
+const snapshotVersion = 1
+
+// snapshotFile is the JSON document a snapshot holds.
+type snapshotFile struct {
+	Version int   `json:"version"`
+	State   State `json:"state"`
+}
+
+// Snapshot implements raft.FSM: it copies the state under the lock; the
+// returned snapshot writes it out.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &snapshot{state: f.State()}, nil
+}
+
+// Restore implements raft.FSM. It decodes the snapshot into a fresh state,
+// checks it, and only then replaces the current state and wakes watchers. On
+// error the current state is kept and the error wraps ErrCorruptSnapshot.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	d := json.NewDecoder(rc)
+	d.DisallowUnknownFields()
+	var sf snapshotFile
+	if err := d.Decode(&sf); err != nil {
+		return fmt.Errorf("%w: %v", ErrCorruptSnapshot, err)
+	}
+	if sf.Version != snapshotVersion {
+		return fmt.Errorf("%w: format version %d, want %d", ErrCorruptSnapshot, sf.Version, snapshotVersion)
+	}
+	st := sf.State.Clone() // Members never nil, as in every state Apply makes
+	if err := st.check(); err != nil {
+		return fmt.Errorf("%w: %v", ErrCorruptSnapshot, err)
+	}
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.state = st
+	f.notifyLocked()
+	return nil
+}
+
+// snapshot is a point-in-time copy of the state.
+type snapshot struct {
+	state State
+}
+
+// Persist implements raft.FSMSnapshot: it writes the state as JSON to sink
+// and closes it, or cancels it on error.
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	if err := json.NewEncoder(sink).Encode(snapshotFile{Version: snapshotVersion, State: s.state}); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("fsm: persisting snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release implements raft.FSMSnapshot; there is nothing to release.
+func (s *snapshot) Release() {}

@@ -1,0 +1,272 @@
+// Package fsm holds the replicated state of the memcache pool and the commands that change it.
+package fsm
+
+// Design note.
+//
+// State is a plain value: the FSM keeps one copy under its mutex and hands out
+// deep copies (Clone), so readers never share memory with Apply. Commands are
+// typed and versioned on the wire (see Encode); each has a Validate method,
+// run by the proposer before it proposes and again in Apply against the state
+// the command actually meets, and one apply function that cannot fail once
+// Validate has passed. A refused command changes nothing, not even Index, and
+// its error comes back to the proposer as Result.Err.
+//
+// Pool changes go through setPool, the single place that applies the epoch
+// rule: the epoch goes up by one when the member list or the region map
+// changes, and Since[r] records the epoch at which region r got its current
+// owner.
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+
+	"github.com/memcache/memcache/region"
+)
+
+// Pool bounds: the number of members a Resize may ask for.
+const (
+	MaxNodes = 8
+	MinNodes = 1
+)
+
+// Scaling modes.
+const (
+	ModeManual = "manual" // the pool changes only on request; the scaler is idle
+	ModeAuto   = "auto"   // the leader's scaler resizes the pool by miss rate
+)
+
+// Replacement policies of the cache nodes.
+const (
+	PolicyLRU = "LRU" // least recently used
+	PolicyRR  = "RR"  // random replacement
+)
+
+// Cache capacity bounds, in MB per node.
+const (
+	MinCapacityMB = 1
+	MaxCapacityMB = 1024
+)
+
+// MaxExpandRatio bounds ScalingPolicy.ExpandRatio: growing by more than the
+// whole pool range in one step makes no sense.
+const MaxExpandRatio = MaxNodes
+
+// Errors returned by this package. Validation failures wrap ErrInvalidCommand
+// with a message that says what is wrong; Apply returns them in Result.Err.
+var (
+	// ErrInvalidCommand: the command is well formed but not allowed, by itself
+	// or against the current state. It changed nothing.
+	ErrInvalidCommand = errors.New("invalid command")
+	// ErrUnknownCommand: the type tag or version is not one this build knows.
+	ErrUnknownCommand = errors.New("unknown command")
+	// ErrUnknownIgnorable: the type tag or version is unknown but carries
+	// IgnoreUnknownFlag, so the command may be skipped (rolling upgrades).
+	ErrUnknownIgnorable = errors.New("unknown command, ignorable")
+	// ErrCorruptCommand: the bytes are not an encoded command (too short, or
+	// the body is not the JSON of its type).
+	ErrCorruptCommand = errors.New("corrupt command")
+	// ErrCorruptSnapshot: Restore was given a snapshot it cannot read or
+	// whose state is not sane; the FSM keeps its state.
+	ErrCorruptSnapshot = errors.New("corrupt snapshot")
+)
+
+// CacheConfig is the configuration every cache node applies.
+type CacheConfig struct {
+	CapacityMB int    `json:"capacity_mb"` // MinCapacityMB..MaxCapacityMB
+	Policy     string `json:"policy"`      // PolicyLRU or PolicyRR
+}
+
+// Validate reports, wrapping ErrInvalidCommand, what is wrong with c.
+func (c CacheConfig) Validate() error {
+	if c.CapacityMB < MinCapacityMB || c.CapacityMB > MaxCapacityMB {
+		return invalidf("capacity_mb %d is outside %d..%d", c.CapacityMB, MinCapacityMB, MaxCapacityMB)
+	}
+	if c.Policy != PolicyLRU && c.Policy != PolicyRR {
+		return invalidf("policy %q is not %s or %s", c.Policy, PolicyLRU, PolicyRR)
+	}
+	return nil
+}
+
+// ScalingPolicy says how the leader's scaler sizes the pool (DESIGN.md §7).
+type ScalingPolicy struct {
+	Mode        string  `json:"mode"`          // ModeManual or ModeAuto
+	MaxMissRate float64 `json:"max_miss_rate"` // grow above this; 0..1
+	MinMissRate float64 `json:"min_miss_rate"` // shrink below this; 0..1, below MaxMissRate
+	ExpandRatio float64 `json:"expand_ratio"`  // > 1 and <= MaxExpandRatio
+	ShrinkRatio float64 `json:"shrink_ratio"`  // strictly between 0 and 1
+}
+
+// Validate reports, wrapping ErrInvalidCommand, what is wrong with p.
+// The comparisons are written so that NaN fails them.
+func (p ScalingPolicy) Validate() error {
+	switch {
+	case p.Mode != ModeManual && p.Mode != ModeAuto:
+		return invalidf("mode %q is not %s or %s", p.Mode, ModeManual, ModeAuto)
+	case !(p.MaxMissRate >= 0 && p.MaxMissRate <= 1):
+		return invalidf("max_miss_rate %g is outside 0..1", p.MaxMissRate)
+	case !(p.MinMissRate >= 0 && p.MinMissRate <= 1):
+		return invalidf("min_miss_rate %g is outside 0..1", p.MinMissRate)
+	case p.MinMissRate > p.MaxMissRate:
+		return invalidf("min_miss_rate %g is above max_miss_rate %g", p.MinMissRate, p.MaxMissRate)
+	case p.MinMissRate == p.MaxMissRate:
+		return invalidf("min_miss_rate %g equals max_miss_rate %g; it must be below", p.MinMissRate, p.MaxMissRate)
+	case !(p.ExpandRatio > 1):
+		return invalidf("expand_ratio %g must be greater than 1", p.ExpandRatio)
+	case !(p.ExpandRatio <= MaxExpandRatio):
+		return invalidf("expand_ratio %g must be at most %d", p.ExpandRatio, MaxExpandRatio)
+	case !(p.ShrinkRatio > 0 && p.ShrinkRatio < 1):
+		return invalidf("shrink_ratio %g must be between 0 and 1", p.ShrinkRatio)
+	}
+	return nil
+}
+
+// Member is one cache node of the pool.
+type Member struct {
+	ID   string `json:"id"`   // the node's id, as it joined by gossip
+	HTTP string `json:"http"` // base URL of the node's HTTP API, http(s)://host[:port]
+}
+
+// Validate reports, wrapping ErrInvalidCommand, what is wrong with m.
+func (m Member) Validate() error {
+	if m.ID == "" {
+		return invalidf("member id is empty")
+	}
+	u, err := url.Parse(m.HTTP)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return invalidf("member %q: http %q is not an http(s) URL with a host", m.ID, m.HTTP)
+	}
+	return nil
+}
+
+// validateMembers checks a complete member list: each member valid, ids distinct.
+// It is what region.Assign requires of its input.
+func validateMembers(ms []Member) error {
+	seen := make(map[string]bool, len(ms))
+	for _, m := range ms {
+		if err := m.Validate(); err != nil {
+			return err
+		}
+		if seen[m.ID] {
+			return invalidf("duplicate member id %q", m.ID)
+		}
+		seen[m.ID] = true
+	}
+	return nil
+}
+
+// State is the replicated state of the pool.
+type State struct {
+	Index     uint64               `json:"index"`      // Raft log index of the last command applied successfully
+	Epoch     uint64               `json:"epoch"`      // +1 on every change of Members or Regions; 0 = no pool yet
+	Cache     CacheConfig          `json:"cache"`      // what every node applies
+	Scaling   ScalingPolicy        `json:"scaling"`    // what the scaler follows
+	Members   []Member             `json:"members"`    // the pool, ordered; never nil in states this package makes
+	Regions   region.Map           `json:"regions"`    // owner id per region; all "" when there are no members
+	Since     [region.Count]uint64 `json:"since"`      // epoch at which each region got its current owner
+	ClearGen  uint64               `json:"clear_gen"`  // +1 on every ClearCaches
+	DeleteGen uint64               `json:"delete_gen"` // +1 on every DeleteAll
+}
+
+// DefaultState returns the state of a new cluster: 64 MB LRU caches, manual
+// scaling with thresholds 0.8/0.2 and ratios 2.0/0.5, no members, epoch 0.
+func DefaultState() State {
+	return State{
+		Cache: CacheConfig{CapacityMB: 64, Policy: PolicyLRU},
+		Scaling: ScalingPolicy{
+			Mode:        ModeManual,
+			MaxMissRate: 0.8,
+			MinMissRate: 0.2,
+			ExpandRatio: 2.0,
+			ShrinkRatio: 0.5,
+		},
+		Members: []Member{},
+	}
+}
+
+// Clone returns a deep copy of s. Members of the copy is never nil, so an
+// empty pool encodes as [] in JSON.
+func (s State) Clone() State {
+	c := s
+	c.Members = make([]Member, len(s.Members))
+	copy(c.Members, s.Members)
+	return c
+}
+
+// Member returns the member with id, if it is in the pool.
+func (s State) Member(id string) (Member, bool) {
+	for _, m := range s.Members {
+		if m.ID == id {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// check reports whether s is sane: what Apply can produce. Restore uses it.
+func (s State) check() error {
+	if err := s.Cache.Validate(); err != nil {
+		return err
+	}
+	if err := s.Scaling.Validate(); err != nil {
+		return err
+	}
+	if len(s.Members) > MaxNodes {
+		return fmt.Errorf("%d members is above %d", len(s.Members), MaxNodes)
+	}
+	if err := validateMembers(s.Members); err != nil {
+		return err
+	}
+	for r, owner := range s.Regions {
+		if len(s.Members) == 0 && owner != "" {
+			return fmt.Errorf("region %d is owned by %q in an empty pool", r, owner)
+		}
+		if len(s.Members) > 0 {
+			if _, ok := s.Member(owner); !ok {
+				return fmt.Errorf("region %d is owned by %q, not a member", r, owner)
+			}
+		}
+		if s.Since[r] > s.Epoch {
+			return fmt.Errorf("region %d since epoch %d, after the epoch %d", r, s.Since[r], s.Epoch)
+		}
+	}
+	return nil
+}
+
+// setPool makes members the pool, reassigns the regions starting from cur
+// (normally s.Regions) and applies the epoch rule. members must have passed
+// validateMembers; setPool takes ownership of the slice.
+func (s *State) setPool(members []Member, cur region.Map) {
+	ids := make([]string, len(members))
+	for i, m := range members {
+		ids[i] = m.ID
+	}
+	regions := region.Assign(cur, ids)
+	if regions == s.Regions && equalMembers(members, s.Members) {
+		return
+	}
+	s.Epoch++
+	for r := range regions {
+		if regions[r] != s.Regions[r] {
+			s.Since[r] = s.Epoch
+		}
+	}
+	s.Members = members
+	s.Regions = regions
+}
+
+func equalMembers(a, b []Member) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidCommand, fmt.Sprintf(format, args...))
+}

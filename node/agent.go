@@ -1,0 +1,36 @@
+package node
+
+import (
+	"errors"
+
+	"github.com/memcache/memcache/fsm"
+)
+
+// ApplyPool brings the node in line with the pool state the managers hold:
+// the regions it owns (none if it is not a pool member), the cache config,
+// and the clear-caches and delete-all generations (a node that was away
+// still clears when it learns a generation moved).
+func (n *Node) ApplyPool(st fsm.State) {
+	if st.Epoch > 0 {
+		_, err := n.SetRegions(Regions{Epoch: st.Epoch, Owners: st.Regions, Since: st.Since})
+		if err != nil && !errors.Is(err, ErrStaleRegions) {
+			n.log.Error("applying region map", "err", err)
+		}
+	}
+	cfg := CacheConfig{CapacityMB: st.Cache.CapacityMB, Policy: Policy(st.Cache.Policy)}
+	if cfg != n.cache.Config() {
+		if err := n.cache.SetConfig(cfg); err != nil {
+			n.log.Error("applying cache config", "err", err)
+		} else {
+			n.log.Info("cache config applied", "capacity_mb", cfg.CapacityMB, "policy", cfg.Policy)
+		}
+	}
+	n.mu.Lock()
+	clear := st.ClearGen > n.clearGen || st.DeleteGen > n.deleteGen
+	n.clearGen, n.deleteGen = max(n.clearGen, st.ClearGen), max(n.deleteGen, st.DeleteGen)
+	n.mu.Unlock()
+	if clear {
+		n.cache.Clear()
+		n.log.Info("cache cleared", "clear_gen", st.ClearGen, "delete_gen", st.DeleteGen)
+	}
+}

@@ -1,0 +1,225 @@
+package scaler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/gossip"
+)
+
+// ErrInvalidSize is returned by Pool.Resize for a size outside 1..8.
+var ErrInvalidSize = errors.New("scaler: pool size must be between 1 and 8")
+
+// Applier commits commands through Raft (implemented by *cluster.Cluster).
+type Applier interface {
+	Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error)
+	State() fsm.State
+}
+
+// Membership is the gossip view the pool maintainer follows (implemented
+// by *gossip.Gossip).
+type Membership interface {
+	Members() []gossip.Member
+	Subscribe() (<-chan gossip.Event, func())
+}
+
+// PoolConfig configures pool maintenance.
+type PoolConfig struct {
+	// DeadGrace is how long a pool member may be missing from gossip before
+	// the leader gives its regions away, when no failure event said so
+	// (after a leader change, or a restart of the whole system). If zero, 10 s.
+	DeadGrace time.Duration
+	// InitialNodes is the pool size the leader creates when the pool is
+	// empty (a new system, or every member failed). If zero, 1.
+	InitialNodes int
+	// AcquireTimeout bounds how long a provisioner may take to supply nodes.
+	// If zero, 60 s.
+	AcquireTimeout time.Duration
+}
+
+// Pool maintains the cache-node pool on the Raft leader: it resizes the
+// pool when asked, taking nodes from a provisioner and giving them back,
+// and replaces members that gossip declares dead.
+type Pool struct {
+	cfg     PoolConfig
+	raft    Applier
+	members Membership
+	prov    Provisioner
+	log     *slog.Logger
+
+	mu sync.Mutex // serialises changes of the member list
+}
+
+// NewPool returns a pool maintainer. Run it with Run on the leader only.
+func NewPool(cfg PoolConfig, raft Applier, members Membership, prov Provisioner, log *slog.Logger) *Pool {
+	if cfg.DeadGrace <= 0 {
+		cfg.DeadGrace = 10 * time.Second
+	}
+	if cfg.InitialNodes <= 0 {
+		cfg.InitialNodes = 1
+	}
+	if cfg.AcquireTimeout <= 0 {
+		cfg.AcquireTimeout = 60 * time.Second
+	}
+	return &Pool{cfg: cfg, raft: raft, members: members, prov: prov, log: log.With("component", "pool")}
+}
+
+func ids(ms []fsm.Member) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.ID
+	}
+	return out
+}
+
+// Resize makes the pool n nodes: growing takes nodes from the provisioner
+// and appends them; shrinking removes the most recently added members and
+// gives them back to the provisioner after the change is committed. It must
+// run on the leader.
+func (p *Pool) Resize(ctx context.Context, n int) (fsm.Result, error) {
+	if n < fsm.MinNodes || n > fsm.MaxNodes {
+		return fsm.Result{}, fmt.Errorf("%w: got %d", ErrInvalidSize, n)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.resizeLocked(ctx, n)
+}
+
+func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
+	st := p.raft.State()
+	cur := st.Members
+	switch {
+	case n == len(cur):
+		return fsm.Result{Index: st.Index, Epoch: st.Epoch}, nil
+	case n > len(cur):
+		actx, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
+		got, err := p.prov.Acquire(actx, n-len(cur), ids(cur))
+		cancel()
+		if err != nil {
+			return fsm.Result{}, fmt.Errorf("growing the pool to %d: %w", n, err)
+		}
+		next := slices.Clone(cur)
+		var added []string
+		for _, g := range got {
+			next = append(next, fsm.Member{ID: g.ID, HTTP: g.HTTP})
+			added = append(added, g.ID)
+		}
+		res, err := p.raft.Apply(ctx, fsm.Resize{Members: next})
+		if err != nil {
+			p.prov.Release(context.WithoutCancel(ctx), added)
+			return res, err
+		}
+		p.log.Info("pool grown", "from", len(cur), "to", n, "added", added, "epoch", res.Epoch)
+		return res, nil
+	default:
+		removed := ids(cur[n:])
+		res, err := p.raft.Apply(ctx, fsm.Resize{Members: slices.Clone(cur[:n])})
+		if err != nil {
+			return res, err
+		}
+		p.log.Info("pool shrunk", "from", len(cur), "to", n, "removed", removed, "epoch", res.Epoch)
+		if err := p.prov.Release(context.WithoutCancel(ctx), removed); err != nil {
+			p.log.Warn("releasing removed nodes", "err", err)
+		}
+		return res, nil
+	}
+}
+
+// Run maintains the pool until ctx is done: it replaces a member as soon as
+// gossip reports it failed or left, and one that has been missing from
+// gossip for DeadGrace; and it creates the initial pool when it is empty.
+func (p *Pool) Run(ctx context.Context) {
+	events, cancel := p.members.Subscribe()
+	defer cancel()
+	tick := time.NewTicker(max(p.cfg.DeadGrace/4, 50*time.Millisecond))
+	defer tick.Stop()
+	missingSince := map[string]time.Time{}
+	for {
+		p.reconcile(ctx, missingSince)
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			if ev.Member.Meta.Role == gossip.RoleNode && (ev.Kind == gossip.EventFail || ev.Kind == gossip.EventLeave) {
+				p.replace(ctx, ev.Member.Meta.ID, ev.Kind.String())
+			}
+		case <-tick.C:
+		}
+	}
+}
+
+// reconcile fills an empty pool and replaces members missing for too long.
+func (p *Pool) reconcile(ctx context.Context, missingSince map[string]time.Time) {
+	st := p.raft.State()
+	if len(st.Members) == 0 {
+		p.mu.Lock()
+		_, err := p.resizeLocked(ctx, p.cfg.InitialNodes)
+		p.mu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn("cannot create the initial pool yet", "nodes", p.cfg.InitialNodes, "err", err)
+		}
+		return
+	}
+	alive := map[string]bool{}
+	for _, m := range p.members.Members() {
+		if m.Meta.Role == gossip.RoleNode && m.State == gossip.StateAlive {
+			alive[m.Meta.ID] = true
+		}
+	}
+	now := time.Now()
+	for _, m := range st.Members {
+		if alive[m.ID] {
+			delete(missingSince, m.ID)
+			continue
+		}
+		since, seen := missingSince[m.ID]
+		if !seen {
+			missingSince[m.ID] = now
+			continue
+		}
+		if now.Sub(since) >= p.cfg.DeadGrace {
+			p.replace(ctx, m.ID, fmt.Sprintf("missing from gossip for %v", now.Sub(since).Round(time.Millisecond)))
+			delete(missingSince, m.ID)
+		}
+	}
+}
+
+// replace takes a failed member out of the pool, with a replacement from
+// the provisioner in its place when one can be had.
+func (p *Pool) replace(ctx context.Context, id, why string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.raft.State()
+	if _, ok := st.Member(id); !ok {
+		return
+	}
+	cmd := fsm.MarkFailed{ID: id}
+	actx, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
+	got, err := p.prov.Acquire(actx, 1, ids(st.Members))
+	cancel()
+	if err == nil && len(got) == 1 {
+		cmd.Replacement = &fsm.Member{ID: got[0].ID, HTTP: got[0].HTTP}
+	} else {
+		p.log.Warn("no replacement for failed pool member", "member", id, "err", err)
+	}
+	res, err := p.raft.Apply(ctx, cmd)
+	if err != nil {
+		p.log.Error("removing failed pool member", "member", id, "err", err)
+		if cmd.Replacement != nil {
+			p.prov.Release(context.WithoutCancel(ctx), []string{cmd.Replacement.ID})
+		}
+		return
+	}
+	p.log.Warn("pool member failed; regions reassigned", "member", id, "why", why,
+		"replacement", cmd.Replacement, "epoch", res.Epoch)
+	p.prov.Release(context.WithoutCancel(ctx), []string{id})
+}

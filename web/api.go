@@ -1,0 +1,207 @@
+// Package web serves the manager's admin API (and, later, its UI) on every
+// replica; writes are committed through the Raft leader.
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/fsm"
+)
+
+// Cluster is what the API needs of the Raft replica (implemented by *cluster.Cluster).
+type Cluster interface {
+	Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error)
+	State() fsm.State
+	ForwardToLeader(next http.Handler) http.Handler
+}
+
+// Pool resizes the cache-node pool; it runs on the leader (implemented by *scaler.Pool).
+type Pool interface {
+	Resize(ctx context.Context, n int) (fsm.Result, error)
+}
+
+// Config configures the API.
+type Config struct {
+	// Secret is the cluster secret the v1 API requires.
+	Secret string
+	// WriteTimeout bounds a write, including a resize that starts nodes. If zero, 90 s.
+	WriteTimeout time.Duration
+}
+
+// API is the manager's admin API.
+type API struct {
+	cfg     Config
+	cluster Cluster
+	pool    Pool
+	log     *slog.Logger
+}
+
+// New returns the admin API.
+func New(cfg Config, c Cluster, p Pool, log *slog.Logger) *API {
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 90 * time.Second
+	}
+	return &API{cfg: cfg, cluster: c, pool: p, log: log.With("component", "web")}
+}
+
+// Routes mounts the API on r:
+//
+//	GET  /v1/config           {"cache":{...},"scaling":{...}}
+//	PUT  /v1/config/cache     {"capacity_mb":N,"policy":"LRU"|"RR"} (fields optional)
+//	PUT  /v1/config/scaling   {"mode":..,"max_miss_rate":..,"min_miss_rate":..,"expand_ratio":..,"shrink_ratio":..} (fields optional)
+//	POST /v1/pool/resize      {"nodes":N}  (served by the leader; followers forward it)
+//	POST /v1/pool/clear       clear every node's cache
+func (a *API) Routes(r chi.Router) {
+	r.Group(func(r chi.Router) {
+		r.Use(auth.Require(a.cfg.Secret))
+		r.Get("/v1/config", a.handleGetConfig)
+		r.Put("/v1/config/cache", a.handleSetCache)
+		r.Put("/v1/config/scaling", a.handleSetScaling)
+		r.Post("/v1/pool/clear", a.handleClear)
+		r.Method(http.MethodPost, "/v1/pool/resize", a.cluster.ForwardToLeader(http.HandlerFunc(a.handleResize)))
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, format string, args ...any) {
+	writeJSON(w, code, map[string]any{"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)}})
+}
+
+// writeApplyError maps a failed write to its status: refused input is the
+// caller's fault (400), no leader or no nodes is the cluster's (503).
+func writeApplyError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, fsm.ErrInvalidCommand), errors.Is(err, errInvalidBody):
+		writeError(w, http.StatusBadRequest, "%v", err)
+	default:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "%v", err)
+	}
+}
+
+var errInvalidBody = errors.New("malformed JSON body")
+
+// decode reads a bounded JSON body into v, refusing unknown fields.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", errInvalidBody, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data", errInvalidBody)
+	}
+	return nil
+}
+
+func (a *API) apply(w http.ResponseWriter, r *http.Request, cmd fsm.Command) {
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
+	defer cancel()
+	res, err := a.cluster.Apply(ctx, cmd)
+	if err != nil {
+		writeApplyError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch})
+}
+
+func (a *API) handleGetConfig(w http.ResponseWriter, _ *http.Request) {
+	st := a.cluster.State()
+	writeJSON(w, http.StatusOK, map[string]any{"cache": st.Cache, "scaling": st.Scaling})
+}
+
+func (a *API) handleSetCache(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		CapacityMB *int    `json:"capacity_mb"`
+		Policy     *string `json:"policy"`
+	}
+	if err := decode(r, &body); err != nil {
+		writeApplyError(w, err)
+		return
+	}
+	cfg := a.cluster.State().Cache
+	if body.CapacityMB != nil {
+		cfg.CapacityMB = *body.CapacityMB
+	}
+	if body.Policy != nil {
+		cfg.Policy = *body.Policy
+	}
+	a.apply(w, r, fsm.SetCache{Config: cfg})
+}
+
+func (a *API) handleSetScaling(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Mode        *string  `json:"mode"`
+		MaxMissRate *float64 `json:"max_miss_rate"`
+		MinMissRate *float64 `json:"min_miss_rate"`
+		ExpandRatio *float64 `json:"expand_ratio"`
+		ShrinkRatio *float64 `json:"shrink_ratio"`
+	}
+	if err := decode(r, &body); err != nil {
+		writeApplyError(w, err)
+		return
+	}
+	p := a.cluster.State().Scaling
+	if body.Mode != nil {
+		p.Mode = *body.Mode
+	}
+	if body.MaxMissRate != nil {
+		p.MaxMissRate = *body.MaxMissRate
+	}
+	if body.MinMissRate != nil {
+		p.MinMissRate = *body.MinMissRate
+	}
+	if body.ExpandRatio != nil {
+		p.ExpandRatio = *body.ExpandRatio
+	}
+	if body.ShrinkRatio != nil {
+		p.ShrinkRatio = *body.ShrinkRatio
+	}
+	a.apply(w, r, fsm.SetScaling{Policy: p})
+}
+
+func (a *API) handleClear(w http.ResponseWriter, r *http.Request) {
+	a.apply(w, r, fsm.ClearCaches{})
+}
+
+func (a *API) handleResize(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Nodes *int `json:"nodes"`
+	}
+	if err := decode(r, &body); err != nil {
+		writeApplyError(w, err)
+		return
+	}
+	if body.Nodes == nil {
+		writeError(w, http.StatusBadRequest, "nodes is required")
+		return
+	}
+	if *body.Nodes < fsm.MinNodes || *body.Nodes > fsm.MaxNodes {
+		writeError(w, http.StatusBadRequest, "%d nodes is outside %d..%d", *body.Nodes, fsm.MinNodes, fsm.MaxNodes)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
+	defer cancel()
+	res, err := a.pool.Resize(ctx, *body.Nodes)
+	if err != nil {
+		writeApplyError(w, err)
+		return
+	}
+	st := a.cluster.State()
+	writeJSON(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch, "nodes": len(st.Members), "members": st.Members})
+}
