@@ -79,6 +79,7 @@ type managerProc struct {
 	prov    scaler.Provisioner
 	srv     *http.Server
 	url     string
+	cancel  context.CancelFunc // ends in-flight requests
 	done    chan struct{}
 	log     *slog.Logger
 }
@@ -138,8 +139,12 @@ func startManager(o managerOptions, log *slog.Logger) (*managerProc, error) {
 	c.Routes(r)
 	web.New(web.Config{Secret: o.secret}, c, pool, log).Routes(r)
 
-	m := &managerProc{cluster: c, prov: prov, url: url, done: make(chan struct{}), log: log,
-		srv: &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second}}
+	// Requests' contexts derive from base, so cancelling it ends the
+	// long-polling watches that Shutdown would otherwise wait for.
+	base, cancel := context.WithCancel(context.Background())
+	m := &managerProc{cluster: c, prov: prov, url: url, done: make(chan struct{}), log: log, cancel: cancel,
+		srv: &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second,
+			BaseContext: func(net.Listener) context.Context { return base }}}
 	go func() {
 		defer close(m.done)
 		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -152,6 +157,7 @@ func startManager(o managerOptions, log *slog.Logger) (*managerProc, error) {
 // close stops serving, leaves the cluster and stops the nodes its
 // provisioner started.
 func (m *managerProc) close(ctx context.Context) error {
+	m.cancel()
 	herr := m.srv.Shutdown(ctx)
 	<-m.done
 	cerr := m.cluster.Close()

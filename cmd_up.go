@@ -129,7 +129,9 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 			raftAddr:   fmt.Sprintf("%s:%d", host, base+100+i+1),
 			gossipAddr: gossipAddrs[i], join: gossipAddrs, gossipKey: key,
 			bootstrapExpect: replicas, initialNodes: 1, secret: secret,
-			deadGrace: 10 * time.Second, timing: cluster.DefaultTiming(),
+			// The nodes are this process's children: after a restart the
+			// old ones are certainly gone, so replace them quickly.
+			deadGrace: 3 * time.Second, timing: cluster.DefaultTiming(),
 			newProvisioner: newProvisioner,
 		}, log.With("replica", name))
 		if err != nil {
@@ -160,15 +162,15 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 	return stopAll()
 }
 
-// waitReady waits until a leader is elected and the pool has a node.
+// waitReady waits until a leader is elected and the pool has nodes, all
+// alive in gossip (after a restart, the old nodes must first be replaced).
 func waitReady(ctx context.Context, managers []*managerProc, timeout time.Duration) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		c := managers[0].cluster
-		if _, _, ok := c.Leader(); ok && len(c.State().Members) > 0 {
+		if poolReady(managers[0].cluster) {
 			return nil
 		}
 		select {
@@ -179,6 +181,23 @@ func waitReady(ctx context.Context, managers []*managerProc, timeout time.Durati
 		case <-tick.C:
 		}
 	}
+}
+
+func poolReady(c *cluster.Cluster) bool {
+	if _, _, ok := c.Leader(); !ok {
+		return false
+	}
+	alive := map[string]bool{}
+	for _, m := range c.Gossip().Members() {
+		alive[m.Meta.ID] = m.Meta.Role == gossip.RoleNode && m.State == gossip.StateAlive
+	}
+	members := c.State().Members
+	for _, m := range members {
+		if !alive[m.ID] {
+			return false
+		}
+	}
+	return len(members) > 0
 }
 
 func printTable(w io.Writer, managers []*managerProc, secret string) {

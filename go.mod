@@ -7,6 +7,10 @@ require (
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/hashicorp/memberlist v0.7.0
 	github.com/hashicorp/raft v1.8.0
+	// raft-boltdb/v2 v2.3.1 imports github.com/hashicorp/go-metrics/compat, which
+	// go-metrics v0.7.0 (required by raft v1.8.0 and memberlist v0.7.0) no longer
+	// has, so v2.3.1 does not build here. v2.3.0 reports through armon/go-metrics
+	// and builds beside go-metrics v0.7.0; it is the newest release that does.
 	github.com/hashicorp/raft-boltdb/v2 v2.3.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/urfave/cli/v3 v3.14.0
@@ -34,6 +38,8 @@ require (
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/sean-/seed v0.0.0-20170313163322-e2103e2c3529 // indirect
+	// raft-boltdb/v2 v2.3.0 asks for bbolt v1.3.5; raised to the last v1.3 patch
+	// release (same API, later fixes).
 	go.etcd.io/bbolt v1.3.11 // indirect
 	golang.org/x/net v0.59.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect

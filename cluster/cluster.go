@@ -88,6 +88,7 @@ type Config struct {
 type Cluster struct {
 	cfg       Config
 	log       *slog.Logger
+	base      *slog.Logger // log without the component, for raft and gossip
 	fsm       *fsm.FSM
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
@@ -121,11 +122,12 @@ func New(cfg Config, f *fsm.FSM, log *slog.Logger) (*Cluster, error) {
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = 1024
 	}
-	log = log.With("component", "cluster", "id", cfg.Name)
+	base := log.With("id", cfg.Name)
+	log = base.With("component", "cluster")
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, err
 	}
-	c := &Cluster{cfg: cfg, log: log, fsm: f, notify: make(chan bool, 16), stop: make(chan struct{}),
+	c := &Cluster{cfg: cfg, log: log, base: base, fsm: f, notify: make(chan bool, 16), stop: make(chan struct{}),
 		client: &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}}
 	if err := c.openRaft(); err != nil {
 		c.closeStores()
@@ -133,7 +135,7 @@ func New(cfg Config, f *fsm.FSM, log *slog.Logger) (*Cluster, error) {
 	}
 	gcfg := cfg.Gossip
 	gcfg.Meta = gossip.Meta{Role: gossip.RoleManager, ID: cfg.Name, HTTP: cfg.HTTPURL, Raft: c.addr}
-	g, err := gossip.New(gcfg, log)
+	g, err := gossip.New(gcfg, base)
 	if err != nil {
 		c.raft.Shutdown().Error()
 		c.closeStores()
@@ -150,7 +152,7 @@ func New(cfg Config, f *fsm.FSM, log *slog.Logger) (*Cluster, error) {
 
 func (c *Cluster) openRaft() error {
 	cfg := c.cfg
-	hlog := newHCLogger(c.log.With("component", "raft"))
+	hlog := newHCLogger(c.base.With("component", "raft"))
 	var advertise net.Addr
 	if cfg.RaftAdvertise != "" {
 		a, err := net.ResolveTCPAddr("tcp", cfg.RaftAdvertise)
