@@ -18,8 +18,12 @@ import (
 // applyTimeout bounds one raft.Apply on the leader.
 const applyTimeout = 10 * time.Second
 
-// errRetry marks a failure after which the command was certainly not
-// applied, so it may be sent again (no leader, leadership moved).
+// errRetry marks a failure after which the command may be sent again: it
+// was not applied (no leader, not the leader), or leadership was lost
+// while it was being committed, so it may or may not have been. Sending
+// it again is safe because every command is idempotent in effect: the
+// config and resize commands set absolute values, clearing twice is
+// harmless, and a repeated MarkFailed is refused as "not in the pool".
 var errRetry = errors.New("retry")
 
 // Apply validates cmd against this replica's state, then has the leader
@@ -48,7 +52,7 @@ func (c *Cluster) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error
 			return fsm.Result{}, fmt.Errorf("%w: %v (%v)", ErrNoLeader, ctx.Err(), err)
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 500*time.Millisecond)
+		backoff = min(2*backoff, 100*time.Millisecond)
 	}
 }
 
@@ -67,10 +71,9 @@ func (c *Cluster) applyOnce(ctx context.Context, data []byte) (fsm.Result, error
 func (c *Cluster) applyLocal(data []byte) (fsm.Result, error) {
 	f := c.raft.Apply(data, applyTimeout)
 	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrLeadershipLost) {
 			return fsm.Result{}, fmt.Errorf("%w: %v", errRetry, err)
 		}
-		// ErrLeadershipLost and others: the entry may or may not commit.
 		return fsm.Result{}, fmt.Errorf("cluster: apply: %w", err)
 	}
 	res, ok := f.Response().(fsm.Result)

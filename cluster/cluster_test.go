@@ -20,6 +20,7 @@ import (
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/watch"
 )
 
 const testSecret = "s3cret"
@@ -43,7 +44,7 @@ type proxy struct {
 	closeOnce sync.Once
 }
 
-func newProxy(t *testing.T, target string) *proxy {
+func newProxy(t testing.TB, target string) *proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -124,15 +125,20 @@ type replica struct {
 // testCluster is a group of replicas whose Raft traffic between every pair
 // runs through a proxy the test can cut.
 type testCluster struct {
-	t        *testing.T
+	t        testing.TB
+	timing   Timing
 	replicas []*replica
 	mu       sync.Mutex
 	proxies  map[[2]string]*proxy // [from, to] -> proxy
 }
 
-func newTestCluster(t *testing.T, n int) *testCluster {
+func newTestCluster(t testing.TB, n int) *testCluster {
+	return newTestClusterTiming(t, n, FastTiming())
+}
+
+func newTestClusterTiming(t testing.TB, n int, timing Timing) *testCluster {
 	t.Helper()
-	tc := &testCluster{t: t, proxies: map[[2]string]*proxy{}}
+	tc := &testCluster{t: t, timing: timing, proxies: map[[2]string]*proxy{}}
 	var seed string
 	for i := range n {
 		r := &replica{name: string(rune('a' + i)), dataDir: t.TempDir(), raftAddr: "127.0.0.1:0"}
@@ -188,7 +194,7 @@ func (tc *testCluster) start(r *replica, expect int, seed string) {
 	}
 	c, err := New(Config{
 		Name: r.name, DataDir: r.dataDir, RaftAddr: r.raftAddr, HTTPURL: r.url,
-		BootstrapExpect: expect, Secret: testSecret, Timing: FastTiming(), SnapshotThreshold: 1 << 20,
+		BootstrapExpect: expect, Secret: testSecret, Timing: tc.timing, SnapshotThreshold: 1 << 20,
 		Gossip:          gossip.Config{BindAddr: "127.0.0.1:0", Join: join, Fast: true},
 		AddressProvider: tc.addressFor(r.name),
 	}, fsm.New(), testLogger().With("replica", r.name))
@@ -284,7 +290,7 @@ func (tc *testCluster) follower() *replica {
 	return nil
 }
 
-func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func poll(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -295,7 +301,7 @@ func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	}
 }
 
-func mustApply(t *testing.T, r *replica, cmd fsm.Command) fsm.Result {
+func mustApply(t testing.TB, r *replica, cmd fsm.Command) fsm.Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -527,4 +533,88 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// watcher follows the pool state through the watch package and records
+// what it saw.
+type watcher struct {
+	mu   sync.Mutex
+	seen []fsm.State
+	at   map[uint64]time.Time // index -> when it arrived
+}
+
+func (w *watcher) got(st fsm.State) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.seen = append(w.seen, st)
+	w.at[st.Index] = time.Now()
+}
+
+func (w *watcher) has(pred func(fsm.State) bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, st := range w.seen {
+		if pred(st) {
+			return true
+		}
+	}
+	return false
+}
+
+// startWatcher runs a watcher that asks the replicas in order, starting
+// with first, until the test ends.
+func startWatcher(t testing.TB, tc *testCluster, first *replica) *watcher {
+	w := &watcher{at: map[uint64]time.Time{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	managers := func() []string {
+		tc.mu.Lock()
+		defer tc.mu.Unlock()
+		urls := []string{first.url}
+		for _, r := range tc.replicas {
+			if r != first {
+				urls = append(urls, r.url)
+			}
+		}
+		return urls
+	}
+	go func() {
+		defer close(done)
+		watch.Run(ctx, watch.Config{Managers: managers, Secret: testSecret, Wait: 2 * time.Second, Backoff: 20 * time.Millisecond}, testLogger(), w.got)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return w
+}
+
+func TestWatchersReceiveCommittedChangesAndFailOver(t *testing.T) {
+	tc := newTestCluster(t, 3)
+	l := tc.leader()
+	var ws []*watcher
+	for _, r := range tc.replicas {
+		ws = append(ws, startWatcher(t, tc, r))
+	}
+	res := mustApply(t, l, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 77, Policy: "RR"}})
+	for i, w := range ws {
+		poll(t, 5*time.Second, "watcher to see capacity 77", func() bool {
+			return w.has(func(s fsm.State) bool { return s.Index >= res.Index && s.Cache.CapacityMB == 77 })
+		})
+		// A watcher never sees a state older than one it already had.
+		w.mu.Lock()
+		for j := 1; j < len(w.seen); j++ {
+			if w.seen[j].Index <= w.seen[j-1].Index {
+				t.Errorf("watcher %d: index went from %d to %d", i, w.seen[j-1].Index, w.seen[j].Index)
+			}
+		}
+		w.mu.Unlock()
+	}
+	// Stop the replica the first watcher uses; the next change still reaches it.
+	stopped := tc.replicas[0]
+	tc.stop(stopped)
+	l = tc.leader()
+	res = mustApply(t, l, fsm.Resize{Members: []fsm.Member{{ID: "n1", HTTP: "http://127.0.0.1:1"}}})
+	for _, w := range ws {
+		poll(t, 10*time.Second, "every watcher, including the one whose replica stopped, to see the resize", func() bool {
+			return w.has(func(s fsm.State) bool { return s.Index == res.Index && len(s.Members) == 1 && s.Epoch == res.Epoch })
+		})
+	}
 }

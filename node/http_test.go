@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/region"
 )
 
@@ -301,6 +302,40 @@ func TestNodeDropsRegionLostAndRegainedWhileAway(t *testing.T) {
 	for _, k := range k6 {
 		if _, ok, _ := n.cache.Get(k); !ok {
 			t.Errorf("%s of continuously owned region 6 was dropped", k)
+		}
+	}
+}
+
+func TestClusterSecretIsRequiredWhenSet(t *testing.T) {
+	n, err := New(Config{ID: "n1", Secret: "s3cret"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(n.Handler())
+	defer srv.Close()
+	for _, tc := range []struct{ method, path string }{
+		{"PUT", "/cache/k"}, {"GET", "/cache/k"}, {"DELETE", "/cache/k"}, {"DELETE", "/cache"},
+		{"PUT", "/config"}, {"PUT", "/regions"}, {"GET", "/stats"},
+	} {
+		for _, secret := range []string{"", "wrong"} {
+			hdr := []string{}
+			if secret != "" {
+				hdr = []string{auth.Header, secret}
+			}
+			if r := do(t, tc.method, srv.URL+tc.path, []byte(`{"capacity_mb":2}`), hdr...); r.code != http.StatusUnauthorized {
+				t.Errorf("%s %s with secret %q: got %d, want 401", tc.method, tc.path, secret, r.code)
+			}
+		}
+	}
+	if n.cache.Len() != 0 || n.cache.Config().CapacityMB != 64 {
+		t.Errorf("refused calls changed the node: %d items, %d MB", n.cache.Len(), n.cache.Config().CapacityMB)
+	}
+	if r := do(t, "PUT", srv.URL+"/cache/k", []byte("v"), auth.Header, "s3cret"); r.code != http.StatusNoContent {
+		t.Errorf("PUT with the secret: got %d, want 204", r.code)
+	}
+	for _, open := range []string{"/healthz", "/readyz", "/metrics"} {
+		if r := do(t, "GET", srv.URL+open, nil); r.code != 200 {
+			t.Errorf("GET %s without secret: got %d, want 200", open, r.code)
 		}
 	}
 }

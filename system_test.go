@@ -1,0 +1,552 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/cluster"
+	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/node"
+	"github.com/memcache/memcache/region"
+	"github.com/memcache/memcache/scaler"
+)
+
+// System tests: in-process manager replicas wired as `memcache manager`
+// wires them, with a local provisioner that starts real `memcache node`
+// processes from a binary built once here.
+
+var binary string // path of the memcache binary built by TestMain
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "memcache-systest-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "memcache")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building memcache:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const sysSecret = "system-test-secret"
+
+func sysLogger() *slog.Logger {
+	if os.Getenv("MEMCACHE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func poll(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// startSystem starts n manager replicas sharing one local provisioner.
+// deadGrace bounds how long a node missing from gossip keeps its regions
+// when no failure event arrives.
+func startSystem(t *testing.T, n int, deadGrace time.Duration) []*managerProc {
+	t.Helper()
+	logDir := t.TempDir()
+	var shared *scaler.Local
+	var managers []*managerProc
+	for i := range n {
+		var join []string
+		if i > 0 {
+			join = []string{managers[0].cluster.Gossip().Addr()}
+		}
+		m, err := startManager(managerOptions{
+			name: fmt.Sprintf("m%d", i+1), dataDir: t.TempDir(),
+			httpAddr: "127.0.0.1:0", raftAddr: "127.0.0.1:0", gossipAddr: "127.0.0.1:0",
+			join: join, bootstrapExpect: n, initialNodes: 1, secret: sysSecret,
+			deadGrace: deadGrace, timing: cluster.FastTiming(), fastGossip: true,
+			newProvisioner: func(g *gossip.Gossip) (scaler.Provisioner, error) {
+				if shared == nil {
+					l, err := scaler.NewLocal(scaler.LocalConfig{
+						Binary: binary, Join: []string{g.Addr()}, GlobalArgs: []string{"--log-level", "debug"},
+						LogDir: logDir, Env: []string{"MEMCACHE_CLUSTER_SECRET=" + sysSecret},
+					}, g, sysLogger())
+					if err != nil {
+						return nil, err
+					}
+					shared = l
+				}
+				return sharedProvisioner{shared}, nil
+			},
+		}, sysLogger().With("replica", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		managers = append(managers, m)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for i := len(managers) - 1; i >= 0; i-- {
+			managers[i].close(ctx)
+		}
+		shared.Close()
+		if t.Failed() {
+			logs, _ := filepath.Glob(filepath.Join(logDir, "*.log"))
+			for _, f := range logs {
+				b, _ := os.ReadFile(f)
+				t.Logf("%s:\n%s", filepath.Base(f), lastLines(string(b), 20))
+			}
+		}
+	})
+	poll(t, 30*time.Second, "a leader and the first pool node", func() bool { return poolReady(managers[0].cluster) })
+	return managers
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// call sends a request with the cluster secret and decodes a JSON answer into out.
+func call(t testing.TB, method, url string, body []byte, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set(auth.Header, sysSecret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && resp.StatusCode < 300 && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v in %s", method, url, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+func follower(ms []*managerProc) *managerProc {
+	for _, m := range ms {
+		if !m.cluster.IsLeader() {
+			return m
+		}
+	}
+	return ms[0]
+}
+
+// checkRegionRule fails unless m is balanced over members and moved no
+// more regions than it had to from prev.
+func checkRegionRule(t *testing.T, prev, m region.Map, members []fsm.Member) {
+	t.Helper()
+	var ids []string
+	for _, mb := range members {
+		ids = append(ids, mb.ID)
+	}
+	if want := region.Assign(prev, ids); m != want {
+		t.Fatalf("region map %v, want region.Assign's %v", m, want)
+	}
+	counts := m.Counts()
+	lo, hi := region.Count/len(ids), (region.Count+len(ids)-1)/len(ids)
+	for _, id := range ids {
+		if counts[id] < lo || counts[id] > hi {
+			t.Fatalf("%s owns %d regions, want %d..%d", id, counts[id], lo, hi)
+		}
+	}
+}
+
+// keysByRegion returns one key in each region.
+func keysByRegion() [region.Count]string {
+	var keys [region.Count]string
+	found := 0
+	for i := 0; found < region.Count; i++ {
+		k := "img-" + strconv.Itoa(i)
+		if r := region.Of(k); keys[r] == "" {
+			keys[r] = k
+			found++
+		}
+	}
+	return keys
+}
+
+func nodeURL(st fsm.State, id string) string {
+	m, _ := st.Member(id)
+	return m.HTTP
+}
+
+func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
+	ms := startSystem(t, 3, 2*time.Second)
+	keys := keysByRegion()
+	prev := ms[0].cluster.State()
+	for _, n := range []int{4, 2, 8, 1} {
+		// Cache one key per region at its owner, at the current epoch.
+		for r, k := range keys {
+			owner := nodeURL(prev, prev.Regions[r])
+			req, _ := http.NewRequest("PUT", owner+"/cache/"+k, strings.NewReader("value-"+k))
+			req.Header.Set(auth.Header, sysSecret)
+			req.Header.Set(node.HeaderEpoch, strconv.FormatUint(prev.Epoch, 10))
+			poll(t, 10*time.Second, "the owner to accept "+k, func() bool {
+				resp, err := http.DefaultClient.Do(req.Clone(context.Background()))
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				req.Body = io.NopCloser(strings.NewReader("value-" + k))
+				return resp.StatusCode == http.StatusNoContent
+			})
+		}
+		var out struct {
+			Nodes int `json:"nodes"`
+		}
+		if code := call(t, "POST", follower(ms).url+"/v1/pool/resize", fmt.Appendf(nil, `{"nodes":%d}`, n), &out); code != 200 || out.Nodes != n {
+			t.Fatalf("resize to %d through a follower: %d, %d nodes", n, code, out.Nodes)
+		}
+		var st fsm.State
+		for _, m := range ms {
+			poll(t, 10*time.Second, "every replica to hold the new pool", func() bool {
+				st = m.cluster.State()
+				return len(st.Members) == n
+			})
+		}
+		if st.Epoch != prev.Epoch+1 {
+			t.Fatalf("epoch %d after resize from %d, want %d", st.Epoch, prev.Epoch, prev.Epoch+1)
+		}
+		checkRegionRule(t, prev.Regions, st.Regions, st.Members)
+		// Every member node follows the new map.
+		for _, mb := range st.Members {
+			var got node.Regions
+			poll(t, 10*time.Second, mb.ID+" to install epoch "+strconv.FormatUint(st.Epoch, 10), func() bool {
+				return call(t, "GET", mb.HTTP+"/regions", nil, &got) == 200 && got.Epoch == st.Epoch
+			})
+			if got.Owners != st.Regions {
+				t.Fatalf("%s holds owners %v, want %v", mb.ID, got.Owners, st.Regions)
+			}
+		}
+		// A node that lost a region no longer serves its key; one that kept it still does.
+		for r, k := range keys {
+			oldOwner, newOwner := prev.Regions[r], st.Regions[r]
+			u, alive := st.Member(oldOwner)
+			if !alive {
+				continue // removed from the pool and stopped by the provisioner
+			}
+			code := call(t, "GET", u.HTTP+"/cache/"+k, nil, nil)
+			switch {
+			case oldOwner == newOwner && code != 200:
+				t.Fatalf("region %d stayed with %s but its key is gone: %d", r, oldOwner, code)
+			case oldOwner != newOwner && code != http.StatusMisdirectedRequest:
+				t.Fatalf("region %d moved from %s to %s, but %s answers %d for its key, want 421", r, oldOwner, newOwner, oldOwner, code)
+			}
+		}
+		// Nodes removed from the pool are stopped by the local provisioner.
+		for _, old := range prev.Members {
+			if _, ok := st.Member(old.ID); !ok {
+				poll(t, 15*time.Second, old.ID+" to stop", func() bool {
+					_, err := http.Get(old.HTTP + "/healthz")
+					return err != nil
+				})
+			}
+		}
+		prev = st
+	}
+}
+
+// pidOf finds the process started with --id id.
+func pidOf(t *testing.T, id string) int {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "--id" && args[i+1] == id && strings.HasSuffix(args[0], "memcache") {
+				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+				return pid
+			}
+		}
+	}
+	t.Fatalf("no process with --id %s", id)
+	return 0
+}
+
+func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
+	// A dead grace far beyond the test's deadline: only memberlist's
+	// failure detection can trigger the reassignment.
+	ms := startSystem(t, 3, time.Hour)
+	if code := call(t, "POST", ms[0].url+"/v1/pool/resize", []byte(`{"nodes":3}`), nil); code != 200 {
+		t.Fatalf("resize to 3: %d", code)
+	}
+	var before fsm.State
+	poll(t, 10*time.Second, "the resize to reach replica 1", func() bool {
+		before = ms[0].cluster.State()
+		return len(before.Members) == 3
+	})
+	victim := before.Members[1].ID
+	if err := syscall.Kill(pidOf(t, victim), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var after fsm.State
+	poll(t, 20*time.Second, "the killed node's regions to be reassigned", func() bool {
+		after = ms[2].cluster.State()
+		_, still := after.Member(victim)
+		return !still && len(after.Members) == 3
+	})
+	// Only the victim's regions moved, all to its replacement.
+	replacement := after.Members[1].ID
+	for r := range region.Count {
+		switch before.Regions[r] {
+		case victim:
+			if after.Regions[r] != replacement {
+				t.Errorf("region %d of the killed node went to %s, want the replacement %s", r, after.Regions[r], replacement)
+			}
+		default:
+			if after.Regions[r] != before.Regions[r] {
+				t.Errorf("region %d moved from %s to %s; only the killed node's regions should move", r, before.Regions[r], after.Regions[r])
+			}
+		}
+	}
+	if call(t, "GET", nodeURL(after, replacement)+"/healthz", nil, nil) != 200 {
+		t.Errorf("replacement %s is not serving", replacement)
+	}
+}
+
+// freePortBase finds a base port for `up` whose nine ports are free.
+func freePortBase(t *testing.T) int {
+	t.Helper()
+	for try := 0; try < 20; try++ {
+		base := 20000 + (os.Getpid()*7+try*337)%20000
+		ok := true
+		for _, off := range []int{1, 2, 3, 101, 102, 103, 201, 202, 203} {
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
+			if err != nil {
+				ok = false
+				break
+			}
+			ln.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free port range for up")
+	return 0
+}
+
+// startUp starts `memcache up` and returns its command and info once ready.
+// syncBuffer is a bytes.Buffer safe for a process's output goroutine and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startUp(t *testing.T, data string, base int) (*exec.Cmd, upInfo, *syncBuffer) {
+	t.Helper()
+	info := filepath.Join(t.TempDir(), "info.json")
+	cmd := exec.Command(binary, "up", "--data", data, "--port-base", strconv.Itoa(base), "--info-file", info)
+	out := &syncBuffer{}
+	cmd.Stdout = out
+	cmd.Stderr = io.Discard
+	if os.Getenv("MEMCACHE_TEST_LOG") != "" {
+		cmd.Stderr = os.Stderr
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var ui upInfo
+	poll(t, 10*time.Second, "up to write its info file", func() bool {
+		b, err := os.ReadFile(info)
+		return err == nil && json.Unmarshal(b, &ui) == nil
+	})
+	t.Logf("up ready after %v", time.Since(start).Round(time.Millisecond))
+	return cmd, ui, out
+}
+
+func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
+	data := t.TempDir()
+	base := freePortBase(t)
+	cmd, info, out := startUp(t, data, base)
+	if len(info.Managers) != 3 || info.Frontend != nil {
+		t.Fatalf("info file %+v: want 3 managers and no frontend yet", info)
+	}
+	if !strings.Contains(out.String(), "manager-1") || !strings.Contains(out.String(), "leader") {
+		t.Errorf("table does not list the managers and a leader:\n%s", out)
+	}
+	// Every replica reports the same single leader.
+	leaders := map[string]int{}
+	for _, u := range info.Managers {
+		var st cluster.Status
+		if code := call(t, "GET", u+"/raft/status", nil, &st); code != 200 {
+			t.Fatalf("raft status of %s: %d", u, code)
+		}
+		leaders[st.Leader.ID]++
+		if len(st.Peers) != 3 {
+			t.Errorf("%s lists %d peers, want 3", u, len(st.Peers))
+		}
+	}
+	if len(leaders) != 1 || leaders[""] != 0 {
+		t.Fatalf("replicas disagree on the leader: %v", leaders)
+	}
+	secret, err := os.ReadFile(filepath.Join(data, "cluster-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(u, body string) int {
+		req, _ := http.NewRequest("PUT", u+"/v1/config/cache", strings.NewReader(body))
+		req.Header.Set(auth.Header, strings.TrimSpace(string(secret)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := put(info.Managers[2], `{"capacity_mb":96,"policy":"RR"}`); code != 200 {
+		t.Fatalf("set cache config: %d", code)
+	}
+	req, _ := http.NewRequest("POST", info.Managers[1]+"/v1/pool/resize", strings.NewReader(`{"nodes":2}`))
+	req.Header.Set(auth.Header, strings.TrimSpace(string(secret)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("resize to 2: %v %v", err, resp)
+	}
+	resp.Body.Close()
+
+	// Ctrl-C stops everything cleanly.
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("up exited with %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("up did not stop within 20 s of SIGINT")
+	}
+
+	// Restart on the same data: same config, same pool size, new live nodes.
+	_, info, out = startUp(t, data, base)
+	var cfg struct {
+		Cache fsm.CacheConfig `json:"cache"`
+	}
+	req, _ = http.NewRequest("GET", info.Managers[0]+"/v1/config", nil)
+	req.Header.Set(auth.Header, strings.TrimSpace(string(secret)))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&cfg)
+	resp.Body.Close()
+	if cfg.Cache != (fsm.CacheConfig{CapacityMB: 96, Policy: "RR"}) {
+		t.Errorf("cache config after restart %+v, want {96 RR}", cfg.Cache)
+	}
+	if n := strings.Count(out.String(), "\nnode "); n != 2 {
+		t.Errorf("restarted table lists %d nodes, want 2:\n%s", n, out)
+	}
+}
+
+func TestAdminAPIRefusesBadInputAndChangesNothing(t *testing.T) {
+	ms := startSystem(t, 1, time.Hour)
+	u := ms[0].url
+	before := ms[0].cluster.State()
+	cases := []struct {
+		name, method, path, body string
+		code                     int
+		msg                      string
+	}{
+		{"capacity 0", "PUT", "/v1/config/cache", `{"capacity_mb":0}`, 400, "capacity_mb 0 is outside 1..1024"},
+		{"capacity 2000", "PUT", "/v1/config/cache", `{"capacity_mb":2000}`, 400, "capacity_mb 2000 is outside 1..1024"},
+		{"policy FIFO", "PUT", "/v1/config/cache", `{"policy":"FIFO"}`, 400, `"FIFO"`},
+		{"malformed cache body", "PUT", "/v1/config/cache", `{"capacity_mb":`, 400, "malformed JSON body"},
+		{"unknown field", "PUT", "/v1/config/cache", `{"size":3}`, 400, "unknown field"},
+		{"mode sometimes", "PUT", "/v1/config/scaling", `{"mode":"sometimes"}`, 400, "sometimes"},
+		{"expand ratio 1", "PUT", "/v1/config/scaling", `{"expand_ratio":1}`, 400, "expand_ratio"},
+		{"shrink ratio 1", "PUT", "/v1/config/scaling", `{"shrink_ratio":1}`, 400, "shrink_ratio"},
+		{"min above max", "PUT", "/v1/config/scaling", `{"min_miss_rate":0.9,"max_miss_rate":0.5}`, 400, "min_miss_rate"},
+		{"9 nodes", "POST", "/v1/pool/resize", `{"nodes":9}`, 400, "9 nodes is outside 1..8"},
+		{"0 nodes", "POST", "/v1/pool/resize", `{"nodes":0}`, 400, "0 nodes is outside 1..8"},
+		{"no nodes", "POST", "/v1/pool/resize", `{}`, 400, "nodes is required"},
+		{"nodes not a number", "POST", "/v1/pool/resize", `{"nodes":"two"}`, 400, "malformed JSON body"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, u+tc.path, strings.NewReader(tc.body))
+			req.Header.Set(auth.Header, sysSecret)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var e struct {
+				Error struct {
+					Code    int    `json:"code"`
+					Message string `json:"message"`
+				} `json:"error"`
+			}
+			json.NewDecoder(resp.Body).Decode(&e)
+			if resp.StatusCode != tc.code || e.Error.Code != tc.code || !strings.Contains(e.Error.Message, tc.msg) {
+				t.Fatalf("got %d %+v, want %d with a message containing %q", resp.StatusCode, e.Error, tc.code, tc.msg)
+			}
+		})
+	}
+	if after := ms[0].cluster.State(); after.Index != before.Index {
+		t.Errorf("refused requests moved the state from index %d to %d", before.Index, after.Index)
+	}
+	// Without the cluster secret, the admin API refuses even valid requests.
+	resp, err := http.Post(u+"/v1/pool/resize", "application/json", strings.NewReader(`{"nodes":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("resize without the secret: got %d, want 401", resp.StatusCode)
+	}
+}
