@@ -38,6 +38,7 @@ func managerFlags() []cli.Flag {
 		stringFlag("gossip-key", "", "base64 AES key (16, 24 or 32 bytes) that encrypts gossip; the same on every member"),
 		intFlag("bootstrap-expect", 3, "the first N managers that find each other by gossip form the Raft group (1 for a single manager); ignored when --data-dir already holds Raft state"),
 		stringFlag("cluster-secret", "", "shared secret every cluster-internal HTTP call must carry"),
+		stringFlag("admin-token", "", "bearer token the admin API (/api/delete_all, configure_cache, getNumNodes, getRate) requires; blank leaves it open"),
 		stringFlag("provisioner", "static", "where pool nodes come from: static (nodes that joined by gossip) or local (start memcache node processes here)"),
 		intFlag("initial-nodes", 1, "pool size the leader creates when the pool is empty"),
 		&cli.DurationFlag{Name: "dead-grace", Value: 10 * time.Second, Usage: "how long a pool node may be missing from gossip before its regions are reassigned", Sources: cli.EnvVars(envName("dead-grace"))},
@@ -65,7 +66,7 @@ type managerOptions struct {
 	join                          []string
 	gossipKey                     []byte
 	bootstrapExpect, initialNodes int
-	secret                        string
+	secret, adminToken            string
 	deadGrace                     time.Duration
 	timing                        cluster.Timing
 	fastGossip                    bool
@@ -137,7 +138,7 @@ func startManager(o managerOptions, log *slog.Logger) (*managerProc, error) {
 	})
 	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	c.Routes(r)
-	web.New(web.Config{Secret: o.secret}, c, pool, log).Routes(r)
+	web.New(web.Config{Secret: o.secret, AdminToken: o.adminToken}, c, pool, log).Routes(r)
 
 	// Requests' contexts derive from base, so cancelling it ends the
 	// long-polling watches that Shutdown would otherwise wait for.
@@ -190,7 +191,7 @@ func runManager(ctx context.Context, cmd *cli.Command) error {
 		gossipAddr: cmd.String("gossip-addr"), gossipAdvertise: cmd.String("gossip-advertise"),
 		join: cmd.StringSlice("join"), gossipKey: key,
 		bootstrapExpect: cmd.Int("bootstrap-expect"), initialNodes: cmd.Int("initial-nodes"),
-		secret: cmd.String("cluster-secret"), deadGrace: cmd.Duration("dead-grace"),
+		secret: cmd.String("cluster-secret"), adminToken: cmd.String("admin-token"), deadGrace: cmd.Duration("dead-grace"),
 		timing: cluster.DefaultTiming(),
 	}
 	switch p := cmd.String("provisioner"); p {

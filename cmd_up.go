@@ -25,15 +25,18 @@ import (
 func upCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "up",
-		Usage: "run the whole system on this machine: 3 manager replicas and the cache nodes",
+		Usage: "run the whole system on this machine: 3 manager replicas, the cache nodes and a frontend",
 		Description: "Starts 3 manager replicas (Raft group, data under --data), a local provisioner\n" +
-			"that starts cache nodes as child processes, and a pool of one node; prints every\n" +
-			"address and writes them as JSON to --info-file once the cluster is ready. Ctrl-C\n" +
-			"stops everything. Restarting on the same --data brings back the same pool config.",
+			"that starts cache nodes as child processes, a pool of one node, and a frontend\n" +
+			"(images in --data/frontend/blobs, keys in SQLite); prints every address and the\n" +
+			"admin token, and writes them as JSON to --info-file once the cluster is ready.\n" +
+			"Ctrl-C stops everything. Restarting on the same --data keeps the data, the\n" +
+			"secrets and the pool config.",
 		Flags: []cli.Flag{
 			stringFlag("data", "./memcache-data", "directory for every replica's data, secrets and node logs"),
 			stringFlag("host", "127.0.0.1", "IP address every process listens on"),
-			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i"),
+			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i; the frontend gossips on port-base+204"),
+			stringFlag("frontend-addr", "127.0.0.1:8080", "host:port of the frontend (pages and data API)"),
 			stringFlag("info-file", "", "write the addresses as JSON here once ready"),
 			&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, Usage: "how long to wait for a leader and the first node", Sources: cli.EnvVars(envName("ready-timeout"))},
 		},
@@ -83,6 +86,10 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	token, err := readOrCreateSecret(filepath.Join(data, "admin-token"), 24, hex.EncodeToString)
+	if err != nil {
+		return err
+	}
 	const replicas = 3
 	gossipAddrs := make([]string, replicas)
 	for i := range replicas {
@@ -108,11 +115,17 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		return sharedProvisioner{shared}, nil
 	}
 
-	var managers []*managerProc
+	var (
+		managers []*managerProc
+		fe       *frontendProc
+	)
 	stopAll := func() error {
 		shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		var errs []error
+		if fe != nil {
+			errs = append(errs, fe.close(shutdown))
+		}
 		for i := len(managers) - 1; i >= 0; i-- {
 			errs = append(errs, managers[i].close(shutdown))
 		}
@@ -128,7 +141,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 			httpAddr:   fmt.Sprintf("%s:%d", host, base+i+1),
 			raftAddr:   fmt.Sprintf("%s:%d", host, base+100+i+1),
 			gossipAddr: gossipAddrs[i], join: gossipAddrs, gossipKey: key,
-			bootstrapExpect: replicas, initialNodes: 1, secret: secret,
+			bootstrapExpect: replicas, initialNodes: 1, secret: secret, adminToken: token,
 			// The nodes are this process's children: after a restart the
 			// old ones are certainly gone, so replace them quickly.
 			deadGrace: 3 * time.Second, timing: cluster.DefaultTiming(),
@@ -141,15 +154,27 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		managers = append(managers, m)
 	}
 
+	info := upInfo{Token: &token}
+	for _, m := range managers {
+		info.Managers = append(info.Managers, m.url)
+	}
+	fe, err = startFrontend(ctx, frontendOptions{
+		id: "frontend", httpAddr: cmd.String("frontend-addr"),
+		gossipAddr: fmt.Sprintf("%s:%d", host, base+200+replicas+1), join: gossipAddrs, gossipKey: key,
+		managers: info.Managers, secret: secret,
+		db: filepath.Join(data, "frontend", "keys.db"), blobDir: filepath.Join(data, "frontend", "blobs"),
+		maxUpload: 10 << 20,
+	}, log.With("id", "frontend"))
+	if err != nil {
+		stopAll()
+		return err
+	}
+	info.Frontend = &fe.url
 	if err := waitReady(ctx, managers, cmd.Duration("ready-timeout")); err != nil {
 		stopAll()
 		return err
 	}
-	info := upInfo{}
-	for _, m := range managers {
-		info.Managers = append(info.Managers, m.url)
-	}
-	printTable(os.Stdout, managers, secret)
+	printTable(os.Stdout, managers, fe.url, secret, token)
 	if f := cmd.String("info-file"); f != "" {
 		b, _ := json.MarshalIndent(info, "", "  ")
 		if err := os.WriteFile(f, append(b, '\n'), 0o600); err != nil {
@@ -200,7 +225,7 @@ func poolReady(c *cluster.Cluster) bool {
 	return len(members) > 0
 }
 
-func printTable(w io.Writer, managers []*managerProc, secret string) {
+func printTable(w io.Writer, managers []*managerProc, frontendURL, secret, token string) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tNAME\tHTTP\tRAFT\tGOSSIP\tSTATE")
 	for _, m := range managers {
@@ -215,9 +240,10 @@ func printTable(w io.Writer, managers []*managerProc, secret string) {
 	for _, n := range st.Members {
 		fmt.Fprintf(tw, "node\t%s\t%s\t-\t-\tregions %v\n", n.ID, n.HTTP, st.Regions.Owned(n.ID))
 	}
-	fmt.Fprintln(tw, "frontend\t-\t(not yet available)\t-\t-\t-")
+	fmt.Fprintf(tw, "frontend\tfrontend\t%s\t-\t-\t-\n", frontendURL)
 	tw.Flush()
-	fmt.Fprintf(w, "\ncluster secret: %s\nraft status:    curl %s/raft/status\n", secret, managers[0].url)
+	fmt.Fprintf(w, "\nopen:           %s\nadmin token:    %s\ncluster secret: %s\nraft status:    curl %s/raft/status\n",
+		frontendURL, token, secret, managers[0].url)
 }
 
 // sharedProvisioner lets several replicas use one provisioner; closing it is

@@ -86,10 +86,6 @@ func notYet(name string) cli.ActionFunc {
 	}
 }
 
-func frontendCommand() *cli.Command {
-	return &cli.Command{Name: "frontend", Usage: "run the web frontend and data API (not yet available)", Action: notYet("frontend")}
-}
-
 func loadCommand() *cli.Command {
 	return &cli.Command{Name: "load", Usage: "generate load against a frontend (not yet available)", Action: notYet("load")}
 }

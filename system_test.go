@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"mime/multipart"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -386,7 +389,7 @@ func (s *syncBuffer) String() string {
 func startUp(t *testing.T, data string, base int) (*exec.Cmd, upInfo, *syncBuffer) {
 	t.Helper()
 	info := filepath.Join(t.TempDir(), "info.json")
-	cmd := exec.Command(binary, "up", "--data", data, "--port-base", strconv.Itoa(base), "--info-file", info)
+	cmd := exec.Command(binary, "up", "--data", data, "--port-base", strconv.Itoa(base), "--info-file", info, "--frontend-addr", "127.0.0.1:0")
 	out := &syncBuffer{}
 	cmd.Stdout = out
 	cmd.Stderr = io.Discard
@@ -411,8 +414,16 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	data := t.TempDir()
 	base := freePortBase(t)
 	cmd, info, out := startUp(t, data, base)
-	if len(info.Managers) != 3 || info.Frontend != nil {
-		t.Fatalf("info file %+v: want 3 managers and no frontend yet", info)
+	if len(info.Managers) != 3 || info.Frontend == nil || info.Token == nil || *info.Token == "" {
+		t.Fatalf("info file %+v: want 3 managers, a frontend and a token", info)
+	}
+	// An image uploaded now is still there after the restart.
+	red, err := os.ReadFile("frontend/testdata/red.png")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := uploadImage(t, *info.Frontend, "kept/across restarts", red); code != 200 {
+		t.Fatalf("upload through up's frontend: %d", code)
 	}
 	if !strings.Contains(out.String(), "manager-1") || !strings.Contains(out.String(), "leader") {
 		t.Errorf("table does not list the managers and a leader:\n%s", out)
@@ -491,6 +502,45 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	if n := strings.Count(out.String(), "\nnode "); n != 2 {
 		t.Errorf("restarted table lists %d nodes, want 2:\n%s", n, out)
 	}
+	if got := getImage(t, *info.Frontend, "kept/across restarts"); !bytes.Equal(got, red) {
+		t.Errorf("image after restart: %d bytes, want the %d uploaded", len(got), len(red))
+	}
+}
+
+// uploadImage posts key and data to a frontend's /api/upload.
+func uploadImage(t testing.TB, base, key string, data []byte) int {
+	t.Helper()
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	mw.WriteField("key", key)
+	fw, _ := mw.CreateFormFile("file", "x.png")
+	fw.Write(data)
+	mw.Close()
+	resp, err := http.Post(base+"/api/upload", mw.FormDataContentType(), &body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// getImage reads key through a frontend's /api/key; nil if not 200.
+func getImage(t testing.TB, base, key string) []byte {
+	t.Helper()
+	resp, err := http.Post(base+"/api/key/"+url.PathEscape(key), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Content string `json:"content"`
+	}
+	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&out) != nil {
+		return nil
+	}
+	b, _ := base64.StdEncoding.DecodeString(out.Content)
+	return b
 }
 
 func TestAdminAPIRefusesBadInputAndChangesNothing(t *testing.T) {

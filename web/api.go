@@ -36,6 +36,9 @@ type Config struct {
 	Secret string
 	// WriteTimeout bounds a write, including a resize that starts nodes. If zero, 90 s.
 	WriteTimeout time.Duration
+	// AdminToken is the bearer token the tester's admin API requires. If
+	// blank, that API is open.
+	AdminToken string
 }
 
 // API is the manager's admin API.
@@ -43,6 +46,7 @@ type API struct {
 	cfg     Config
 	cluster Cluster
 	pool    Pool
+	stats   PoolStats
 	log     *slog.Logger
 }
 
@@ -51,7 +55,12 @@ func New(cfg Config, c Cluster, p Pool, log *slog.Logger) *API {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 90 * time.Second
 	}
-	return &API{cfg: cfg, cluster: c, pool: p, log: log.With("component", "web")}
+	log = log.With("component", "web")
+	if cfg.AdminToken == "" {
+		log.Warn("no admin token: the admin API is open to anyone who can reach this replica")
+	}
+	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
+	return &API{cfg: cfg, cluster: c, pool: p, stats: memberStats{c, client}, log: log}
 }
 
 // Routes mounts the API on r:
@@ -70,6 +79,7 @@ func (a *API) Routes(r chi.Router) {
 		r.Post("/v1/pool/clear", a.handleClear)
 		r.Method(http.MethodPost, "/v1/pool/resize", a.cluster.ForwardToLeader(http.HandlerFunc(a.handleResize)))
 	})
+	a.testerRoutes(r)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

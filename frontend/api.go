@@ -1,0 +1,262 @@
+package frontend
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/memcache/memcache/keyindex"
+)
+
+// apiError writes the tester API's error shape:
+// {"success":"false","error":{"code":N,"message":"..."}}.
+func apiError(w http.ResponseWriter, code int, format string, args ...any) {
+	writeJSON(w, code, map[string]any{
+		"success": "false",
+		"error":   map[string]any{"code": code, "message": fmt.Sprintf(format, args...)},
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// statusOf maps an error of the read and write paths to an HTTP status.
+func statusOf(err error) int {
+	var maxBytes *http.MaxBytesError
+	switch {
+	case errors.Is(err, ErrBadKey), errors.Is(err, ErrNotImage), errors.Is(err, errBadForm):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrTooLarge), errors.As(err, &maxBytes):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+var errBadForm = errors.New("malformed form")
+
+// readUpload parses a multipart upload and returns its key and file bytes.
+func (f *Frontend) readUpload(w http.ResponseWriter, r *http.Request) (string, []byte, error) {
+	// Room for the form's other fields and boundaries beside the file.
+	r.Body = http.MaxBytesReader(w, r.Body, f.cfg.MaxUpload+64<<10)
+	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || ct != "multipart/form-data" {
+		return "", nil, fmt.Errorf("%w: want multipart/form-data with fields key and file", errBadForm)
+	}
+	if err := r.ParseMultipartForm(f.cfg.MaxUpload + 64<<10); err != nil {
+		var maxBytes *http.MaxBytesError
+		if errors.As(err, &maxBytes) {
+			return "", nil, fmt.Errorf("%w: the upload is over the %d-byte limit", ErrTooLarge, f.cfg.MaxUpload)
+		}
+		return "", nil, fmt.Errorf("%w: %v", errBadForm, err)
+	}
+	defer r.MultipartForm.RemoveAll()
+	key := r.FormValue("key")
+	if err := ValidateKey(key); err != nil {
+		return "", nil, err
+	}
+	file, hdr, err := r.FormFile("file")
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: missing file field", errBadForm)
+	}
+	defer file.Close()
+	if hdr.Size > f.cfg.MaxUpload {
+		return "", nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, hdr.Size, f.cfg.MaxUpload)
+	}
+	data, err := io.ReadAll(io.LimitReader(file, f.cfg.MaxUpload+1))
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: reading file: %v", errBadForm, err)
+	}
+	if len(data) == 0 {
+		return "", nil, fmt.Errorf("%w: the file is empty", ErrNotImage)
+	}
+	return key, data, nil
+}
+
+func (f *Frontend) apiUpload(w http.ResponseWriter, r *http.Request) {
+	key, data, err := f.readUpload(w, r)
+	if err == nil {
+		_, err = f.Put(r.Context(), key, data)
+	}
+	if err != nil {
+		code := statusOf(err)
+		if code >= 500 {
+			f.log.Error("upload failed", "err", err)
+		}
+		apiError(w, code, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "key": key})
+}
+
+func (f *Frontend) apiListKeys(w http.ResponseWriter, r *http.Request) {
+	entries, err := f.List(r.Context())
+	if err != nil {
+		apiError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	keys := make([]string, 0, len(entries))
+	for _, e := range entries {
+		keys = append(keys, e.Key)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "keys": keys})
+}
+
+// pathKey returns the unescaped key after prefix in r's escaped path.
+func pathKey(r *http.Request, prefix string) (string, error) {
+	key, err := url.PathUnescape(strings.TrimPrefix(r.URL.EscapedPath(), prefix))
+	if err != nil {
+		return "", fmt.Errorf("%w: not a valid path-escaped key", ErrBadKey)
+	}
+	return key, ValidateKey(key)
+}
+
+func (f *Frontend) apiKey(w http.ResponseWriter, r *http.Request) {
+	key, err := pathKey(r, "/api/key/")
+	if err == nil {
+		var img Image
+		img, err = f.Get(r.Context(), key)
+		if err == nil {
+			writeJSON(w, http.StatusOK, map[string]any{"success": "true", "content": base64.StdEncoding.EncodeToString(img.Data)})
+			return
+		}
+	}
+	apiError(w, statusOf(err), "%v", err)
+}
+
+// serveImage serves GET /images/{key}: the bytes with their content type
+// and ETag, or 304 when If-None-Match matches.
+func (f *Frontend) serveImage(w http.ResponseWriter, r *http.Request) {
+	key, err := pathKey(r, "/images/")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	img, err := f.Get(r.Context(), key)
+	if err != nil {
+		http.Error(w, err.Error(), statusOf(err))
+		return
+	}
+	h := w.Header()
+	h["Etag"] = []string{img.ETag}
+	h["Cache-Control"] = []string{"no-cache"} // revalidate: a key can be replaced
+	if match := r.Header.Get("If-None-Match"); match != "" && img.ETag != "" && etagMatches(match, img.ETag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	h["Content-Type"] = []string{img.ContentType}
+	h["Content-Length"] = []string{fmt.Sprint(len(img.Data))}
+	h["X-Memcache-Source"] = []string{source(img)}
+	w.Write(img.Data)
+}
+
+func source(img Image) string {
+	if img.FromCache {
+		return "cache"
+	}
+	return "store"
+}
+
+// etagMatches reports whether an If-None-Match header lists etag (or *).
+func etagMatches(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == etag || t == "*" {
+			return true
+		}
+	}
+	return false
+}
+
+// proxyAdmin forwards an admin API request to a manager replica, trying
+// each in turn, and copies its answer. The manager checks the admin token.
+func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, int, bool) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	if err != nil {
+		apiError(w, http.StatusBadRequest, "reading request: %v", err)
+		return nil, 0, false
+	}
+	managers := f.cfg.Managers()
+	if len(managers) == 0 {
+		apiError(w, http.StatusServiceUnavailable, "no manager replica is known to this frontend")
+		return nil, 0, false
+	}
+	var lastErr error
+	for _, m := range managers {
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, m+r.URL.RequestURI(), bytes.NewReader(body))
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		for _, h := range []string{"Authorization", "Content-Type"} {
+			if v := r.Header.Get(h); v != "" {
+				req.Header.Set(h, v)
+			}
+		}
+		resp, err := f.client.Do(req)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		return out, resp.StatusCode, true
+	}
+	apiError(w, http.StatusBadGateway, "no manager replica answered: %v", lastErr)
+	return nil, 0, false
+}
+
+func copyJSON(w http.ResponseWriter, code int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(body)
+}
+
+// apiAdmin forwards configure_cache, getNumNodes and getRate.
+func (f *Frontend) apiAdmin(w http.ResponseWriter, r *http.Request) {
+	if body, code, ok := f.proxyAdmin(w, r); ok {
+		copyJSON(w, code, body)
+	}
+}
+
+// apiDeleteAll has a manager commit a new delete-all generation (which
+// clears every node's cache), then deletes every row and object here, so
+// that the answer comes after the data is gone.
+func (f *Frontend) apiDeleteAll(w http.ResponseWriter, r *http.Request) {
+	body, code, ok := f.proxyAdmin(w, r)
+	if !ok {
+		return
+	}
+	if code != http.StatusOK {
+		copyJSON(w, code, body)
+		return
+	}
+	var ans struct {
+		DeleteGen uint64 `json:"delete_gen"`
+	}
+	json.Unmarshal(body, &ans)
+	if err := f.deleteAllAt(r.Context(), ans.DeleteGen); err != nil {
+		f.log.Error("delete all", "err", err)
+		apiError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	copyJSON(w, code, body)
+}
+
+var _ = keyindex.ErrNotFound

@@ -1,0 +1,71 @@
+package frontend
+
+import (
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Handler returns the frontend's HTTP API and pages:
+//
+//	GET  /, POST /upload      upload page
+//	GET  /retrieve?key=K      retrieve page: the image and whether it came from the cache
+//	GET  /keys                every key, with thumbnails
+//	GET  /images/{key}        the image bytes, Content-Type, ETag; 304 on If-None-Match
+//	POST /api/upload          form key + file -> {"success":"true","key":K}
+//	POST /api/list_keys       {"success":"true","keys":[...]}
+//	POST /api/key/{key}       {"success":"true","content":BASE64}
+//	POST /api/delete_all, /api/configure_cache, /api/getNumNodes, /api/getRate
+//	                          forwarded to a manager replica (admin token required there)
+//	GET  /healthz, /readyz, /metrics
+func (f *Frontend) Handler() http.Handler {
+	reg := prometheus.NewRegistry()
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "memcache_frontend_request_duration_seconds", Help: "Latency of frontend HTTP requests, by route.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
+	}, []string{"route", "code"})
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), latency,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_frontend_cache_hits_total", Help: "Reads answered by a cache node."},
+			func() float64 { return float64(f.hits.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_frontend_cache_misses_total", Help: "Reads answered by the stores."},
+			func() float64 { return float64(f.misses.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_frontend_node_errors_total", Help: "Failed requests to cache nodes."},
+			func() float64 { return float64(f.nodeErrors.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_frontend_pool_epoch", Help: "Epoch of the pool state the frontend routes by."},
+			func() float64 { return float64(f.pool.Load().Epoch) }),
+	)
+	r := chi.NewRouter()
+	r.Use(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			next.ServeHTTP(ww, r)
+			route := chi.RouteContext(r.Context()).RoutePattern()
+			latency.WithLabelValues(route, http.StatusText(ww.Status())).Observe(time.Since(start).Seconds())
+		})
+	})
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+
+	r.Get("/", f.pageUpload)
+	r.Post("/upload", f.pageUploadPost)
+	r.Get("/retrieve", f.pageRetrieve)
+	r.Get("/keys", f.pageKeys)
+	r.Get("/images/*", f.serveImage)
+
+	r.Post("/api/upload", f.apiUpload)
+	r.Post("/api/list_keys", f.apiListKeys)
+	r.Post("/api/key/*", f.apiKey)
+	r.Post("/api/delete_all", f.apiDeleteAll)
+	r.Post("/api/configure_cache", f.apiAdmin)
+	r.Post("/api/getNumNodes", f.apiAdmin)
+	r.Post("/api/getRate", f.apiAdmin)
+	return r
+}

@@ -1,0 +1,113 @@
+// Package metrics gathers the cache pool's statistics from its nodes and
+// computes rates from summed counts, as DESIGN §5 defines them.
+package metrics
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/node"
+)
+
+// Totals are summed counts over a window.
+type Totals struct {
+	Hits     uint64 `json:"hits"`
+	Misses   uint64 `json:"misses"`
+	Gets     uint64 `json:"gets"`
+	Requests uint64 `json:"requests"`
+	Items    int64  `json:"items"` // at the end of the window
+	Bytes    int64  `json:"bytes"` // at the end of the window
+	Nodes    int    `json:"nodes"` // nodes that answered
+}
+
+// MissRate is misses/GETs; ok is false when there were no GETs (no rate).
+func (t Totals) MissRate() (rate float64, ok bool) {
+	if t.Gets == 0 {
+		return 0, false
+	}
+	return float64(t.Misses) / float64(t.Gets), true
+}
+
+// HitRate is hits/GETs; ok is false when there were no GETs.
+func (t Totals) HitRate() (rate float64, ok bool) {
+	if t.Gets == 0 {
+		return 0, false
+	}
+	return float64(t.Hits) / float64(t.Gets), true
+}
+
+// Add sums the samples of one node into t: counts over the window, and
+// occupancy from the latest sample.
+func (t *Totals) Add(samples []node.Sample) {
+	var last *node.Sample
+	for i := range samples {
+		s := &samples[i]
+		t.Hits += s.Hits
+		t.Misses += s.Misses
+		t.Gets += s.Gets
+		t.Requests += s.Requests
+		last = s
+	}
+	if last != nil {
+		t.Items += last.Items
+		t.Bytes += last.Bytes
+	}
+	t.Nodes++
+}
+
+// Window asks every member's /stats for the samples that ended after since
+// and sums them. Members that do not answer are left out (and reported in
+// err, which is informational: the totals of the others are still valid).
+func Window(ctx context.Context, client *http.Client, members []fsm.Member, since time.Time) (Totals, error) {
+	var (
+		mu    sync.Mutex
+		t     Totals
+		errs  []error
+		wg    sync.WaitGroup
+		query = url.Values{"since": {since.UTC().Format(time.RFC3339Nano)}}.Encode()
+	)
+	for _, m := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, err := fetch(ctx, client, m.HTTP+"/stats?"+query)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", m.ID, err))
+				return
+			}
+			t.Add(st.Samples)
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return t, fmt.Errorf("metrics: %d of %d nodes did not answer: %v", len(errs), len(members), errs)
+	}
+	return t, nil
+}
+
+func fetch(ctx context.Context, client *http.Client, u string) (node.Stats, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return node.Stats{}, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return node.Stats{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return node.Stats{}, fmt.Errorf("stats: %s", resp.Status)
+	}
+	var st node.Stats
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
