@@ -56,7 +56,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-const sysSecret = "system-test-secret"
+const (
+	sysSecret = "system-test-secret"
+	sysToken  = "system-test-admin-token"
+)
 
 func sysLogger() *slog.Logger {
 	if os.Getenv("MEMCACHE_TEST_LOG") != "" {
@@ -92,7 +95,7 @@ func startSystem(t *testing.T, n int, deadGrace time.Duration) []*managerProc {
 		m, err := startManager(managerOptions{
 			name: fmt.Sprintf("m%d", i+1), dataDir: t.TempDir(),
 			httpAddr: "127.0.0.1:0", raftAddr: "127.0.0.1:0", gossipAddr: "127.0.0.1:0",
-			join: join, bootstrapExpect: n, initialNodes: 1, secret: sysSecret,
+			join: join, bootstrapExpect: n, initialNodes: 1, secret: sysSecret, adminToken: sysToken,
 			deadGrace: deadGrace, timing: cluster.FastTiming(), fastGossip: true,
 			newProvisioner: func(g *gossip.Gossip) (scaler.Provisioner, error) {
 				if shared == nil {

@@ -411,6 +411,12 @@ func (c *Cluster) RaftAddr() string { return c.addr }
 // State returns this replica's copy of the pool state (possibly behind the leader's).
 func (c *Cluster) State() fsm.State { return c.fsm.State() }
 
+// Wait returns this replica's state once it has applied the entry after
+// index `after` (for example a write's Result.Index-1), or ctx's error.
+func (c *Cluster) Wait(ctx context.Context, after uint64) (fsm.State, error) {
+	return c.fsm.Wait(ctx, after)
+}
+
 // FSM returns the replica's state machine.
 func (c *Cluster) FSM() *fsm.FSM { return c.fsm }
 

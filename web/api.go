@@ -22,6 +22,8 @@ import (
 type Cluster interface {
 	Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error)
 	State() fsm.State
+	// Wait returns the state once this replica has applied index after+1.
+	Wait(ctx context.Context, after uint64) (fsm.State, error)
 	ForwardToLeader(next http.Handler) http.Handler
 }
 

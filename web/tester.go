@@ -62,11 +62,18 @@ func (a *API) testerRoutes(r chi.Router) {
 func (a *API) apiDeleteAll(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
 	defer cancel()
-	if _, err := a.cluster.Apply(ctx, fsm.DeleteAll{}); err != nil {
+	res, err := a.cluster.Apply(ctx, fsm.DeleteAll{})
+	if err != nil {
 		testerError(w, http.StatusServiceUnavailable, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "delete_gen": a.cluster.State().DeleteGen})
+	// A follower answers once it has applied the command itself.
+	st, err := a.cluster.Wait(ctx, res.Index-1)
+	if err != nil {
+		testerError(w, http.StatusServiceUnavailable, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "delete_gen": st.DeleteGen})
 }
 
 func (a *API) apiGetNumNodes(w http.ResponseWriter, _ *http.Request) {

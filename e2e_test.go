@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/memcache/memcache/blob"
+	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/region"
+)
+
+// pngImage returns a distinct PNG of about n KB.
+func pngImage(seed uint64, kb int) []byte {
+	side := 8
+	for side*side*3 < kb<<10 {
+		side += 4
+	}
+	r := rand.New(rand.NewPCG(seed, 7))
+	img := image.NewRGBA(image.Rect(0, 0, side, side))
+	for i := range img.Pix {
+		img.Pix[i] = byte(r.Uint32())
+	}
+	img.Set(0, 0, color.RGBA{byte(seed), byte(seed >> 8), 1, 255})
+	var b bytes.Buffer
+	png.Encode(&b, img)
+	return b.Bytes()
+}
+
+// admin posts to a tester admin endpoint with the admin token (unless
+// token is ""), returning the status and decoded body.
+func admin(t testing.TB, base, path, token string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", base+path, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func listKeys(t testing.TB, base string) []string {
+	t.Helper()
+	resp, err := http.Post(base+"/api/list_keys", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Success string   `json:"success"`
+		Keys    []string `json:"keys"`
+	}
+	json.NewDecoder(resp.Body).Decode(&out)
+	if out.Success != "true" {
+		t.Fatalf("list_keys: %d %+v", resp.StatusCode, out)
+	}
+	return out.Keys
+}
+
+// imageSource reads GET /images/{key} and says where it came from.
+func imageSource(t testing.TB, base, key string) ([]byte, string) {
+	t.Helper()
+	resp, err := http.Get(base + "/images/" + url.PathEscape(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return nil, fmt.Sprint(resp.StatusCode)
+	}
+	return b, resp.Header.Get("X-Memcache-Source")
+}
+
+// runEndToEnd drives the whole tester API against 3 managers, real node
+// processes and a frontend on the given stores.
+func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
+	ms := startSystem(t, 3, 2*time.Second)
+	o := frontendOptions{id: "fe", httpAddr: "127.0.0.1:0", gossipAddr: "127.0.0.1:0",
+		join: []string{ms[0].cluster.Gossip().Addr()}, secret: sysSecret, db: db,
+		blobDir: filepath.Join(t.TempDir(), "blobs"), maxUpload: 1 << 20, fastGossip: true}
+	if s3 != nil {
+		o.s3 = *s3
+	}
+	fe, err := startFrontend(context.Background(), o, sysLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fe.close(context.Background()) })
+	base := fe.url
+	poll(t, 10*time.Second, "the frontend to receive the pool", func() bool { return len(fe.fe.Pool().Members) == 1 })
+
+	// Upload one image per region and a few awkward keys; read them back byte-exact.
+	latest := map[string][]byte{}
+	keys := keysByRegion()
+	all := append(keys[:], "dir/sub/x.png", "../escape", "space and ünïcode 猫")
+	for i, k := range all {
+		latest[k] = pngImage(uint64(i), 4+i%8)
+		if code := uploadImage(t, base, k, latest[k]); code != 200 {
+			t.Fatalf("upload %q: %d", k, code)
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		for _, k := range all {
+			if got := getImage(t, base, k); !bytes.Equal(got, latest[k]) {
+				t.Fatalf("%s: %q returned %d bytes that are not the latest upload (%d bytes)", when, k, len(got), len(latest[k]))
+			}
+		}
+	}
+	check("after upload")
+	if got := listKeys(t, base); len(got) != len(all) {
+		t.Fatalf("list_keys: %d keys, want %d", len(got), len(all))
+	}
+	// An upload fills the cache: the next read is a hit.
+	if _, src := imageSource(t, base, keys[3]); src != "cache" {
+		t.Errorf("read after upload came from %q, want cache", src)
+	}
+
+	// Admin API through the frontend needs the token.
+	if code, _ := admin(t, base, "/api/getNumNodes", ""); code != http.StatusUnauthorized {
+		t.Errorf("getNumNodes without the token: %d, want 401", code)
+	}
+	if code, out := admin(t, base, "/api/getNumNodes", sysToken); code != 200 || out["numNodes"] != 1.0 {
+		t.Errorf("getNumNodes: %d %v, want 1", code, out)
+	}
+	for _, bad := range []struct{ q, msg string }{
+		{"cacheSize=0", "capacity_mb 0"},
+		{"cacheSize=2000", "capacity_mb 2000"},
+		{"policy=FIFO", "FIFO"},
+		{"numNodes=9", "numNodes 9 is outside 1..8"},
+		{"numNodes=two", "not a whole number"},
+		{"mode=auto&numNodes=3", "only be set in manual mode"},
+		{"expRatio=1", "expand_ratio"},
+		{"shrinkRatio=1.5", "shrink_ratio"},
+		{"maxMiss=0.2&minMiss=0.5", "min_miss_rate"},
+		{"colour=blue", "unknown parameter"},
+	} {
+		code, out := admin(t, base, "/api/configure_cache?"+bad.q, sysToken)
+		e, _ := out["error"].(map[string]any)
+		if code != 400 || out["success"] != "false" || !strings.Contains(fmt.Sprint(e["message"]), bad.msg) {
+			t.Errorf("configure_cache?%s: %d %v, want 400 mentioning %q", bad.q, code, out, bad.msg)
+		}
+	}
+	if st := ms[0].cluster.State(); st.Cache != fsm.DefaultState().Cache || len(st.Members) != 1 || st.Scaling != fsm.DefaultState().Scaling {
+		t.Fatalf("refused configure_cache calls changed the state: %+v", st)
+	}
+	resize := func(n int) {
+		t.Helper()
+		code, out := admin(t, base, fmt.Sprintf("/api/configure_cache?mode=manual&numNodes=%d&cacheSize=16&policy=LRU", n), sysToken)
+		if code != 200 || out["numNodes"] != float64(n) || out["cacheSize"] != 16.0 || out["policy"] != "LRU" || out["mode"] != "manual" {
+			t.Fatalf("configure_cache numNodes=%d: %d %v", n, code, out)
+		}
+		poll(t, 10*time.Second, fmt.Sprintf("the frontend to route by %d nodes", n), func() bool { return len(fe.fe.Pool().Members) == n })
+	}
+	replaceAll := func(round uint64) {
+		t.Helper()
+		for i, k := range all {
+			latest[k] = pngImage(round*1000+uint64(i), 3)
+			if code := uploadImage(t, base, k, latest[k]); code != 200 {
+				t.Fatalf("replace %q: %d", k, code)
+			}
+		}
+	}
+	// No stale image after grow -> replace -> shrink -> grow (the seed's bug).
+	resize(3)
+	check("after growing to 3")
+	replaceAll(1)
+	check("after replacing")
+	resize(2)
+	check("after shrinking to 2")
+	replaceAll(2)
+	resize(3)
+	check("after growing back to 3")
+	resize(2)
+	resize(4)
+	check("after 2 -> 4")
+
+	// Rates: reads were made, so the pool saw GETs in the last minute.
+	code, out := admin(t, base, "/api/getRate?rate=miss", sysToken)
+	if v, ok := out["value"].(float64); code != 200 || out["success"] != "true" || out["rate"] != "miss" || !ok || v < 0 || v > 1 {
+		t.Errorf("getRate miss: %d %v", code, out)
+	}
+	if code, _ := admin(t, base, "/api/getRate?rate=sideways", sysToken); code != 400 {
+		t.Errorf("getRate with a bad rate: %d, want 400", code)
+	}
+
+	// Reads keep working while a node is killed: misses fall back to the stores.
+	st := fe.fe.Pool()
+	victim := st.Members[1].ID
+	var stop atomic.Bool
+	var failures atomic.Int64
+	var reads atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; !stop.Load(); i++ {
+				k := all[i%len(all)]
+				got, _ := imageSource(t, base, k)
+				reads.Add(1)
+				if !bytes.Equal(got, latest[k]) {
+					failures.Add(1)
+				}
+			}
+		}()
+	}
+	poll(t, 10*time.Second, "reads to start", func() bool { return reads.Load() > 20 })
+	if err := syscall.Kill(pidOf(t, victim), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 20*time.Second, "the killed node to be replaced", func() bool {
+		_, still := fe.fe.Pool().Member(victim)
+		return !still && len(fe.fe.Pool().Members) == 4
+	})
+	before := reads.Load()
+	poll(t, 10*time.Second, "more reads after the replacement", func() bool { return reads.Load() > before+20 })
+	stop.Store(true)
+	wg.Wait()
+	if n := failures.Load(); n != 0 {
+		t.Errorf("%d of %d reads failed or were wrong while a node was killed", n, reads.Load())
+	}
+	check("after the node kill")
+
+	// Delete all: rows, objects and every node's cache.
+	if code, out := admin(t, base, "/api/delete_all", ""); code != 401 || out["success"] != "false" {
+		t.Errorf("delete_all without the token: %d %v, want 401", code, out)
+	}
+	if code, out := admin(t, base, "/api/delete_all", sysToken); code != 200 || out["success"] != "true" {
+		t.Fatalf("delete_all: %d %v", code, out)
+	}
+	if got := listKeys(t, base); len(got) != 0 {
+		t.Errorf("list_keys after delete_all: %v", got)
+	}
+	for _, k := range all {
+		if got, src := imageSource(t, base, k); got != nil || src != "404" {
+			t.Fatalf("%q after delete_all: %q, want 404", k, src)
+		}
+	}
+	for _, m := range fe.fe.Pool().Members {
+		var stats struct {
+			Counters struct {
+				Items int `json:"items"`
+			} `json:"counters"`
+		}
+		poll(t, 10*time.Second, m.ID+" to clear its cache", func() bool {
+			return call(t, "GET", m.HTTP+"/stats", nil, &stats) == 200 && stats.Counters.Items == 0
+		})
+	}
+	if s3 == nil {
+		if n := countObjects(t, o.blobDir); n != 0 {
+			t.Errorf("%d objects left in the blob dir after delete_all", n)
+		}
+	}
+	_ = region.Count
+}
+
+func countObjects(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+func TestEndToEndOnEmbeddedStores(t *testing.T) {
+	runEndToEnd(t, filepath.Join(t.TempDir(), "keys.db"), nil)
+}
