@@ -21,8 +21,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/memcache/memcache/blob"
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/pgtest"
+	"github.com/memcache/memcache/internal/s3test"
 	"github.com/memcache/memcache/region"
 )
 
@@ -292,4 +298,34 @@ func countObjects(t *testing.T, dir string) int {
 
 func TestEndToEndOnEmbeddedStores(t *testing.T) {
 	runEndToEnd(t, filepath.Join(t.TempDir(), "keys.db"), nil)
+}
+
+// TestEndToEndOnPostgresAndS3 runs the same scenario with the key index in
+// a real PostgreSQL and the images in a real S3 server (versitygw).
+func TestEndToEndOnPostgresAndS3(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	srv := s3test.Start(t)
+	srv.Env(t)
+	ctx := context.Background()
+	cfg := blob.S3Config{Bucket: "memcache-e2e", Prefix: "images/", Endpoint: srv.Endpoint, Region: srv.Region, PathStyle: true}
+	awsCfg, err := config.LoadDefaultConfig(ctx, config.WithRegion(srv.Region))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		o.BaseEndpoint = aws.String(srv.Endpoint)
+		o.UsePathStyle = true
+	})
+	if err := blob.NewS3WithClient(client, cfg).CreateBucket(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runEndToEnd(t, dsn, &cfg)
+	// Nothing is left under the prefix after delete_all.
+	out, err := client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(cfg.Bucket), Prefix: aws.String(cfg.Prefix)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(out.Contents); n != 0 {
+		t.Errorf("%d objects left in S3 after delete_all", n)
+	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/pgtest"
 	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
 	"github.com/memcache/memcache/scaler"
@@ -52,6 +53,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	pgtest.StopServer()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -10,9 +10,11 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/memcache/memcache/keyindex"
+	"github.com/memcache/memcache/node"
 )
 
 // apiError writes the tester API's error shape:
@@ -137,11 +139,16 @@ func (f *Frontend) apiKey(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveImage serves GET /images/{key}: the bytes with their content type
-// and ETag, or 304 when If-None-Match matches.
+// and ETag, or 304 when If-None-Match matches. A cache hit is streamed from
+// the node to the client without being buffered here.
 func (f *Frontend) serveImage(w http.ResponseWriter, r *http.Request) {
 	key, err := pathKey(r, "/images/")
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if f.streamFromCache(w, r, key) {
+		f.hits.Add(1)
 		return
 	}
 	img, err := f.Get(r.Context(), key)
@@ -149,17 +156,89 @@ func (f *Frontend) serveImage(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), statusOf(err))
 		return
 	}
-	h := w.Header()
-	h["Etag"] = []string{img.ETag}
-	h["Cache-Control"] = []string{"no-cache"} // revalidate: a key can be replaced
-	if match := r.Header.Get("If-None-Match"); match != "" && img.ETag != "" && etagMatches(match, img.ETag) {
-		w.WriteHeader(http.StatusNotModified)
+	writeImageHeaders(w, img.ContentType, img.ETag, len(img.Data), source(img))
+	if notModified(w, r, img.ETag) {
 		return
 	}
-	h["Content-Type"] = []string{img.ContentType}
-	h["Content-Length"] = []string{fmt.Sprint(len(img.Data))}
-	h["X-Memcache-Source"] = []string{source(img)}
 	w.Write(img.Data)
+}
+
+func writeImageHeaders(w http.ResponseWriter, contentType, etag string, size int, source string) {
+	h := w.Header()
+	h["Etag"] = []string{etag}
+	h["Cache-Control"] = []string{"no-cache"} // revalidate: a key can be replaced
+	h["Content-Type"] = []string{contentType}
+	h["Content-Length"] = []string{strconv.Itoa(size)}
+	h["X-Memcache-Source"] = []string{source}
+}
+
+// notModified answers 304 when r's If-None-Match lists etag.
+func notModified(w http.ResponseWriter, r *http.Request, etag string) bool {
+	match := r.Header.Get("If-None-Match")
+	if match == "" || etag == "" || !etagMatches(match, etag) {
+		return false
+	}
+	h := w.Header()
+	delete(h, "Content-Type")
+	delete(h, "Content-Length")
+	w.WriteHeader(http.StatusNotModified)
+	return true
+}
+
+// streamFromCache serves key's image from its owner node and reports
+// whether it did; on a miss or a node failure it writes nothing and returns
+// false. A copy in the frontend's hot cache is revalidated with the node
+// (If-None-Match; a 304 moves no bytes) and served from memory; otherwise
+// the image is streamed from the node and kept in the hot cache.
+func (f *Frontend) streamFromCache(w http.ResponseWriter, r *http.Request, key string) bool {
+	base, epoch := f.owner(key)
+	if base == "" {
+		return false
+	}
+	var hdr http.Header
+	hot, inHot := f.hotGet(key)
+	if inHot {
+		hdr = http.Header{"If-None-Match": {hot.ETag}}
+	}
+	resp, err := f.nodeRequest(r.Context(), http.MethodGet, base, key, epoch, nil, hdr)
+	if err != nil {
+		f.nodeErrors.Add(1)
+		return false
+	}
+	defer resp.Body.Close()
+	if inHot && resp.StatusCode == http.StatusNotModified {
+		writeImageHeaders(w, hot.ContentType, hot.ETag, len(hot.Value), "cache")
+		if !notModified(w, r, hot.ETag) {
+			w.Write(hot.Value)
+		}
+		return true
+	}
+	size, err := strconv.Atoi(resp.Header.Get("Content-Length"))
+	if resp.StatusCode != http.StatusOK || err != nil {
+		io.Copy(io.Discard, resp.Body)
+		if f.hot != nil {
+			f.hot.Delete(key)
+		}
+		return false
+	}
+	etag, ct := resp.Header.Get("ETag"), resp.Header.Get("Content-Type")
+	writeImageHeaders(w, ct, etag, size, "cache")
+	if notModified(w, r, etag) {
+		return true
+	}
+	if f.hot == nil || int64(size) > f.hot.Capacity()/8 {
+		bufp := f.copyBufs.Get().(*[]byte)
+		defer f.copyBufs.Put(bufp)
+		io.CopyBuffer(w, resp.Body, *bufp) // on error the client sees a short body
+		return true
+	}
+	data := make([]byte, size)
+	n, err := io.ReadFull(resp.Body, data)
+	w.Write(data[:n])
+	if err == nil {
+		f.hot.Put(key, node.Item{Value: data, ContentType: ct, ETag: etag})
+	}
+	return true
 }
 
 func source(img Image) string {

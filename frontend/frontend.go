@@ -81,6 +81,10 @@ type Config struct {
 	NodeTimeout time.Duration
 	// WatchWait is how long one pool-state watch blocks. If zero, 30 s.
 	WatchWait time.Duration
+	// HotCacheMB is the size of the frontend's own copy of popular images,
+	// always revalidated with the owner node before use (so it never serves
+	// what the node would not). 0 turns it off.
+	HotCacheMB int
 }
 
 // Frontend is the public side of memcache.
@@ -94,7 +98,9 @@ type Frontend struct {
 	pool   atomic.Pointer[fsm.State]
 	pages  map[string]*template.Template
 
-	deleteMu sync.Mutex // serialises delete-all runs
+	deleteMu sync.Mutex  // serialises delete-all runs
+	copyBufs sync.Pool   // *[]byte buffers for streaming images
+	hot      *node.Cache // revalidated copies of images; nil when off
 
 	hits, misses, nodeErrors atomic.Uint64
 }
@@ -114,6 +120,10 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 	tr.MaxIdleConnsPerHost = 64
 	f := &Frontend{cfg: cfg, blobs: blobs, index: index, log: log.With("component", "frontend"),
 		client: &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}, pages: parsePages()}
+	f.copyBufs.New = func() any { b := make([]byte, 64<<10); return &b }
+	if cfg.HotCacheMB > 0 {
+		f.hot, _ = node.NewCache(node.CacheConfig{CapacityMB: min(cfg.HotCacheMB, node.MaxCapacityMB), Policy: node.LRU})
+	}
 	empty := fsm.DefaultState()
 	f.pool.Store(&empty)
 	return f
@@ -291,6 +301,15 @@ func (f *Frontend) invalidate(ctx context.Context, key string) {
 		f.nodeErrors.Add(1)
 		f.log.Warn("cache invalidation failed", "node", base, "attempt", attempt+1, "err", err)
 	}
+}
+
+// hotGet returns the hot cache's copy of key, if any.
+func (f *Frontend) hotGet(key string) (node.Item, bool) {
+	if f.hot == nil {
+		return node.Item{}, false
+	}
+	item, ok, _ := f.hot.Get(key)
+	return item, ok
 }
 
 // Get returns the image stored under key: from the owner node's cache when

@@ -41,7 +41,9 @@ type stores struct {
 	index *keyindex.Index
 }
 
-func newStores(t *testing.T) stores {
+func newStores(t *testing.T) stores { return newStoresB(t) }
+
+func newStoresB(t testing.TB) stores {
 	t.Helper()
 	dir := t.TempDir()
 	b, err := blob.NewDir(filepath.Join(dir, "blobs"))

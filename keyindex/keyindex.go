@@ -396,7 +396,7 @@ func (ix *Index) DeleteAllAt(ctx context.Context, gen uint64) (objects []string,
 	defer tx.Rollback()
 	if ix.d.kind == "postgres" {
 		// Serialise frontends that act on the same generation at once.
-		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(7265616c6c)`); err != nil {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(6177326581)`); err != nil {
 			return nil, false, fmt.Errorf("keyindex: delete all: %w", err)
 		}
 	}

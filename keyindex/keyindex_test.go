@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/memcache/memcache/internal/pgtest"
 )
 
 // forEachBackend runs fn as a subtest against a fresh SQLite file and a fresh
@@ -21,7 +23,7 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, dsn string)) {
 		fn(t, "sqlite:"+filepath.Join(t.TempDir(), "index.db"))
 	})
 	t.Run("postgres", func(t *testing.T) {
-		fn(t, startPostgres(t))
+		fn(t, pgtest.DSN(t))
 	})
 }
 
@@ -598,4 +600,39 @@ func TestOpenSQLiteDSNForms(t *testing.T) {
 	if n, err := ix.Count(context.Background()); err != nil || n != 2 {
 		t.Errorf("Count on %s = %d, %v; want 2 (plain path and sqlite:path are one file), nil", plain, n, err)
 	}
+}
+
+func TestDeleteAllAtRunsEachGenerationOnce(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		ix := mustOpen(t, dsn)
+		other := mustOpen(t, dsn) // a second frontend on the same database
+		mustPut(t, ix, entry("a", "obj-a"))
+		mustPut(t, ix, entry("b", "obj-b"))
+		objects, done, err := ix.DeleteAllAt(ctx, 1)
+		if err != nil || done || len(objects) != 2 || objects[0] != "obj-a" || objects[1] != "obj-b" {
+			t.Fatalf("DeleteAllAt(1): %v, done %v, err %v; want [obj-a obj-b], false, nil", objects, done, err)
+		}
+		// A row written after generation 1 survives a repeat of generation 1,
+		// from either index: the generation is recorded in the database.
+		mustPut(t, ix, entry("c", "obj-c"))
+		for _, x := range []*Index{ix, other} {
+			if objects, done, err := x.DeleteAllAt(ctx, 1); err != nil || !done || len(objects) != 0 {
+				t.Fatalf("repeat of generation 1: %v, done %v, err %v; want nothing, done", objects, done, err)
+			}
+		}
+		if n, _ := ix.Count(ctx); n != 1 {
+			t.Fatalf("count after a repeated generation = %d, want 1", n)
+		}
+		// An older generation is also done; a newer one deletes.
+		if _, done, _ := other.DeleteAllAt(ctx, 0); !done {
+			t.Error("generation 0 after 1: not done")
+		}
+		if objects, done, err := other.DeleteAllAt(ctx, 3); err != nil || done || len(objects) != 1 || objects[0] != "obj-c" {
+			t.Fatalf("DeleteAllAt(3): %v, done %v, err %v; want [obj-c]", objects, done, err)
+		}
+		if n, _ := ix.Count(ctx); n != 0 {
+			t.Fatalf("count after generation 3 = %d, want 0", n)
+		}
+	})
 }

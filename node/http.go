@@ -33,7 +33,8 @@ const maxJSONBody = 64 << 10
 
 // Handler returns the node's HTTP API:
 //
-//	GET    /cache/{key}  the value (raw bytes) with its Content-Type and ETag; 404 on a miss
+//	GET    /cache/{key}  the value (raw bytes) with its Content-Type and ETag; 404 on a miss;
+//	                     304 (a hit, no body) when If-None-Match is the stored ETag
 //	PUT    /cache/{key}  cache the raw body (Content-Type and ETag headers are kept); 204
 //	DELETE /cache/{key}  invalidate one key; 204
 //	DELETE /cache        clear every entry; 204
@@ -151,6 +152,12 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := w.Header()
+	// A caller holding a copy revalidates it: 304 moves no bytes.
+	if inm := r.Header.Get("If-None-Match"); inm != "" && item.ETag != "" && inm == item.ETag {
+		h["Etag"] = []string{item.ETag}
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
 	if item.ContentType != "" {
 		h["Content-Type"] = []string{item.ContentType}
 	} else {

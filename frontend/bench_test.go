@@ -1,0 +1,174 @@
+package frontend
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/node"
+)
+
+// loadGET sends n GETs of url from 16 concurrent keep-alive clients and
+// returns the rate and the 99th percentile latency.
+func loadGET(b *testing.B, url string, n, want int) (float64, time.Duration) {
+	const clients = 16
+	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	lat := make([][]time.Duration, clients)
+	var left atomic.Int64
+	left.Store(int64(n))
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 32<<10)
+			for left.Add(-1) >= 0 {
+				t0 := time.Now()
+				resp, err := client.Get(url)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				got, _ := io.CopyBuffer(io.Discard, resp.Body, buf)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || int(got) != want {
+					b.Errorf("GET %s: %d, %d bytes", url, resp.StatusCode, got)
+					return
+				}
+				lat[c] = append(lat[c], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	if len(all) == 0 {
+		return 0, 0
+	}
+	return float64(len(all)) / time.Since(start).Seconds(), all[len(all)*99/100]
+}
+
+// BenchmarkImageGet100KB measures GET /images/{key} of a 100 KB image on a
+// cache hit (frontend -> cache node over loopback -> client), beside a bare
+// Go file server serving the same bytes, 16 concurrent clients, in one run.
+func BenchmarkImageGet100KB(b *testing.B) {
+	dir := b.TempDir()
+	img := make([]byte, 100<<10)
+	copy(img, mustReadB(b, "red.png")) // a PNG header: content sniffed as image/png
+	rand.Read(img[100:])
+	if err := os.WriteFile(filepath.Join(dir, "cat.png"), img, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	bare := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	defer bare.Close()
+
+	n, err := node.New(node.Config{ID: "n1", Secret: "s"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	nodeSrv := httptest.NewServer(n.Handler())
+	defer nodeSrv.Close()
+	st := newStoresB(b)
+	f := New(Config{Secret: "s", HotCacheMB: 64}, st.blobs, st.index, slog.New(slog.DiscardHandler))
+	pool := fsm.DefaultState()
+	pool.Index, pool.Epoch = 1, 0
+	pool.Members = []fsm.Member{{ID: "n1", HTTP: nodeSrv.URL}}
+	for r := range pool.Regions {
+		pool.Regions[r] = "n1"
+	}
+	f.setPool(pool)
+	if _, err := f.Put(context.Background(), "cat.png", img); err != nil {
+		b.Fatal(err)
+	}
+	front := httptest.NewServer(f.Handler())
+	defer front.Close()
+	if got, _ := f.Get(context.Background(), "cat.png"); !got.FromCache {
+		b.Fatal("the image is not served from the cache")
+	}
+	bareURL, frontURL := bare.URL+"/cat.png", front.URL+"/images/cat.png"
+	for _, tc := range []struct{ name, url string }{{"bare", bareURL}, {"frontend", frontURL}} {
+		b.Run(tc.name, func(b *testing.B) {
+			rate, p99 := loadGET(b, tc.url, b.N, len(img))
+			b.ReportMetric(rate, "req/s")
+			b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
+		})
+	}
+	b.Run("interleaved", func(b *testing.B) {
+		var bareTime, frontTime float64
+		for done := 0; done < b.N; done += 1000 {
+			r, _ := loadGET(b, bareURL, 1000, len(img))
+			bareTime += 1000 / r
+			r, _ = loadGET(b, frontURL, 1000, len(img))
+			frontTime += 1000 / r
+		}
+		b.ReportMetric(bareTime/frontTime, "frontend/bare")
+	})
+	if f.misses.Load() > 1 {
+		b.Errorf("%d cache misses during the run, want only the first", f.misses.Load())
+	}
+}
+
+// BenchmarkUpload measures POST /api/upload of 100 KB images to the
+// embedded defaults (a blob directory and SQLite), 4 concurrent clients.
+func BenchmarkUpload(b *testing.B) {
+	st := newStoresB(b)
+	f := New(Config{}, st.blobs, st.index, slog.New(slog.DiscardHandler))
+	srv := httptest.NewServer(f.Handler())
+	defer srv.Close()
+	img := make([]byte, 100<<10)
+	copy(img, mustReadB(b, "red.png"))
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	mw.WriteField("key", "KEY")
+	fw, _ := mw.CreateFormFile("file", "x.png")
+	fw.Write(img)
+	mw.Close()
+	form := body.Bytes()
+	var next atomic.Int64
+	start := time.Now()
+	b.SetParallelism(2) // 2 x GOMAXPROCS(2) = 4 clients
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			key := "k" + strconv.FormatInt(next.Add(1), 10)
+			req := bytes.Replace(form, []byte("KEY"), []byte(key), 1)
+			resp, err := http.Post(srv.URL+"/api/upload", mw.FormDataContentType(), bytes.NewReader(req))
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Errorf("upload: %d", resp.StatusCode)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "uploads/s")
+}
+
+func mustReadB(b *testing.B, name string) []byte {
+	data, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return data
+}
