@@ -329,3 +329,19 @@ func TestEndToEndOnPostgresAndS3(t *testing.T) {
 		t.Errorf("%d objects left in S3 after delete_all", n)
 	}
 }
+
+// TestAdminReadsSeeAcknowledgedWrites asks every replica right after a
+// resize acknowledged by another: none may answer the old pool size.
+func TestAdminReadsSeeAcknowledgedWrites(t *testing.T) {
+	ms := startSystem(t, 3, time.Hour)
+	for n := 2; n <= 4; n++ {
+		if code, _ := admin(t, ms[(n+1)%3].url, fmt.Sprintf("/api/configure_cache?mode=manual&numNodes=%d", n), sysToken); code != 200 {
+			t.Fatalf("resize to %d: %d", n, code)
+		}
+		for _, m := range ms {
+			if code, out := admin(t, m.url, "/api/getNumNodes", sysToken); code != 200 || out["numNodes"] != float64(n) {
+				t.Fatalf("getNumNodes on %s right after resizing to %d: %d %v", m.cluster.Name(), n, code, out)
+			}
+		}
+	}
+}

@@ -50,8 +50,9 @@ func (a *API) testerRoutes(r chi.Router) {
 		r.Use(requireToken(a.cfg.AdminToken))
 		r.Post("/api/delete_all", a.apiDeleteAll)
 		r.Method(http.MethodPost, "/api/configure_cache", a.cluster.ForwardToLeader(http.HandlerFunc(a.apiConfigureCache)))
-		r.Post("/api/getNumNodes", a.apiGetNumNodes)
-		r.Post("/api/getRate", a.apiGetRate)
+		// Reads answer from the leader, so they see every acknowledged write.
+		r.Method(http.MethodPost, "/api/getNumNodes", a.cluster.ForwardToLeader(http.HandlerFunc(a.apiGetNumNodes)))
+		r.Method(http.MethodPost, "/api/getRate", a.cluster.ForwardToLeader(http.HandlerFunc(a.apiGetRate)))
 	})
 }
 
