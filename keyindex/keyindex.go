@@ -154,7 +154,7 @@ func Open(ctx context.Context, dsn string) (*Index, error) {
 		db.SetMaxIdleConns(postgresMaxConns)
 	}
 	ix := &Index{db: db, d: d, now: time.Now, desc: desc}
-	if err := db.PingContext(ctx); err != nil {
+	if err := ix.ping(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("keyindex: connect to %s: %w", desc, err)
 	}
@@ -208,6 +208,25 @@ func redactURL(s string) string {
 		return "postgres (unparsable URL)"
 	}
 	return u.Redacted()
+}
+
+// ping connects. On SQLite, switching a new database file to WAL needs a
+// lock that SQLite does not wait for through its busy timeout, so a
+// connection opened while another process does the same can fail with
+// SQLITE_BUSY: that is retried for up to 5 s.
+func (ix *Index) ping(ctx context.Context) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := ix.db.PingContext(ctx)
+		if err == nil || ix.d.kind != KindSQLite || !strings.Contains(err.Error(), "SQLITE_BUSY") || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Kind returns "postgres" or "sqlite".
