@@ -78,14 +78,3 @@ func newLogger(cmd *cli.Command) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-format %q: want text or json", f)
 	}
 }
-
-// notYet is the action of a subcommand that a later release brings.
-func notYet(name string) cli.ActionFunc {
-	return func(context.Context, *cli.Command) error {
-		return cli.Exit(fmt.Sprintf("memcache %s: not yet available in this build", name), 2)
-	}
-}
-
-func loadCommand() *cli.Command {
-	return &cli.Command{Name: "load", Usage: "generate load against a frontend (not yet available)", Action: notYet("load")}
-}
