@@ -101,10 +101,11 @@ func (c *Cluster) forward(ctx context.Context, url string, data []byte) (fsm.Res
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := c.client.Do(req)
 	if err != nil {
-		// A connection error before the request was written is safe to retry;
-		// net/http does not say which, so only dial errors are retried.
-		var op interface{ Timeout() bool }
-		if errors.As(err, &op) || isDialError(err) {
+		// A dial error means the leader never saw the request. Other errors
+		// (a reset, a timeout) may come after it committed; retrying those is
+		// still safe because every command is idempotent in effect (see
+		// errRetry), but only a leader that went away is worth waiting for.
+		if isDialError(err) {
 			return fsm.Result{}, fmt.Errorf("%w: %v", errRetry, err)
 		}
 		return fsm.Result{}, fmt.Errorf("cluster: forward to leader: %w", err)

@@ -147,6 +147,9 @@ func New(cfg Config, f *fsm.FSM, log *slog.Logger) (*Cluster, error) {
 	c.wg.Add(1)
 	go c.bootstrap()
 	log.Info("manager replica started", "raft", c.addr, "gossip", g.Addr(), "http", cfg.HTTPURL)
+	if cfg.Secret == "" {
+		log.Warn("no cluster secret: internal endpoints (/internal, /v1) accept any caller")
+	}
 	return c, nil
 }
 

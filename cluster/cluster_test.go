@@ -380,8 +380,19 @@ func TestMinorityCannotWriteMajorityCan(t *testing.T) {
 		_, _, ok := cut.c.Leader()
 		return !ok
 	})
+	// Its watch sends watchers elsewhere rather than serving a stale state.
+	req := must(http.NewRequest("GET", cut.url+"/v1/pool?index=0", nil))
+	req.Header.Set(auth.Header, testSecret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("watch on the cut-off replica: %d, want 503", resp.StatusCode)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	_, err := cut.c.Apply(ctx, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 11, Policy: "LRU"}})
+	_, err = cut.c.Apply(ctx, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 11, Policy: "LRU"}})
 	cancel()
 	if !errors.Is(err, ErrNoLeader) {
 		t.Fatalf("write on the minority: got %v, want ErrNoLeader", err)

@@ -46,7 +46,8 @@ func isDialError(err error) bool {
 //
 //	GET  /raft/status          this replica's Raft state, the leader, indexes, peers, pool epoch
 //	GET  /v1/pool              the pool state; ?index=N blocks until the state's index passes N
-//	                           (at most ?wait=, default 30 s, then answers the current state)
+//	                           (at most ?wait=, default 30 s, then answers the current state);
+//	                           503 while the replica knows no leader (it may be cut off)
 //	POST /internal/v1/apply    a command forwarded to the leader
 //
 // /v1 and /internal require the cluster secret.
@@ -60,6 +61,13 @@ func (c *Cluster) Routes(r chi.Router) {
 }
 
 func (c *Cluster) handleWatch(w http.ResponseWriter, r *http.Request) {
+	// A replica that knows no leader may be cut off from the majority and
+	// hold a stale state: send the watcher to another replica.
+	if _, _, ok := c.Leader(); !ok {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "replica %s knows no leader; ask another replica", c.cfg.Name)
+		return
+	}
 	q := r.URL.Query()
 	var index uint64
 	if v := q.Get("index"); v != "" {

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/memcache/memcache/keyindex"
 	"github.com/memcache/memcache/node"
 )
 
@@ -65,7 +64,10 @@ func (f *Frontend) readUpload(w http.ResponseWriter, r *http.Request) (string, [
 		return "", nil, fmt.Errorf("%w: %v", errBadForm, err)
 	}
 	defer r.MultipartForm.RemoveAll()
-	key := r.FormValue("key")
+	var key string
+	if v := r.MultipartForm.Value["key"]; len(v) > 0 {
+		key = v[0]
+	}
 	if err := ValidateKey(key); err != nil {
 		return "", nil, err
 	}
@@ -337,5 +339,3 @@ func (f *Frontend) apiDeleteAll(w http.ResponseWriter, r *http.Request) {
 	}
 	copyJSON(w, code, body)
 }
-
-var _ = keyindex.ErrNotFound

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/blob"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/keyindex"
 	"github.com/memcache/memcache/node"
@@ -142,7 +143,9 @@ func (f *Frontend) setPool(st fsm.State) {
 		// A delete-all committed through any manager (UI, API) is carried
 		// out by the frontends; the index remembers the last generation
 		// done, so a restarted frontend does not delete again.
-		if err := f.deleteAllAt(context.Background(), st.DeleteGen); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := f.deleteAllAt(ctx, st.DeleteGen); err != nil {
 			f.log.Error("delete all", "generation", st.DeleteGen, "err", err)
 		}
 	}
@@ -265,13 +268,18 @@ func (w *bytesBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// toCache stores img under key at its owner; failures are logged, not returned.
-func (f *Frontend) toCache(ctx context.Context, key string, img Image) {
+// toCache stores img under key at its owner; failures are logged, not
+// returned. A fill after a read (onlyIfAbsent) never replaces a value: an
+// upload of the same key may have stored a newer image meanwhile.
+func (f *Frontend) toCache(ctx context.Context, key string, img Image, onlyIfAbsent bool) {
 	base, epoch := f.owner(key)
 	if base == "" {
 		return
 	}
 	hdr := http.Header{"Content-Type": {img.ContentType}, "Etag": {img.ETag}}
+	if onlyIfAbsent {
+		hdr.Set("If-None-Match", "*")
+	}
 	resp, err := f.nodeRequest(ctx, http.MethodPut, base, key, epoch, img.Data, hdr)
 	if err != nil {
 		f.nodeErrors.Add(1)
@@ -328,20 +336,27 @@ func (f *Frontend) Get(ctx context.Context, key string) (Image, error) {
 		// The load outlives a caller that gives up: others may share it.
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		e, err := f.index.Get(lctx, key)
-		if errors.Is(err, keyindex.ErrNotFound) {
-			return Image{}, fmt.Errorf("%w: %q", ErrNotFound, key)
+		// A replacement committed between reading the row and reading the
+		// blob removes the old blob: read the row again, once.
+		for attempt := 0; ; attempt++ {
+			e, err := f.index.Get(lctx, key)
+			if errors.Is(err, keyindex.ErrNotFound) {
+				return Image{}, fmt.Errorf("%w: %q", ErrNotFound, key)
+			}
+			if err != nil {
+				return Image{}, fmt.Errorf("key index: %w", err)
+			}
+			data, err := f.blobs.Get(lctx, e.Object)
+			if errors.Is(err, blob.ErrNotFound) && attempt == 0 {
+				continue
+			}
+			if err != nil {
+				return Image{}, fmt.Errorf("blob store: %w", err)
+			}
+			img := Image{Data: data, ContentType: e.ContentType, ETag: etagOf(e.SHA256)}
+			f.toCache(lctx, key, img, true)
+			return img, nil
 		}
-		if err != nil {
-			return Image{}, fmt.Errorf("key index: %w", err)
-		}
-		data, err := f.blobs.Get(lctx, e.Object)
-		if err != nil {
-			return Image{}, fmt.Errorf("blob store: %w", err)
-		}
-		img := Image{Data: data, ContentType: e.ContentType, ETag: etagOf(e.SHA256)}
-		f.toCache(lctx, key, img)
-		return img, nil
 	})
 	if err != nil {
 		return Image{}, err
@@ -383,13 +398,29 @@ func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.E
 	if prev != "" {
 		f.invalidate(ctx, key)
 	}
-	f.toCache(ctx, key, Image{Data: data, ContentType: ct, ETag: etagOf(e.SHA256)})
+	f.toCache(ctx, key, Image{Data: data, ContentType: ct, ETag: etagOf(e.SHA256)}, false)
 	if prev != "" && prev != object {
 		if err := f.blobs.Delete(context.WithoutCancel(ctx), prev); err != nil {
 			f.log.Warn("removing a replaced blob", "object", prev, "err", err)
 		}
 	}
 	return e, nil
+}
+
+// clearCaches asks every pool member to drop its whole cache.
+func (f *Frontend) clearCaches(ctx context.Context) {
+	for _, m := range f.pool.Load().Members {
+		req, err := http.NewRequestWithContext(ctx, http.MethodDelete, m.HTTP+"/cache", nil)
+		if err != nil {
+			continue
+		}
+		resp, err := f.client.Do(req)
+		if err != nil {
+			f.log.Warn("clearing a cache after delete-all", "node", m.ID, "err", err)
+			continue
+		}
+		resp.Body.Close()
+	}
 }
 
 // newObjectName returns a unique blob name, never derived from user input.
@@ -419,6 +450,9 @@ func (f *Frontend) deleteAllAt(ctx context.Context, gen uint64) error {
 	if done {
 		return nil
 	}
+	// The nodes cleared when they saw the generation, but a read between
+	// that and the rows' deletion may have filled them again: clear again.
+	f.clearCaches(ctx)
 	var failed int
 	for _, name := range names {
 		if err := f.blobs.Delete(ctx, name); err != nil {

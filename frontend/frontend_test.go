@@ -22,7 +22,9 @@ import (
 	"testing"
 
 	"github.com/memcache/memcache/blob"
+	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/keyindex"
+	"github.com/memcache/memcache/node"
 )
 
 func mustRead(t *testing.T, name string) []byte {
@@ -355,3 +357,38 @@ func TestConcurrentMissesLoadOnce(t *testing.T) {
 }
 
 func runtimeGosched() { runtime.Gosched() }
+
+// TestReadFillNeverReplacesANewerUpload replays the race of a read that
+// loaded the old image, then filled the cache after an upload replaced it.
+func TestReadFillNeverReplacesANewerUpload(t *testing.T) {
+	st := newStores(t)
+	n, err := node.New(node.Config{ID: "n1"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeSrv := httptest.NewServer(n.Handler())
+	defer nodeSrv.Close()
+	f, _ := newTestFrontend(t, st.blobs, st.index)
+	pool := fsm.DefaultState()
+	pool.Index = 1
+	pool.Members = []fsm.Member{{ID: "n1", HTTP: nodeSrv.URL}}
+	for r := range pool.Regions {
+		pool.Regions[r] = "n1"
+	}
+	f.setPool(pool)
+	red, blue := mustRead(t, "red.png"), mustRead(t, "blue.png")
+	ctx := context.Background()
+	old, err := f.Put(ctx, "k", red)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Put(ctx, "k", blue); err != nil {
+		t.Fatal(err)
+	}
+	// The slow read's fill of the old image arrives now.
+	f.toCache(ctx, "k", Image{Data: red, ContentType: "image/png", ETag: etagOf(old.SHA256)}, true)
+	img, err := f.Get(ctx, "k")
+	if err != nil || !img.FromCache || !bytes.Equal(img.Data, blue) {
+		t.Fatalf("after a late fill: cache %v, %d bytes, err %v; want the new image from the cache", img.FromCache, len(img.Data), err)
+	}
+}

@@ -216,21 +216,37 @@ func (c *Cache) Get(key string) (Item, bool, error) {
 // entries by the current policy until it fits. The cache keeps item.Value
 // without copying it; the caller must not modify it afterwards.
 func (c *Cache) Put(key string, item Item) error {
+	_, err := c.put(key, item, false)
+	return err
+}
+
+// Add caches item under key only if key is not cached, and reports whether
+// it did. It is how a read fills the cache: it never replaces a value that
+// an upload stored meanwhile.
+func (c *Cache) Add(key string, item Item) (bool, error) {
+	return c.put(key, item, true)
+}
+
+func (c *Cache) put(key string, item Item, onlyIfAbsent bool) (bool, error) {
 	if key == "" {
-		return ErrEmptyKey
+		return false, ErrEmptyKey
 	}
 	size := int64(len(item.Value))
 	r := region.Of(key)
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	if size > c.capacity.Load() {
-		return fmt.Errorf("%w: %d bytes > %d bytes", ErrTooLarge, size, c.capacity.Load())
+		return false, fmt.Errorf("%w: %d bytes > %d bytes", ErrTooLarge, size, c.capacity.Load())
 	}
 	if !c.Owns(r) {
-		return ErrNotOwner
+		return false, ErrNotOwner
 	}
 	s := c.shardOf(key)
 	s.mu.Lock()
+	if _, ok := s.items[key]; ok && onlyIfAbsent {
+		s.mu.Unlock()
+		return false, nil
+	}
 	if old, ok := s.items[key]; ok {
 		s.remove(old)
 		c.used.Add(-int64(len(old.item.Value)))
@@ -249,7 +265,7 @@ func (c *Cache) Put(key string, item Item) error {
 	c.used.Add(size)
 	c.count.Add(1)
 	s.mu.Unlock()
-	return nil
+	return true, nil
 }
 
 // Delete removes key and reports whether it was cached.

@@ -35,7 +35,9 @@ const maxJSONBody = 64 << 10
 //
 //	GET    /cache/{key}  the value (raw bytes) with its Content-Type and ETag; 404 on a miss;
 //	                     304 (a hit, no body) when If-None-Match is the stored ETag
-//	PUT    /cache/{key}  cache the raw body (Content-Type and ETag headers are kept); 204
+//	PUT    /cache/{key}  cache the raw body (Content-Type and ETag headers are kept); 204;
+//	                     with If-None-Match: * only if the key is not cached (412 if it is);
+//	                     409 if the caller's epoch predates the node's ownership of the region
 //	DELETE /cache/{key}  invalidate one key; 204
 //	DELETE /cache        clear every entry; 204
 //	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
@@ -122,6 +124,16 @@ func (n *Node) checkRoute(w http.ResponseWriter, r *http.Request, key string) bo
 			writeError(w, http.StatusConflict, "node holds region map epoch %d, older than the caller's %d", held, callerEpoch)
 			return false
 		}
+		// A write from a caller that routed by a map older than the node's
+		// current ownership of the region may come from an earlier
+		// ownership (the key may have been replaced at another owner
+		// meanwhile): refuse it.
+		if r.Method == http.MethodPut {
+			if since := n.regionSince(region.Of(key)); callerEpoch < since {
+				writeError(w, http.StatusConflict, "caller's region map epoch %d is older than this node's ownership of the region (since epoch %d)", callerEpoch, since)
+				return false
+			}
+		}
 	}
 	if rg := region.Of(key); !n.cache.Owns(rg) {
 		writeError(w, http.StatusMisdirectedRequest, "region %d of key is not owned by node %s at epoch %d", rg, n.id, n.epoch.Load())
@@ -194,7 +206,13 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "reading value: %v", err)
 		return
 	}
-	err = n.cache.Put(key, Item{Value: value, ContentType: r.Header.Get("Content-Type"), ETag: r.Header.Get(HeaderETag)})
+	item := Item{Value: value, ContentType: r.Header.Get("Content-Type"), ETag: r.Header.Get(HeaderETag)}
+	stored := true
+	if r.Header.Get("If-None-Match") == "*" {
+		stored, err = n.cache.Add(key, item)
+	} else {
+		err = n.cache.Put(key, item)
+	}
 	switch {
 	case errors.Is(err, ErrTooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, "%v; not cached", err)
@@ -202,6 +220,8 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMisdirectedRequest, "region of key is not owned by node %s", n.id)
 	case err != nil:
 		writeError(w, http.StatusBadRequest, "%v", err)
+	case !stored:
+		writeError(w, http.StatusPreconditionFailed, "key is already cached (If-None-Match: *)")
 	default:
 		w.WriteHeader(http.StatusNoContent)
 	}

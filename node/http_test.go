@@ -339,3 +339,34 @@ func TestClusterSecretIsRequiredWhenSet(t *testing.T) {
 		}
 	}
 }
+
+func TestConditionalFillAndOwnershipEpoch(t *testing.T) {
+	n, srv := newTestNode(t, "A")
+	u := keyURL(srv.URL, "k")
+	if r := do(t, "PUT", u, []byte("v2"), "If-None-Match", "*"); r.code != http.StatusNoContent {
+		t.Fatalf("fill of an absent key: %d, want 204", r.code)
+	}
+	// A read's fill never replaces what is cached (an upload's newer value).
+	if r := do(t, "PUT", u, []byte("v1"), "If-None-Match", "*"); r.code != http.StatusPreconditionFailed {
+		t.Fatalf("fill of a cached key: %d, want 412", r.code)
+	}
+	if r := do(t, "GET", u, nil); string(r.body) != "v2" {
+		t.Fatalf("after a refused fill: %q, want v2", r.body)
+	}
+	// The node owns every region since epoch 3; a write routed by epoch 2
+	// may come from an earlier ownership and is refused.
+	var m Regions
+	m.Epoch = 3
+	for r := range m.Owners {
+		m.Owners[r], m.Since[r] = "A", 3
+	}
+	if _, err := n.SetRegions(m); err != nil {
+		t.Fatal(err)
+	}
+	if r := do(t, "PUT", u, []byte("old"), HeaderEpoch, "2"); r.code != http.StatusConflict {
+		t.Fatalf("PUT with epoch 2 < ownership since 3: %d, want 409", r.code)
+	}
+	if r := do(t, "PUT", u, []byte("new"), HeaderEpoch, "3"); r.code != http.StatusNoContent {
+		t.Fatalf("PUT with epoch 3: %d, want 204", r.code)
+	}
+}

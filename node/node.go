@@ -146,6 +146,13 @@ func (n *Node) Regions() Regions {
 	return n.regions
 }
 
+// regionSince returns the epoch since which the node has owned region r.
+func (n *Node) regionSince(r int) uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.regions.Since[r]
+}
+
 // Epoch returns the epoch of the region map the node holds.
 func (n *Node) Epoch() uint64 { return n.epoch.Load() }
 
