@@ -8,7 +8,6 @@
 package blob
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -35,22 +34,6 @@ var (
 
 // MaxNameLen is the longest object name accepted, in bytes (the S3 key limit).
 const MaxNameLen = 1024
-
-// Store keeps immutable objects by name.
-type Store interface {
-	// Put stores data under name, replacing any object of that name.
-	// contentType is kept where the backend can keep it (S3); Dir ignores it.
-	Put(ctx context.Context, name string, data []byte, contentType string) error
-	// Get returns the whole object, or ErrNotFound if there is none.
-	Get(ctx context.Context, name string) ([]byte, error)
-	// Delete removes the object; an absent object is not an error.
-	Delete(ctx context.Context, name string) error
-	// DeleteAll removes every object under the store's directory or prefix,
-	// and nothing outside it, and returns how many it removed.
-	DeleteAll(ctx context.Context) (int, error)
-	// Kind is "dir" or "s3", for logs and the UI.
-	Kind() string
-}
 
 // checkName reports whether name is safe to use as an object name. Names use
 // "/" as the separator on every platform.

@@ -30,8 +30,6 @@ type Dir struct {
 	dir string
 }
 
-var _ Store = (*Dir)(nil)
-
 // NewDir returns a Dir that stores objects below dir, creating dir (and its
 // parents) if needed.
 func NewDir(dir string) (*Dir, error) {

@@ -63,8 +63,6 @@ type S3 struct {
 	region string
 }
 
-var _ Store = (*S3)(nil)
-
 // normPrefix returns p ending in "/" (or "" if p is blank).
 func normPrefix(p string) string {
 	if p == "" || strings.HasSuffix(p, "/") {

@@ -12,6 +12,23 @@ import (
 	"time"
 )
 
+// Store is the contract every backend meets (the frontend declares the
+// same methods as frontend.Blobs); the contract tests run against it.
+type Store interface {
+	// Put stores data under name, replacing any object of that name.
+	// contentType is kept where the backend can keep it (S3); Dir ignores it.
+	Put(ctx context.Context, name string, data []byte, contentType string) error
+	// Get returns the whole object, or ErrNotFound if there is none.
+	Get(ctx context.Context, name string) ([]byte, error)
+	// Delete removes the object; an absent object is not an error.
+	Delete(ctx context.Context, name string) error
+	// DeleteAll removes every object under the store's directory or prefix,
+	// and nothing outside it, and returns how many it removed.
+	DeleteAll(ctx context.Context) (int, error)
+	// Kind is "dir" or "s3", for logs and the UI.
+	Kind() string
+}
+
 // deleteAllCount is how many objects the contract's DeleteAll test stores:
 // more than two S3 DeleteObjects batches of 1000.
 const deleteAllCount = 2500
