@@ -38,6 +38,7 @@ func frontendFlags() []cli.Flag {
 		stringFlag("s3-endpoint", "", "endpoint of an S3-compatible server (path-style addressing)"),
 		stringFlag("s3-region", "", "S3 region (default: from the SDK's chain; us-east-1 with --s3-endpoint)"),
 		intFlag("max-upload", 10<<20, "largest accepted image, in bytes"),
+		intFlag("hot-cache-mb", 64, "size of the frontend's copy of popular images, revalidated with the owner node on every read (0: off)"),
 	}
 }
 
@@ -62,6 +63,7 @@ type frontendOptions struct {
 	secret, db, blobDir         string
 	s3                          blob.S3Config
 	maxUpload                   int64
+	hotCacheMB                  int
 	fastGossip                  bool
 }
 
@@ -127,7 +129,7 @@ func startFrontend(ctx context.Context, o frontendOptions, log *slog.Logger) (*f
 		}
 		return urls
 	}
-	p.fe = frontend.New(frontend.Config{MaxUpload: o.maxUpload, Secret: o.secret, Managers: managers}, blobs, index, log)
+	p.fe = frontend.New(frontend.Config{MaxUpload: o.maxUpload, Secret: o.secret, Managers: managers, HotCacheMB: o.hotCacheMB}, blobs, index, log)
 	p.srv = &http.Server{Handler: p.fe.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	runCtx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
@@ -178,7 +180,7 @@ func runFrontend(ctx context.Context, cmd *cli.Command) error {
 		secret: cmd.String("cluster-secret"), db: cmd.String("db"), blobDir: cmd.String("blob-dir"),
 		s3: blob.S3Config{Bucket: cmd.String("s3-bucket"), Prefix: cmd.String("s3-prefix"),
 			Endpoint: cmd.String("s3-endpoint"), Region: cmd.String("s3-region")},
-		maxUpload: int64(cmd.Int("max-upload")),
+		maxUpload: int64(cmd.Int("max-upload")), hotCacheMB: cmd.Int("hot-cache-mb"),
 	}, log.With("id", id))
 	if err != nil {
 		return err

@@ -11,15 +11,19 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v3"
 
+	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/scaler"
 	"github.com/memcache/memcache/web"
 )
@@ -41,6 +45,10 @@ func managerFlags() []cli.Flag {
 		stringFlag("admin-token", "", "bearer token the admin API (/api/delete_all, configure_cache, getNumNodes, getRate) requires; blank leaves it open"),
 		stringFlag("provisioner", "static", "where pool nodes come from: static (nodes that joined by gossip) or local (start memcache node processes here)"),
 		intFlag("initial-nodes", 1, "pool size the leader creates when the pool is empty"),
+		stringFlag("metrics", "embedded", "where pool statistics come from: embedded (replicas scrape the nodes) or cloudwatch (nodes publish, replicas read GetMetricData)"),
+		stringFlag("cloudwatch-namespace", "Memcache", "CloudWatch namespace (with --metrics cloudwatch)"),
+		stringFlag("cloudwatch-pool", "default", "value of the Pool dimension in CloudWatch"),
+		&cli.DurationFlag{Name: "scaler-interval", Value: time.Minute, Usage: "how often the leader's auto-scaler reads the miss rate and decides", Sources: cli.EnvVars(envName("scaler-interval"))},
 		&cli.DurationFlag{Name: "dead-grace", Value: 10 * time.Second, Usage: "how long a pool node may be missing from gossip before its regions are reassigned", Sources: cli.EnvVars(envName("dead-grace"))},
 	}
 }
@@ -59,17 +67,19 @@ func managerCommand() *cli.Command {
 
 // managerOptions is everything needed to start one replica.
 type managerOptions struct {
-	name, dataDir                 string
-	httpAddr, advertiseHTTP       string
-	raftAddr, raftAdvertise       string
-	gossipAddr, gossipAdvertise   string
-	join                          []string
-	gossipKey                     []byte
-	bootstrapExpect, initialNodes int
-	secret, adminToken            string
-	deadGrace                     time.Duration
-	timing                        cluster.Timing
-	fastGossip                    bool
+	name, dataDir                  string
+	httpAddr, advertiseHTTP        string
+	raftAddr, raftAdvertise        string
+	gossipAddr, gossipAdvertise    string
+	join                           []string
+	gossipKey                      []byte
+	bootstrapExpect, initialNodes  int
+	secret, adminToken             string
+	deadGrace                      time.Duration
+	scalerInterval, scrapeInterval time.Duration             // if zero, 1 min and 5 s
+	cloudWatch                     *metrics.CloudWatchConfig // nil: the embedded metrics
+	timing                         cluster.Timing
+	fastGossip                     bool
 	// newProvisioner builds the replica's provisioner once its gossip runs.
 	newProvisioner func(g *gossip.Gossip) (scaler.Provisioner, error)
 }
@@ -81,6 +91,8 @@ type managerProc struct {
 	srv     *http.Server
 	url     string
 	cancel  context.CancelFunc // ends in-flight requests
+	stopBG  context.CancelFunc // stops the metrics scraper
+	bgDone  chan struct{}
 	done    chan struct{}
 	log     *slog.Logger
 }
@@ -113,6 +125,33 @@ func startManager(o managerOptions, log *slog.Logger) (*managerProc, error) {
 	pool := scaler.NewPool(scaler.PoolConfig{DeadGrace: o.deadGrace, InitialNodes: o.initialNodes}, c, c.Gossip(), prov, log.With("id", o.name))
 	c.RunWhileLeader(pool.Run)
 
+	// Pool statistics: every replica keeps (or reads) the same history, so
+	// the UI on any replica and a new leader's scaler see the same figures.
+	bg, stopBG := context.WithCancel(context.Background())
+	bgDone := make(chan struct{})
+	var reader metrics.Reader
+	if o.cloudWatch != nil {
+		awsCfg, err := config.LoadDefaultConfig(bg)
+		if err != nil {
+			stopBG()
+			c.Close()
+			ln.Close()
+			return nil, fmt.Errorf("manager: AWS config for CloudWatch: %w", err)
+		}
+		reader = metrics.NewCloudWatchReader(*o.cloudWatch, cloudwatch.NewFromConfig(awsCfg), c.State)
+		close(bgDone)
+	} else {
+		secretClient := &http.Client{Transport: &auth.Transport{Secret: o.secret}}
+		emb := metrics.NewEmbedded(metrics.EmbeddedConfig{Interval: o.scrapeInterval}, c.State, secretClient, log)
+		reader = emb
+		go func() {
+			defer close(bgDone)
+			emb.Run(bg)
+		}()
+	}
+	auto := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: o.scalerInterval, Name: o.name}, c, pool, reader, log.With("id", o.name))
+	c.RunWhileLeader(auto.Run)
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_manager_is_leader", Help: "1 if this replica is the Raft leader."},
@@ -138,12 +177,13 @@ func startManager(o managerOptions, log *slog.Logger) (*managerProc, error) {
 	})
 	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	c.Routes(r)
-	web.New(web.Config{Secret: o.secret, AdminToken: o.adminToken}, c, pool, log).Routes(r)
+	web.New(web.Config{Secret: o.secret, AdminToken: o.adminToken}, c, pool, reader, log).Routes(r)
 
 	// Requests' contexts derive from base, so cancelling it ends the
 	// long-polling watches that Shutdown would otherwise wait for.
 	base, cancel := context.WithCancel(context.Background())
 	m := &managerProc{cluster: c, prov: prov, url: url, done: make(chan struct{}), log: log, cancel: cancel,
+		stopBG: stopBG, bgDone: bgDone,
 		srv: &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second,
 			BaseContext: func(net.Listener) context.Context { return base }}}
 	go func() {
@@ -161,6 +201,8 @@ func (m *managerProc) close(ctx context.Context) error {
 	m.cancel()
 	herr := m.srv.Shutdown(ctx)
 	<-m.done
+	m.stopBG()
+	<-m.bgDone
 	cerr := m.cluster.Close()
 	var perr error
 	if m.prov != nil {
@@ -192,7 +234,15 @@ func runManager(ctx context.Context, cmd *cli.Command) error {
 		join: cmd.StringSlice("join"), gossipKey: key,
 		bootstrapExpect: cmd.Int("bootstrap-expect"), initialNodes: cmd.Int("initial-nodes"),
 		secret: cmd.String("cluster-secret"), adminToken: cmd.String("admin-token"), deadGrace: cmd.Duration("dead-grace"),
-		timing: cluster.DefaultTiming(),
+		scalerInterval: cmd.Duration("scaler-interval"),
+		timing:         cluster.DefaultTiming(),
+	}
+	switch b := cmd.String("metrics"); b {
+	case "embedded":
+	case "cloudwatch":
+		o.cloudWatch = &metrics.CloudWatchConfig{Namespace: cmd.String("cloudwatch-namespace"), Pool: cmd.String("cloudwatch-pool")}
+	default:
+		return fmt.Errorf("--metrics %q: want embedded or cloudwatch", b)
 	}
 	switch p := cmd.String("provisioner"); p {
 	case "static":

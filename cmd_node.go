@@ -8,9 +8,12 @@ import (
 	"os"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	"github.com/urfave/cli/v3"
 
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/node"
 )
 
@@ -32,6 +35,9 @@ func nodeCommand() *cli.Command {
 			stringFlag("cluster-secret", "", "shared secret every cache and control request must carry (from managers and frontends)"),
 			intFlag("capacity-mb", 64, "cache capacity in MB, 1..1024"),
 			stringFlag("policy", "LRU", "replacement policy: LRU or RR (random)"),
+			stringFlag("metrics", "embedded", "embedded (managers scrape /stats) or cloudwatch (also publish every sample with PutMetricData)"),
+			stringFlag("cloudwatch-namespace", "Memcache", "CloudWatch namespace (with --metrics cloudwatch)"),
+			stringFlag("cloudwatch-pool", "default", "value of the Pool dimension in CloudWatch"),
 			&cli.DurationFlag{Name: "sample-interval", Value: 5 * time.Second, Usage: "how often statistics are sampled", Sources: cli.EnvVars(envName("sample-interval"))},
 		},
 		Action: runNode,
@@ -73,8 +79,29 @@ func runNode(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	published := make(chan struct{})
+	switch b := cmd.String("metrics"); b {
+	case "embedded":
+		close(published)
+	case "cloudwatch":
+		awsCfg, err := config.LoadDefaultConfig(ctx)
+		if err != nil {
+			svc.Close(context.Background())
+			return fmt.Errorf("AWS config for CloudWatch: %w", err)
+		}
+		pub := metrics.NewPublisher(metrics.CloudWatchConfig{Namespace: cmd.String("cloudwatch-namespace"), Pool: cmd.String("cloudwatch-pool"),
+			Interval: cmd.Duration("sample-interval")}, cloudwatch.NewFromConfig(awsCfg), id, svc.Node().Samples, log)
+		go func() {
+			defer close(published)
+			pub.Run(ctx)
+		}()
+	default:
+		svc.Close(context.Background())
+		return fmt.Errorf("--metrics %q: want embedded or cloudwatch", b)
+	}
 	<-ctx.Done()
 	log.Info("shutting down")
+	<-published
 	shutdown, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return svc.Close(shutdown)

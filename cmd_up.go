@@ -38,6 +38,7 @@ func upCommand() *cli.Command {
 			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i; the frontend gossips on port-base+204"),
 			stringFlag("frontend-addr", "127.0.0.1:8080", "host:port of the frontend (pages and data API)"),
 			stringFlag("info-file", "", "write the addresses as JSON here once ready"),
+			&cli.DurationFlag{Name: "scaler-interval", Value: time.Minute, Usage: "how often the leader's auto-scaler reads the miss rate and decides (shorten it for a demo)", Sources: cli.EnvVars(envName("scaler-interval"))},
 			&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, Usage: "how long to wait for a leader and the first node", Sources: cli.EnvVars(envName("ready-timeout"))},
 		},
 		Action: runUp,
@@ -144,7 +145,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 			bootstrapExpect: replicas, initialNodes: 1, secret: secret, adminToken: token,
 			// The nodes are this process's children: after a restart the
 			// old ones are certainly gone, so replace them quickly.
-			deadGrace: 3 * time.Second, timing: cluster.DefaultTiming(),
+			deadGrace: 3 * time.Second, timing: cluster.DefaultTiming(), scalerInterval: cmd.Duration("scaler-interval"),
 			newProvisioner: newProvisioner,
 		}, log.With("replica", name))
 		if err != nil {
@@ -163,7 +164,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		gossipAddr: fmt.Sprintf("%s:%d", host, base+200+replicas+1), join: gossipAddrs, gossipKey: key,
 		managers: info.Managers, secret: secret,
 		db: filepath.Join(data, "frontend", "keys.db"), blobDir: filepath.Join(data, "frontend", "blobs"),
-		maxUpload: 10 << 20,
+		maxUpload: 10 << 20, hotCacheMB: 64,
 	}, log.With("id", "frontend"))
 	if err != nil {
 		stopAll()

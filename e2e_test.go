@@ -106,7 +106,7 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 	ms := startSystem(t, 3, 2*time.Second)
 	o := frontendOptions{id: "fe", httpAddr: "127.0.0.1:0", gossipAddr: "127.0.0.1:0",
 		join: []string{ms[0].cluster.Gossip().Addr()}, secret: sysSecret, db: db,
-		blobDir: filepath.Join(t.TempDir(), "blobs"), maxUpload: 1 << 20, fastGossip: true}
+		blobDir: filepath.Join(t.TempDir(), "blobs"), maxUpload: 1 << 20, hotCacheMB: 64, fastGossip: true}
 	if s3 != nil {
 		o.s3 = *s3
 	}

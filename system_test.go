@@ -82,10 +82,26 @@ func poll(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 }
 
 // startSystem starts n manager replicas sharing one local provisioner.
-// deadGrace bounds how long a node missing from gossip keeps its regions
-// when no failure event arrives.
+// systemOptions tune a test system.
+type systemOptions struct {
+	deadGrace      time.Duration // how long a node missing from gossip keeps its regions without a failure event
+	scalerInterval time.Duration // the auto-scaler's tick; if zero, 1 min
+	scrape         time.Duration // the embedded metrics' scrape period; if zero, 5 s
+	sample         time.Duration // the nodes' sampling period; if zero, 5 s
+}
+
+// startSystem starts n manager replicas sharing one local provisioner.
 func startSystem(t *testing.T, n int, deadGrace time.Duration) []*managerProc {
 	t.Helper()
+	return startSystemWith(t, n, systemOptions{deadGrace: deadGrace})
+}
+
+func startSystemWith(t *testing.T, n int, so systemOptions) []*managerProc {
+	t.Helper()
+	var nodeArgs []string
+	if so.sample > 0 {
+		nodeArgs = []string{"--sample-interval", so.sample.String()}
+	}
 	logDir := t.TempDir()
 	var shared *scaler.Local
 	var managers []*managerProc
@@ -98,11 +114,11 @@ func startSystem(t *testing.T, n int, deadGrace time.Duration) []*managerProc {
 			name: fmt.Sprintf("m%d", i+1), dataDir: t.TempDir(),
 			httpAddr: "127.0.0.1:0", raftAddr: "127.0.0.1:0", gossipAddr: "127.0.0.1:0",
 			join: join, bootstrapExpect: n, initialNodes: 1, secret: sysSecret, adminToken: sysToken,
-			deadGrace: deadGrace, timing: cluster.FastTiming(), fastGossip: true,
+			deadGrace: so.deadGrace, scalerInterval: so.scalerInterval, scrapeInterval: so.scrape, timing: cluster.FastTiming(), fastGossip: true,
 			newProvisioner: func(g *gossip.Gossip) (scaler.Provisioner, error) {
 				if shared == nil {
 					l, err := scaler.NewLocal(scaler.LocalConfig{
-						Binary: binary, Join: []string{g.Addr()}, GlobalArgs: []string{"--log-level", "debug"},
+						Binary: binary, Join: []string{g.Addr()}, GlobalArgs: []string{"--log-level", "debug"}, ExtraArgs: nodeArgs,
 						LogDir: logDir, Env: []string{"MEMCACHE_CLUSTER_SECRET=" + sysSecret},
 					}, g, sysLogger())
 					if err != nil {

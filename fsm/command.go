@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // CommandType tags an encoded command: the first byte on the wire.
@@ -13,12 +14,13 @@ type CommandType uint8
 // Command types. Never renumber them: they are in every Raft log and snapshot
 // that has been written.
 const (
-	CmdSetCache    CommandType = 1
-	CmdSetScaling  CommandType = 2
-	CmdResize      CommandType = 3
-	CmdMarkFailed  CommandType = 4
-	CmdClearCaches CommandType = 5
-	CmdDeleteAll   CommandType = 6
+	CmdSetCache       CommandType = 1
+	CmdSetScaling     CommandType = 2
+	CmdResize         CommandType = 3
+	CmdMarkFailed     CommandType = 4
+	CmdClearCaches    CommandType = 5
+	CmdDeleteAll      CommandType = 6
+	CmdRecordDecision CommandType = 7
 )
 
 // IgnoreUnknownFlag, set in the type byte, tells a replica that does not know
@@ -44,6 +46,8 @@ func (t CommandType) String() string {
 		return "ClearCaches"
 	case CmdDeleteAll:
 		return "DeleteAll"
+	case CmdRecordDecision:
+		return "RecordDecision"
 	}
 	return fmt.Sprintf("CommandType(%d)", uint8(t))
 }
@@ -90,6 +94,13 @@ type ClearCaches struct{}
 // cache (DeleteGen+1).
 type DeleteAll struct{}
 
+// RecordDecision appends a decision of the scaler (or a non-decision, with
+// its reason) to State.Decisions, keeping the newest MaxDecisions. It changes
+// nothing else, not the Epoch.
+type RecordDecision struct {
+	Decision Decision `json:"decision"`
+}
+
 // Type implements Command.
 func (SetCache) Type() CommandType { return CmdSetCache }
 
@@ -107,6 +118,9 @@ func (ClearCaches) Type() CommandType { return CmdClearCaches }
 
 // Type implements Command.
 func (DeleteAll) Type() CommandType { return CmdDeleteAll }
+
+// Type implements Command.
+func (RecordDecision) Type() CommandType { return CmdRecordDecision }
 
 // Validate implements Command.
 func (c SetCache) Validate(State) error { return c.Config.Validate() }
@@ -143,6 +157,9 @@ func (ClearCaches) Validate(State) error { return nil }
 
 // Validate implements Command.
 func (DeleteAll) Validate(State) error { return nil }
+
+// Validate implements Command.
+func (c RecordDecision) Validate(State) error { return c.Decision.Validate() }
 
 // The apply functions, one per command. Each runs only after the command's
 // Validate passed against s, and cannot fail.
@@ -182,6 +199,13 @@ func (s *State) applyClearCaches(ClearCaches) { s.ClearGen++ }
 
 func (s *State) applyDeleteAll(DeleteAll) { s.DeleteGen++ }
 
+func (s *State) applyRecordDecision(c RecordDecision) {
+	s.Decisions = append(s.Decisions, c.Decision.clone())
+	if extra := len(s.Decisions) - MaxDecisions; extra > 0 {
+		s.Decisions = slices.Delete(s.Decisions, 0, extra)
+	}
+}
+
 // apply runs the apply function of cmd. It reports false for a command type
 // it does not know (a Command implemented outside this package).
 func (s *State) apply(cmd Command) bool {
@@ -198,6 +222,8 @@ func (s *State) apply(cmd Command) bool {
 		s.applyClearCaches(c)
 	case DeleteAll:
 		s.applyDeleteAll(c)
+	case RecordDecision:
+		s.applyRecordDecision(c)
 	default:
 		return false
 	}
@@ -237,6 +263,8 @@ func decoder(t CommandType) (func([]byte) (Command, error), bool) {
 		return decodeAs[ClearCaches], true
 	case CmdDeleteAll:
 		return decodeAs[DeleteAll], true
+	case CmdRecordDecision:
+		return decodeAs[RecordDecision], true
 	}
 	return nil, false
 }

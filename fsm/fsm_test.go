@@ -117,6 +117,35 @@ func checkSince(t *testing.T, prev, next fsm.State) {
 	}
 }
 
+// rate returns a pointer to a miss rate.
+func rate(r float64) *float64 { return &r }
+
+// decision returns the i-th of a varied sequence of valid decisions: every
+// action, with and without a miss rate, applied or failed.
+func decision(i int) fsm.Decision {
+	d := fsm.Decision{
+		Time:   time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC).Add(time.Duration(i) * time.Minute),
+		Mode:   fsm.ModeAuto,
+		Nodes:  1 + i%7,
+		Gets:   uint64(i * 10),
+		Reason: fmt.Sprintf("decision %d", i),
+	}
+	d.Target = d.Nodes
+	d.Action = fsm.ActionNone
+	if d.Gets > 0 {
+		d.MissRate = rate(float64(i%11) / 10)
+	}
+	switch i % 4 {
+	case 1:
+		d.Action, d.Target, d.Applied = fsm.ActionGrow, d.Nodes+1, true
+	case 2:
+		d.Action, d.Target, d.Error = fsm.ActionShrink, d.Nodes-1, "provisioner: no nodes"
+	case 3:
+		d.Mode = fsm.ModeManual
+	}
+	return d
+}
+
 func allCommands() []fsm.Command {
 	return []fsm.Command{
 		fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 128, Policy: fsm.PolicyRR}},
@@ -126,6 +155,19 @@ func allCommands() []fsm.Command {
 		fsm.MarkFailed{ID: "n2", Replacement: &fsm.Member{ID: "n9", HTTP: "https://n9.test"}},
 		fsm.ClearCaches{},
 		fsm.DeleteAll{},
+		fsm.RecordDecision{Decision: fsm.Decision{
+			Time: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC), Mode: fsm.ModeAuto, Nodes: 2, Target: 4,
+			Gets: 100, MissRate: rate(0.62), Action: fsm.ActionGrow,
+			Reason: "miss rate 0.62 > max 0.50: grow 2 -> 4 (x2.0)", Applied: true,
+		}},
+		fsm.RecordDecision{Decision: fsm.Decision{
+			Time: time.Date(2025, 3, 1, 12, 1, 0, 0, time.UTC), Mode: fsm.ModeAuto, Nodes: 4, Target: 4,
+			Action: fsm.ActionNone, Reason: "no GETs in the last minute: no miss rate, no action",
+		}},
+		fsm.RecordDecision{Decision: fsm.Decision{
+			Time: time.Date(2025, 3, 1, 12, 2, 0, 0, time.UTC), Mode: fsm.ModeAuto, Nodes: 4, Target: 2,
+			Gets: 7, MissRate: rate(0), Action: fsm.ActionShrink, Reason: "shrink", Error: "boom",
+		}},
 	}
 }
 
@@ -219,6 +261,13 @@ func TestEncodeUnknown(t *testing.T) {
 	}
 }
 
+// recordDecision returns a RecordDecision of a valid grow decision, edited.
+func recordDecision(edit func(*fsm.Decision)) fsm.Command {
+	d := allCommands()[7].(fsm.RecordDecision).Decision
+	edit(&d)
+	return fsm.RecordDecision{Decision: d}
+}
+
 func TestRefused(t *testing.T) {
 	okScaling := fsm.DefaultState().Scaling
 	scaling := func(edit func(*fsm.ScalingPolicy)) fsm.Command {
@@ -257,6 +306,22 @@ func TestRefused(t *testing.T) {
 		{"replacement already a member", fsm.MarkFailed{ID: "n1", Replacement: &fsm.Member{ID: "n2", HTTP: "http://n2.test"}}, `replacement "n2" is already in the pool`},
 		{"replacement is the failed member", fsm.MarkFailed{ID: "n1", Replacement: &fsm.Member{ID: "n1", HTTP: "http://n1.test"}}, `replacement "n1" is already in the pool`},
 		{"replacement bad URL", fsm.MarkFailed{ID: "n1", Replacement: &fsm.Member{ID: "n9", HTTP: "n9:7000"}}, `replacement: invalid command: member "n9": http "n9:7000" is not`},
+		{"decision action", recordDecision(func(d *fsm.Decision) { d.Action = "explode" }), `decision action "explode" is not grow, shrink or none`},
+		{"decision no action", recordDecision(func(d *fsm.Decision) { d.Action = "" }), `decision action "" is not`},
+		{"decision mode", recordDecision(func(d *fsm.Decision) { d.Mode = "Auto" }), `decision mode "Auto" is not manual or auto`},
+		{"decision reason", recordDecision(func(d *fsm.Decision) { d.Reason = "" }), "decision reason is empty"},
+		{"decision nodes 9", recordDecision(func(d *fsm.Decision) { d.Nodes, d.Target = 9, 9 }), "decision nodes 9 is outside 0..8"},
+		{"decision nodes -1", recordDecision(func(d *fsm.Decision) { d.Nodes = -1 }), "decision nodes -1 is outside 0..8"},
+		{"decision target 9", recordDecision(func(d *fsm.Decision) { d.Target = 9 }), "decision target 9 is outside 0..8"},
+		{"decision target -1", recordDecision(func(d *fsm.Decision) { d.Action, d.Target = fsm.ActionShrink, -1 }), "decision target -1 is outside 0..8"},
+		{"decision grow down", recordDecision(func(d *fsm.Decision) { d.Target = 1 }), "decision grow from 2 to 1 nodes"},
+		{"decision grow same", recordDecision(func(d *fsm.Decision) { d.Target = 2 }), "decision grow from 2 to 2 nodes"},
+		{"decision shrink up", recordDecision(func(d *fsm.Decision) { d.Action = fsm.ActionShrink }), "decision shrink from 2 to 4 nodes"},
+		{"decision none moves", recordDecision(func(d *fsm.Decision) { d.Action, d.Applied = fsm.ActionNone, false }), "decision with no action has target 4, want nodes 2"},
+		{"decision none applied", recordDecision(func(d *fsm.Decision) { d.Action, d.Target = fsm.ActionNone, 2 }), "decision with no action is applied"},
+		{"decision miss rate 1.5", recordDecision(func(d *fsm.Decision) { d.MissRate = rate(1.5) }), "decision miss_rate 1.5 is outside 0..1"},
+		{"decision miss rate -0.1", recordDecision(func(d *fsm.Decision) { d.MissRate = rate(-0.1) }), "decision miss_rate -0.1 is outside 0..1"},
+		{"decision miss rate without GETs", recordDecision(func(d *fsm.Decision) { d.Gets = 0 }), "decision miss_rate 0.62 with no GETs"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -306,7 +371,9 @@ func TestConfigCommands(t *testing.T) {
 		{fsm.SetScaling{Policy: pol}, func(s *fsm.State) { s.Scaling = pol }},
 		{fsm.ClearCaches{}, func(s *fsm.State) { s.ClearGen++ }},
 		{fsm.DeleteAll{}, func(s *fsm.State) { s.DeleteGen++ }},
+		{fsm.RecordDecision{Decision: decision(1)}, func(s *fsm.State) { s.Decisions = append(s.Decisions, decision(1)) }},
 		{fsm.ClearCaches{}, func(s *fsm.State) { s.ClearGen++ }},
+		{fsm.RecordDecision{Decision: decision(2)}, func(s *fsm.State) { s.Decisions = append(s.Decisions, decision(2)) }},
 	}
 	want := base
 	for _, tt := range tests {
@@ -335,8 +402,8 @@ func TestDefaultState(t *testing.T) {
 		t.Errorf("default scaling policy: got %v, want valid", err)
 	}
 	b, _ := json.Marshal(st)
-	if !strings.Contains(string(b), `"members":[]`) {
-		t.Errorf("JSON: got %s, want members as []", b)
+	if !strings.Contains(string(b), `"members":[]`) || !strings.Contains(string(b), `"decisions":[]`) {
+		t.Errorf("JSON: got %s, want members and decisions as []", b)
 	}
 }
 
@@ -506,8 +573,12 @@ func busyLog(t *testing.T) *log {
 	l.mustApply(fsm.SetScaling{Policy: fsm.ScalingPolicy{Mode: fsm.ModeAuto, MaxMissRate: 0.6, MinMissRate: 0.05, ExpandRatio: 2.5, ShrinkRatio: 0.3}})
 	l.mustApply(fsm.Resize{Members: pool(3)})
 	l.mustApply(fsm.ClearCaches{})
+	for i := range 5 {
+		l.mustApply(fsm.RecordDecision{Decision: decision(i)})
+	}
 	l.mustApply(fsm.MarkFailed{ID: "n2", Replacement: &fsm.Member{ID: "r2", HTTP: "http://r2.test"}})
-	l.apply(fsm.Resize{Members: pool(9)}) // refused
+	l.apply(fsm.Resize{Members: pool(9)})                                                   // refused
+	l.apply(fsm.RecordDecision{Decision: fsm.Decision{Mode: fsm.ModeAuto, Action: "none"}}) // refused: no reason
 	l.mustApply(fsm.Resize{Members: append(pool(5), mem("r2"))})
 	l.mustApply(fsm.MarkFailed{ID: "n4"})
 	l.mustApply(fsm.DeleteAll{})
@@ -636,6 +707,13 @@ func TestRestoreGarbage(t *testing.T) {
 		{"unowned region in a pool", doc(1, func(s *fsm.State) { s.Regions[3] = "" })},
 		{"owned region in an empty pool", doc(1, func(s *fsm.State) { s.Members = nil })},
 		{"since after epoch", doc(1, func(s *fsm.State) { s.Since[0] = s.Epoch + 1 })},
+		{"bad decision", doc(1, func(s *fsm.State) { s.Decisions[2].Action = "explode" })},
+		{"decision miss rate above 1", doc(1, func(s *fsm.State) { s.Decisions[1].MissRate = rate(2) })},
+		{"too many decisions", doc(1, func(s *fsm.State) {
+			for i := range fsm.MaxDecisions {
+				s.Decisions = append(s.Decisions, decision(i))
+			}
+		})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -845,6 +923,9 @@ func TestDeterminism(t *testing.T) {
 		cmds = append(cmds, fsm.MarkFailed{ID: "n1", Replacement: &fsm.Member{ID: fmt.Sprintf("x%d", n), HTTP: "http://x.test"}})
 		cmds = append(cmds, fsm.Resize{Members: slices.Concat(pool(n-1), []fsm.Member{mem(fmt.Sprintf("x%d", n))})})
 		cmds = append(cmds, fsm.ClearCaches{})
+		for i := range 10 {
+			cmds = append(cmds, fsm.RecordDecision{Decision: decision(n*10 + i)})
+		}
 	}
 	var data [][]byte
 	for _, c := range cmds {
@@ -880,4 +961,60 @@ func TestDeterminism(t *testing.T) {
 	if st1.Epoch < 10 {
 		t.Errorf("got epoch %d, want the log to have changed the pool many times", st1.Epoch)
 	}
+	if len(st1.Decisions) != fsm.MaxDecisions {
+		t.Errorf("got %d decisions, want the log to have filled all %d", len(st1.Decisions), fsm.MaxDecisions)
+	}
+}
+
+func TestRecordDecision(t *testing.T) {
+	l := newLog(t)
+	l.mustApply(fsm.Resize{Members: pool(2)})
+	var want []fsm.Decision
+	for i := range fsm.MaxDecisions + 15 {
+		prev := l.f.State()
+		d := decision(i)
+		next := l.mustApply(fsm.RecordDecision{Decision: d})
+		want = append(want, d)
+		if len(want) > fsm.MaxDecisions {
+			want = want[1:]
+		}
+		if !reflect.DeepEqual(next.Decisions, want) {
+			t.Fatalf("after decision %d: got %d decisions, want the newest %d:\ngot  %+v\nwant %+v", i, len(next.Decisions), len(want), next.Decisions, want)
+		}
+		// Only Index and Decisions move: not the epoch, not the pool.
+		prev.Index, prev.Decisions = next.Index, next.Decisions
+		if !reflect.DeepEqual(next, prev) {
+			t.Fatalf("after decision %d: got %+v, want %+v", i, next, prev)
+		}
+	}
+	st := l.f.State()
+	if got, want := st.Decisions[len(st.Decisions)-1].Reason, decision(fsm.MaxDecisions+14).Reason; got != want {
+		t.Errorf("newest decision: got %q, want %q (newest last)", got, want)
+	}
+
+	t.Run("state copies share no miss rate", func(t *testing.T) {
+		st := l.f.State()
+		i := slices.IndexFunc(st.Decisions, func(d fsm.Decision) bool { return d.MissRate != nil })
+		*st.Decisions[i].MissRate = 0.999
+		if got := *l.f.State().Decisions[i].MissRate; got == 0.999 {
+			t.Errorf("a State copy shares memory with the FSM: got miss rate %v, want the recorded one", got)
+		}
+	})
+
+	t.Run("JSON", func(t *testing.T) {
+		d := decision(0)
+		d.Gets, d.MissRate = 0, nil
+		b, err := json.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, part := range []string{`"miss_rate":null`, `"action":"none"`, `"time":"2025-03-01T12:00:00Z"`} {
+			if !strings.Contains(string(b), part) {
+				t.Errorf("got %s, want it to contain %s", b, part)
+			}
+		}
+		if strings.Contains(string(b), `"error"`) {
+			t.Errorf("got %s, want no error field when there is no error", b)
+		}
+	})
 }

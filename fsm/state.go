@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"time"
 
 	"github.com/memcache/memcache/region"
 )
@@ -47,6 +48,16 @@ const (
 	MinCapacityMB = 1
 	MaxCapacityMB = 1024
 )
+
+// Scaler actions, the Action of a Decision.
+const (
+	ActionGrow   = "grow"   // the pool was asked to grow to Target
+	ActionShrink = "shrink" // the pool was asked to shrink to Target
+	ActionNone   = "none"   // no resize; Reason says why
+)
+
+// MaxDecisions is how many decisions State keeps, the newest last.
+const MaxDecisions = 60
 
 // MaxExpandRatio bounds ScalingPolicy.ExpandRatio: growing by more than the
 // whole pool range in one step makes no sense.
@@ -121,6 +132,73 @@ func (p ScalingPolicy) Validate() error {
 	return nil
 }
 
+// Decision is one round of the leader's scaler (DESIGN.md §7): a resize it
+// asked for, or a non-decision with its reason. The proposer fills in every
+// field, Time included; Apply stores it as it is and never reads the clock.
+type Decision struct {
+	Time     time.Time `json:"time"`      // when the scaler decided
+	Mode     string    `json:"mode"`      // ModeManual or ModeAuto, the policy's mode
+	Nodes    int       `json:"nodes"`     // pool size when deciding; 0..MaxNodes
+	Target   int       `json:"target"`    // size asked for; == Nodes when Action is ActionNone
+	Gets     uint64    `json:"gets"`      // GETs in the window
+	MissRate *float64  `json:"miss_rate"` // misses/GETs in the window; nil when there were no GETs
+	Action   string    `json:"action"`    // ActionGrow, ActionShrink or ActionNone
+	Reason   string    `json:"reason"`    // human-readable, e.g. "miss rate 0.62 > max 0.50: grow 2 -> 4 (x2.0)"
+	Applied  bool      `json:"applied"`   // the resize was committed
+	Error    string    `json:"error,omitempty"`
+	By       string    `json:"by,omitempty"` // the replica (Raft leader) that decided
+}
+
+// Validate reports, wrapping ErrInvalidCommand, what is wrong with d.
+// Besides each field's range it checks that Target agrees with Action
+// (above Nodes to grow, below to shrink, equal for none), that only a resize
+// can be Applied, and that a miss rate comes with GETs.
+func (d Decision) Validate() error {
+	switch {
+	case d.Mode != ModeManual && d.Mode != ModeAuto:
+		return invalidf("decision mode %q is not %s or %s", d.Mode, ModeManual, ModeAuto)
+	case d.Nodes < 0 || d.Nodes > MaxNodes:
+		return invalidf("decision nodes %d is outside 0..%d", d.Nodes, MaxNodes)
+	case d.Target < 0 || d.Target > MaxNodes:
+		return invalidf("decision target %d is outside 0..%d", d.Target, MaxNodes)
+	case d.Reason == "":
+		return invalidf("decision reason is empty")
+	case d.MissRate != nil && !(*d.MissRate >= 0 && *d.MissRate <= 1):
+		return invalidf("decision miss_rate %g is outside 0..1", *d.MissRate)
+	case d.MissRate != nil && d.Gets == 0:
+		return invalidf("decision miss_rate %g with no GETs", *d.MissRate)
+	}
+	switch d.Action {
+	case ActionGrow:
+		if d.Target <= d.Nodes {
+			return invalidf("decision grow from %d to %d nodes", d.Nodes, d.Target)
+		}
+	case ActionShrink:
+		if d.Target >= d.Nodes {
+			return invalidf("decision shrink from %d to %d nodes", d.Nodes, d.Target)
+		}
+	case ActionNone:
+		if d.Target != d.Nodes {
+			return invalidf("decision with no action has target %d, want nodes %d", d.Target, d.Nodes)
+		}
+		if d.Applied {
+			return invalidf("decision with no action is applied")
+		}
+	default:
+		return invalidf("decision action %q is not %s, %s or %s", d.Action, ActionGrow, ActionShrink, ActionNone)
+	}
+	return nil
+}
+
+// clone returns a copy of d that shares no memory with it.
+func (d Decision) clone() Decision {
+	if d.MissRate != nil {
+		r := *d.MissRate
+		d.MissRate = &r
+	}
+	return d
+}
+
 // Member is one cache node of the pool.
 type Member struct {
 	ID   string `json:"id"`   // the node's id, as it joined by gossip
@@ -166,10 +244,12 @@ type State struct {
 	Since     [region.Count]uint64 `json:"since"`      // epoch at which each region got its current owner
 	ClearGen  uint64               `json:"clear_gen"`  // +1 on every ClearCaches
 	DeleteGen uint64               `json:"delete_gen"` // +1 on every DeleteAll
+	Decisions []Decision           `json:"decisions"`  // the scaler's last MaxDecisions, newest last; never nil in states this package makes
 }
 
 // DefaultState returns the state of a new cluster: 64 MB LRU caches, manual
-// scaling with thresholds 0.8/0.2 and ratios 2.0/0.5, no members, epoch 0.
+// scaling with thresholds 0.8/0.2 and ratios 2.0/0.5, no members, no
+// decisions, epoch 0.
 func DefaultState() State {
 	return State{
 		Cache: CacheConfig{CapacityMB: 64, Policy: PolicyLRU},
@@ -180,16 +260,21 @@ func DefaultState() State {
 			ExpandRatio: 2.0,
 			ShrinkRatio: 0.5,
 		},
-		Members: []Member{},
+		Members:   []Member{},
+		Decisions: []Decision{},
 	}
 }
 
-// Clone returns a deep copy of s. Members of the copy is never nil, so an
-// empty pool encodes as [] in JSON.
+// Clone returns a deep copy of s. Members and Decisions of the copy are
+// never nil, so empty lists encode as [] in JSON.
 func (s State) Clone() State {
 	c := s
 	c.Members = make([]Member, len(s.Members))
 	copy(c.Members, s.Members)
+	c.Decisions = make([]Decision, len(s.Decisions))
+	for i, d := range s.Decisions {
+		c.Decisions[i] = d.clone()
+	}
 	return c
 }
 
@@ -228,6 +313,14 @@ func (s State) check() error {
 		}
 		if s.Since[r] > s.Epoch {
 			return fmt.Errorf("region %d since epoch %d, after the epoch %d", r, s.Since[r], s.Epoch)
+		}
+	}
+	if len(s.Decisions) > MaxDecisions {
+		return fmt.Errorf("%d decisions is above %d", len(s.Decisions), MaxDecisions)
+	}
+	for i, d := range s.Decisions {
+		if err := d.Validate(); err != nil {
+			return fmt.Errorf("decision %d: %w", i, err)
 		}
 	}
 	return nil

@@ -1,11 +1,10 @@
-// Package metrics gathers the cache pool's statistics from its nodes and
-// computes rates from summed counts, as DESIGN §5 defines them.
 package metrics
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"sync"
@@ -76,7 +75,7 @@ func Window(ctx context.Context, client *http.Client, members []fsm.Member, sinc
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := fetch(ctx, client, m.HTTP+"/stats?"+query)
+			st, err := fetch(ctx, client, m.HTTP+"/stats?"+query, windowTimeout)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -93,8 +92,16 @@ func Window(ctx context.Context, client *http.Client, members []fsm.Member, sinc
 	return t, nil
 }
 
-func fetch(ctx context.Context, client *http.Client, u string) (node.Stats, error) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+// maxStatsBody bounds a node's /stats answer (30 minutes of 5-s samples
+// take about 70 KB).
+const maxStatsBody = 8 << 20
+
+// windowTimeout bounds each node's answer to Window.
+const windowTimeout = 3 * time.Second
+
+// fetch GETs a node's /stats URL u, giving up after timeout.
+func fetch(ctx context.Context, client *http.Client, u string, timeout time.Duration) (node.Stats, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
@@ -109,5 +116,5 @@ func fetch(ctx context.Context, client *http.Client, u string) (node.Stats, erro
 		return node.Stats{}, fmt.Errorf("stats: %s", resp.Status)
 	}
 	var st node.Stats
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return st, json.NewDecoder(io.LimitReader(resp.Body, maxStatsBody)).Decode(&st)
 }

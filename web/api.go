@@ -1,5 +1,5 @@
-// Package web serves the manager's admin API (and, later, its UI) on every
-// replica; writes are committed through the Raft leader.
+// Package web serves the manager's admin API and UI on every replica;
+// writes are committed through the Raft leader.
 package web
 
 import (
@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html/template"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,7 +16,9 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/metrics"
 )
 
 // Cluster is what the API needs of the Raft replica (implemented by *cluster.Cluster).
@@ -25,6 +28,8 @@ type Cluster interface {
 	// Wait returns the state once this replica has applied index after+1.
 	Wait(ctx context.Context, after uint64) (fsm.State, error)
 	ForwardToLeader(next http.Handler) http.Handler
+	// Status is this replica's view of the Raft group (the UI shows it).
+	Status() cluster.Status
 }
 
 // Pool resizes the cache-node pool; it runs on the leader (implemented by *scaler.Pool).
@@ -38,8 +43,10 @@ type Config struct {
 	Secret string
 	// WriteTimeout bounds a write, including a resize that starts nodes. If zero, 90 s.
 	WriteTimeout time.Duration
-	// AdminToken is the bearer token the tester's admin API requires. If
-	// blank, that API is open.
+	// AdminToken is the bearer token the tester's admin API requires, and
+	// the password of the UI's login; sessions are signed with a key derived
+	// from it (and Secret), so every replica accepts them. If blank, both are
+	// open (the UI's forms are still CSRF-protected).
 	AdminToken string
 }
 
@@ -49,11 +56,16 @@ type API struct {
 	cluster Cluster
 	pool    Pool
 	stats   PoolStats
+	metrics metrics.Reader // the UI's charts; nil: none
+	client  *http.Client   // carries the cluster secret, for the nodes' /stats
+	key     []byte         // signs UI sessions and CSRF tokens
+	pages   map[string]*template.Template
 	log     *slog.Logger
 }
 
-// New returns the admin API.
-func New(cfg Config, c Cluster, p Pool, log *slog.Logger) *API {
+// New returns the admin API and UI. m feeds the UI's charts (if nil, the
+// charts stay empty and say so).
+func New(cfg Config, c Cluster, p Pool, m metrics.Reader, log *slog.Logger) *API {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 90 * time.Second
 	}
@@ -62,7 +74,8 @@ func New(cfg Config, c Cluster, p Pool, log *slog.Logger) *API {
 		log.Warn("no admin token: the admin API is open to anyone who can reach this replica")
 	}
 	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
-	return &API{cfg: cfg, cluster: c, pool: p, stats: memberStats{c, client}, log: log}
+	return &API{cfg: cfg, cluster: c, pool: p, stats: memberStats{c, client}, metrics: m, client: client,
+		key: deriveKey(cfg.AdminToken, cfg.Secret), pages: parsePages(), log: log}
 }
 
 // Routes mounts the API on r:
@@ -72,6 +85,8 @@ func New(cfg Config, c Cluster, p Pool, log *slog.Logger) *API {
 //	PUT  /v1/config/scaling   {"mode":..,"max_miss_rate":..,"min_miss_rate":..,"expand_ratio":..,"shrink_ratio":..} (fields optional)
 //	POST /v1/pool/resize      {"nodes":N}  (served by the leader; followers forward it)
 //	POST /v1/pool/clear       clear every node's cache
+//
+// and the tester's /api/... (tester.go) and the UI under /ui (ui.go).
 func (a *API) Routes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(auth.Require(a.cfg.Secret))
@@ -82,6 +97,7 @@ func (a *API) Routes(r chi.Router) {
 		r.Method(http.MethodPost, "/v1/pool/resize", a.cluster.ForwardToLeader(http.HandlerFunc(a.handleResize)))
 	})
 	a.testerRoutes(r)
+	a.uiRoutes(r)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

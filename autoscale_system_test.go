@@ -1,0 +1,188 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/node"
+	"github.com/memcache/memcache/region"
+)
+
+// nodeGet sends GET /cache/{key} to the key's owner in st and reports the status.
+func nodeGet(st fsm.State, key string) int {
+	m, ok := st.Member(st.Regions[region.Of(key)])
+	if !ok {
+		return 0
+	}
+	req, _ := http.NewRequest("GET", m.HTTP+"/cache/"+key, nil)
+	req.Header.Set(auth.Header, sysSecret)
+	req.Header.Set(node.HeaderEpoch, strconv.FormatUint(st.Epoch, 10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func nodePut(st fsm.State, key string) int {
+	m, ok := st.Member(st.Regions[region.Of(key)])
+	if !ok {
+		return 0
+	}
+	req, _ := http.NewRequest("PUT", m.HTTP+"/cache/"+key, nil)
+	req.Body = http.NoBody
+	req.Header.Set(auth.Header, sysSecret)
+	req.Header.Set(node.HeaderEpoch, strconv.FormatUint(st.Epoch, 10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// traffic runs GETs against the pool until stopped: misses (keys never
+// cached) or hits (keys it puts first).
+type traffic struct {
+	stop atomic.Bool
+	wg   sync.WaitGroup
+}
+
+func startTraffic(t *testing.T, m *managerProc, hits bool) *traffic {
+	tr := &traffic{}
+	for w := range 3 {
+		tr.wg.Add(1)
+		go func() {
+			defer tr.wg.Done()
+			for i := 0; !tr.stop.Load(); i++ {
+				st := m.cluster.State()
+				if hits {
+					key := fmt.Sprintf("hot-%d-%d", w, i%16)
+					if nodeGet(st, key) == http.StatusNotFound {
+						nodePut(st, key)
+					}
+				} else {
+					nodeGet(st, fmt.Sprintf("cold-%d-%d", w, i))
+				}
+			}
+		}()
+	}
+	t.Cleanup(tr.halt)
+	return tr
+}
+
+func (tr *traffic) halt() {
+	tr.stop.Store(true)
+	tr.wg.Wait()
+}
+
+func setScaling(t *testing.T, m *managerProc, body string) {
+	t.Helper()
+	if code := call(t, "PUT", m.url+"/v1/config/scaling", []byte(body), nil); code != 200 {
+		t.Fatalf("set scaling %s: %d", body, code)
+	}
+}
+
+func leaderOf(t *testing.T, ms []*managerProc) *managerProc {
+	t.Helper()
+	var l *managerProc
+	poll(t, 10*time.Second, "a leader", func() bool {
+		for _, m := range ms {
+			if m.cluster != nil && m.cluster.IsLeader() {
+				l = m
+				return true
+			}
+		}
+		return false
+	})
+	return l
+}
+
+func TestAutoScalerFollowsTheMissRateOnTheLeaderOnly(t *testing.T) {
+	const interval = 1500 * time.Millisecond
+	ms := startSystemWith(t, 3, systemOptions{deadGrace: time.Hour, scalerInterval: interval, scrape: 200 * time.Millisecond, sample: 200 * time.Millisecond})
+	follower := ms[0]
+	for _, m := range ms {
+		if !m.cluster.IsLeader() {
+			follower = m
+		}
+	}
+	setScaling(t, follower, `{"mode":"auto","max_miss_rate":0.5,"min_miss_rate":0.2,"expand_ratio":2,"shrink_ratio":0.5}`)
+
+	// Only misses: the rate is 1 > 0.5, the pool grows 1 -> 2 (ceil(1 x 2)).
+	start := time.Now()
+	misses := startTraffic(t, ms[0], false)
+	poll(t, 4*interval, "the pool to grow to 2", func() bool { return len(ms[0].cluster.State().Members) == 2 })
+	t.Logf("grew after %v (interval %v)", time.Since(start).Round(time.Millisecond), interval)
+	misses.halt()
+
+	// Only hits: the rate is 0 < 0.2, the pool shrinks 2 -> 1.
+	start = time.Now()
+	hits := startTraffic(t, ms[0], true)
+	poll(t, 4*interval, "the pool to shrink to 1", func() bool { return len(ms[0].cluster.State().Members) == 1 })
+	t.Logf("shrank after %v", time.Since(start).Round(time.Millisecond))
+
+	// Both decisions are recorded, every one by the leader of its time.
+	l := leaderOf(t, ms)
+	var st fsm.State
+	poll(t, 10*time.Second, "the grow and the shrink to be recorded", func() bool {
+		st = l.cluster.State()
+		var grew, shrank bool
+		for _, d := range st.Decisions {
+			grew = grew || (d.Action == "grow" && d.Applied && d.Nodes == 1 && d.Target == 2)
+			shrank = shrank || (d.Action == "shrink" && d.Applied && d.Nodes == 2 && d.Target == 1)
+		}
+		return grew && shrank
+	})
+	for _, d := range st.Decisions {
+		if d.By != l.cluster.Name() {
+			t.Errorf("decision %+v taken by %s, not the leader %s", d, d.By, l.cluster.Name())
+		}
+	}
+
+	// Leader failover during the run: the new leader's scaler takes over
+	// within an interval, and the old one has stopped.
+	old := l
+	oldName := old.cluster.Name()
+	old.close(t.Context())
+	var rest []*managerProc
+	for _, m := range ms {
+		if m != old {
+			rest = append(rest, m)
+		}
+	}
+	nl := leaderOf(t, rest)
+	failedAt := time.Now()
+	var decided fsm.Decision
+	poll(t, 3*interval+5*time.Second, "a decision by the new leader", func() bool {
+		ds := nl.cluster.State().Decisions
+		if len(ds) > 0 && ds[len(ds)-1].By == nl.cluster.Name() && ds[len(ds)-1].Time.After(failedAt) {
+			decided = ds[len(ds)-1]
+			return true
+		}
+		return false
+	})
+	t.Logf("new leader %s decided %v after the old leader stopped: %s", nl.cluster.Name(), time.Since(failedAt).Round(time.Millisecond), decided.Reason)
+	for _, d := range nl.cluster.State().Decisions {
+		if d.By == oldName && d.Time.After(failedAt) {
+			t.Errorf("the stopped leader decided after it stopped: %+v", d)
+		}
+	}
+
+	// A policy change takes effect at the next tick, without a restart.
+	hits.halt()
+	changed := time.Now()
+	setScaling(t, nl, `{"mode":"manual"}`)
+	poll(t, 3*interval, "a decision under the new policy", func() bool {
+		ds := nl.cluster.State().Decisions
+		return len(ds) > 0 && ds[len(ds)-1].Time.After(changed) && ds[len(ds)-1].Mode == fsm.ModeManual && ds[len(ds)-1].Action == "none"
+	})
+}

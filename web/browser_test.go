@@ -1,0 +1,419 @@
+package web_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/scaler"
+)
+
+// Browser tests: Debian's chromium, driven headless with chromedp, uses the
+// manager UI of a 3-replica cluster with real cache nodes and traffic.
+
+const chromiumPath = "/usr/bin/chromium"
+
+// stepTimeout bounds one browser step (an action and what it waits for).
+const stepTimeout = 20 * time.Second
+
+// browser is one headless chromium.
+type browser struct {
+	ctx context.Context // the browser's first tab; has run once, no deadline
+
+	mu       sync.Mutex // guards problems
+	problems []string   // console errors and uncaught exceptions
+}
+
+// newBrowser starts chromium, or skips the test when it is not installed
+// (fails instead when MEMCACHE_TEST_REQUIRE_BROWSER=1).
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("MEMCACHE_TEST_REQUIRE_BROWSER") == "1" {
+			t.Fatal("chromium not installed; run .ci/install-chromium.sh")
+		}
+		t.Skipf("%s not found (run .ci/install-chromium.sh; MEMCACHE_TEST_REQUIRE_BROWSER=1 makes this a failure)", chromiumPath)
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Headless,
+		chromedp.NoSandbox, // tests may run as root
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.Flag("mute-audio", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1440, 1000),
+	}
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	// The first run starts the browser; it must have no deadline.
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		cancel()
+		cancelAlloc()
+		t.Fatalf("starting chromium: %v", err)
+	}
+	b := &browser{ctx: ctx}
+	t.Cleanup(func() {
+		cancel()
+		cancelAlloc()
+	})
+	return b
+}
+
+// tab is one tab in its own browser context (its own cookies), whose
+// console errors are recorded.
+type tab struct {
+	*browser
+	t    *testing.T // the (sub)test using the tab
+	ctx  context.Context
+	base string // the replica's URL
+}
+
+func (b *browser) newTab(t *testing.T, base string) *tab {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(b.ctx, chromedp.WithNewBrowserContext())
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	msgs := chromedp.Console(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m, err := range msgs {
+			if err != nil {
+				return
+			}
+			if m.IsException() || m.Type == chromedp.ConsoleError {
+				b.mu.Lock()
+				b.problems = append(b.problems, m.String())
+				b.mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return &tab{browser: b, t: t, ctx: ctx, base: base}
+}
+
+// consoleProblems returns the console errors seen so far, except the
+// failed loads of the pages the test makes fail on purpose.
+func (b *browser) consoleProblems() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, p := range b.problems {
+		if strings.Contains(p, "status of 401") || strings.Contains(p, "status of 403") {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// do runs actions within stepTimeout, failing the test with the page's text.
+func (tb *tab) do(what string, actions ...chromedp.Action[chromedp.Void]) {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
+	defer cancel()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		tb.fail(what, err)
+	}
+}
+
+func (tb *tab) fail(what string, err error) {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, 5*time.Second)
+	defer cancel()
+	loc, _ := chromedp.Run(ctx, chromedp.Location())
+	text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body ? document.body.innerText : ''`))
+	tb.t.Fatalf("%s: %v\nat %s, the page says:\n%s", what, err, loc, text)
+}
+
+// wait polls a JavaScript condition until it is true.
+func (tb *tab) wait(what, expr string) {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(stepTimeout))); err != nil {
+		tb.fail("waiting for "+what, err)
+	}
+}
+
+func (tb *tab) text(sel string) string {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		tb.fail("reading "+sel, err)
+	}
+	return s
+}
+
+// markStale marks the current document, so that waiting for an element of
+// the next one cannot be satisfied by this one.
+var markStale = chromedp.Evaluate[chromedp.Void](`document.body.setAttribute('data-stale', '1')`)
+
+// fresh prefixes a selector so it matches only in a document loaded after markStale.
+func fresh(sel string) chromedp.CSS { return chromedp.CSS("body:not([data-stale]) " + sel) }
+
+// submit clicks a form's button and waits for the dashboard that says the
+// write named done succeeded.
+func (tb *tab) submit(button, done string) {
+	tb.t.Helper()
+	tb.do("submitting "+button, markStale, chromedp.Click(chromedp.CSS(button)),
+		chromedp.WaitVisible(fresh(`#notice[data-done="`+done+`"]`)))
+}
+
+// chartsHaveData is true when app.js has drawn the six charts, each with 30
+// points of which at least one is not null.
+const chartsHaveData = `(() => {
+	const ids = ['nodes', 'miss', 'hit', 'items', 'bytes', 'requests'];
+	return typeof Chart !== 'undefined' && window.memcacheDashboard && window.memcacheDashboard.state.updates > 0 &&
+		document.querySelectorAll('canvas').length === 6 &&
+		ids.every(id => {
+			const c = Chart.getChart('chart-' + id);
+			return c && c.data.datasets[0].data.length === 30 && c.data.datasets[0].data.some(v => v !== null);
+		});
+})()`
+
+// poolShown is true when the pool table shows n healthy nodes and the region
+// map 16 owned regions.
+func poolShown(n int) string {
+	return fmt.Sprintf(`(() => {
+	const rows = [...document.querySelectorAll('#pool-body tr[data-node]')];
+	return rows.length === %d && rows.every(r => r.lastChild.textContent === 'ok') &&
+		document.querySelectorAll('#regions .region:not(.unowned)').length === 16;
+})()`, n)
+}
+
+// screenshotDir is where dashboard screenshots go: web/testdata/screenshots
+// with MEMCACHE_SCREENSHOTS=1 (for the README), else a temporary directory.
+func screenshotDir(t *testing.T) string {
+	if os.Getenv("MEMCACHE_SCREENSHOTS") == "1" {
+		dir := filepath.Join("testdata", "screenshots")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	return t.TempDir()
+}
+
+func (tb *tab) screenshot(path string) {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		tb.fail("screenshot", err)
+	}
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		tb.t.Fatal(err)
+	}
+	tb.t.Logf("dashboard screenshot: %s", path)
+}
+
+// waitMetrics waits until r's embedded metrics hold traffic in the current
+// minute: items and a miss rate.
+func waitMetrics(t *testing.T, r *replica) {
+	t.Helper()
+	poll(t, 10*time.Second, r.name+"'s metrics to show the traffic", func() bool {
+		pts, err := r.metrics.History(context.Background(), time.Now(), 2)
+		if err != nil {
+			return false
+		}
+		p := pts[len(pts)-1]
+		return p.Items > 0 && p.MissRate != nil && p.HitRate != nil && p.Requests > 0
+	})
+}
+
+// TestBrowser drives the UI the way an operator does, on the leader and on
+// a follower: log in, see six charts with data, change the config, switch
+// to manual and grow by one, clear caches, delete all with confirmation; a
+// form without its CSRF token is refused.
+func TestBrowser(t *testing.T) {
+	b := newBrowser(t)
+	s := startSystem(t, systemConfig{replicas: 3, nodes: 5, token: testToken})
+	if got := s.traffic("warm", 30, 60, 20<<10); got != 90 {
+		t.Fatalf("traffic: %d of 90 requests answered", got)
+	}
+	dir := screenshotDir(t)
+
+	t.Run("leader", func(t *testing.T) {
+		l := s.leader()
+		waitMetrics(t, l)
+		flow(t, s, b.newTab(t, l.url), l, flowConfig{
+			raftState: "Leader", capacity: 128, policy: fsm.PolicyRR,
+			screenshot: filepath.Join(dir, "dashboard.png"),
+			// The real auto-scaler, one round, on the leader while the
+			// pool is in automatic mode: the miss rate (30 of 60 GETs)
+			// is above 0.3, so it grows the pool.
+			whileAuto: func() {
+				as := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: time.Minute}, l.cluster, l.pool, l.metrics, testLogger())
+				if d := as.Tick(context.Background()); d.Action != fsm.ActionGrow || !d.Applied {
+					t.Fatalf("auto-scaler round: got %+v, want an applied grow", d)
+				}
+			},
+		})
+	})
+	t.Run("follower", func(t *testing.T) {
+		f := s.follower()
+		if got := s.traffic("follower", 30, 60, 10<<10); got != 90 {
+			t.Fatalf("traffic: %d of 90 requests answered", got)
+		}
+		waitMetrics(t, f)
+		flow(t, s, b.newTab(t, f.url), f, flowConfig{
+			raftState: "Follower", capacity: 256, policy: fsm.PolicyLRU,
+			screenshot: filepath.Join(dir, "dashboard-follower.png"),
+		})
+	})
+	if p := b.consoleProblems(); len(p) > 0 {
+		t.Errorf("the browser console reported errors:\n%s", strings.Join(p, "\n"))
+	}
+}
+
+type flowConfig struct {
+	raftState  string // what the header must say
+	capacity   int    // MB to set
+	policy     string // policy to set
+	screenshot string // where to save the dashboard
+	whileAuto  func() // run while the pool is in automatic mode
+}
+
+func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
+	// Log in: a wrong token first.
+	tb.do("opening the UI", chromedp.Navigate(tb.base+"/ui"), chromedp.WaitVisible(chromedp.CSS("#token")))
+	if loc, _ := chromedp.Run(tb.ctx, chromedp.Location()); loc != tb.base+"/ui/login" {
+		t.Errorf("without a session /ui went to %s, want the login page", loc)
+	}
+	tb.do("logging in with a wrong token", chromedp.SendKeys(chromedp.CSS("#token"), "not-the-token"), markStale,
+		chromedp.Click(chromedp.CSS("#login")), chromedp.WaitVisible(fresh("#problem")))
+	if got := tb.text("#problem"); !strings.Contains(got, "not the admin token") {
+		t.Errorf("wrong token: the page says %q, want that it is not the admin token", got)
+	}
+	tb.do("logging in", chromedp.SendKeys(chromedp.CSS("#token"), testToken), markStale,
+		chromedp.Click(chromedp.CSS("#login")), chromedp.WaitVisible(fresh("#chart-requests")))
+
+	// The dashboard: six charts with data, the pool, the regions, raft.
+	tb.wait("six charts with data", chartsHaveData)
+	tb.wait("the pool table and region map", poolShown(len(s.state().Members)))
+	tb.wait("the raft state in the header", fmt.Sprintf(`document.getElementById('raft-state').textContent === %q &&
+		document.getElementById('replica-name').textContent === %q && document.querySelectorAll('#raft-peers li').length === 3`, cfg.raftState, r.name))
+
+	// Change the config.
+	tb.do("filling in the config", chromedp.SetValue(chromedp.CSS("#capacity"), fmt.Sprint(cfg.capacity)),
+		chromedp.SetValue(chromedp.CSS("#policy"), cfg.policy))
+	tb.submit("#save-config", "config")
+	want := fsm.CacheConfig{CapacityMB: cfg.capacity, Policy: cfg.policy}
+	if got := s.waitConverged().Cache; got != want {
+		t.Errorf("cache config: got %+v, want %+v", got, want)
+	}
+	poll(t, 10*time.Second, "the pool's nodes to apply the config", func() bool {
+		for _, m := range s.state().Members {
+			c := s.node(m.ID).Node().Cache().Config()
+			if c.CapacityMB != cfg.capacity || string(c.Policy) != cfg.policy {
+				return false
+			}
+		}
+		return true
+	})
+	tb.wait("the summary to show the config", fmt.Sprintf(`document.getElementById('sum-cache').textContent === '%d MB · %s'`, cfg.capacity, cfg.policy))
+
+	// Automatic mode: grow and shrink are disabled.
+	tb.do("choosing automatic mode", chromedp.Click(chromedp.CSS("#mode-auto")),
+		chromedp.SetValue(chromedp.CSS("#max-miss"), "0.3"), chromedp.SetValue(chromedp.CSS("#min-miss"), "0.05"))
+	tb.submit("#save-scaling", "scaling")
+	if got := s.waitConverged().Scaling; got.Mode != fsm.ModeAuto || got.MaxMissRate != 0.3 || got.MinMissRate != 0.05 {
+		t.Errorf("scaling: got %+v, want auto with 0.3 and 0.05", got)
+	}
+	tb.wait("grow and shrink disabled in auto mode", `document.getElementById('grow').disabled && document.getElementById('shrink').disabled`)
+	if cfg.whileAuto != nil {
+		cfg.whileAuto()
+		tb.wait("the scaler's decision in the table", `!!document.querySelector('#decisions-body .action-grow')`)
+	}
+
+	// Manual mode, grow by one.
+	tb.do("choosing manual mode", chromedp.Click(chromedp.CSS("#mode-manual")))
+	tb.submit("#save-scaling", "scaling")
+	if got := s.waitConverged().Scaling.Mode; got != fsm.ModeManual {
+		t.Errorf("mode: got %s, want manual", got)
+	}
+	n := len(s.state().Members)
+	tb.wait("grow enabled in manual mode", `!document.getElementById('grow').disabled`)
+	tb.submit("#grow", "grow")
+	if got := len(s.waitConverged().Members); got != n+1 {
+		t.Fatalf("after grow: got %d nodes, want %d", got, n+1)
+	}
+	if got := tb.text("#pool-size"); got != fmt.Sprint(n+1) {
+		t.Errorf("pool size on the page: got %s, want %d", got, n+1)
+	}
+	s.waitNodesFollow()
+	if got := s.traffic("after-grow-"+r.name, 40, 80, 30<<10); got != 120 {
+		t.Fatalf("traffic: %d of 120 requests answered", got)
+	}
+	tb.wait("the grown pool in the table", poolShown(n+1))
+	tb.wait("items on every node", `[...document.querySelectorAll('#pool-body tr[data-node] td.num')].every(td => td.textContent !== '0' && td.textContent !== '—')`)
+	tb.wait("six charts with data", chartsHaveData)
+	tb.screenshot(cfg.screenshot)
+
+	// A form without its CSRF token is refused, and changes nothing.
+	before := s.state()
+	tb.do("clearing caches without the CSRF token",
+		chromedp.Evaluate[chromedp.Void](`document.querySelector('form[action="/ui/clear"] input[name=csrf]').remove()`),
+		markStale, chromedp.Click(chromedp.CSS("#clear-caches")), chromedp.WaitVisible(fresh("#problem-heading")))
+	if got := tb.text("#problem"); !strings.Contains(got, "Nothing was changed") {
+		t.Errorf("form without CSRF: the page says %q, want that nothing was changed", got)
+	}
+	if got := s.state().ClearGen; got != before.ClearGen {
+		t.Errorf("clear generation after a refused form: got %d, want %d", got, before.ClearGen)
+	}
+
+	// Clear caches.
+	tb.do("back to the dashboard", chromedp.Navigate(tb.base+"/ui"), chromedp.WaitVisible(chromedp.CSS("#clear-caches")))
+	tb.submit("#clear-caches", "clear")
+	if got := s.waitConverged().ClearGen; got != before.ClearGen+1 {
+		t.Errorf("clear generation: got %d, want %d", got, before.ClearGen+1)
+	}
+	poll(t, 10*time.Second, "the pool's caches to be empty", func() bool {
+		for _, m := range s.state().Members {
+			if s.node(m.ID).Node().Cache().Len() != 0 {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Delete all, with confirmation.
+	tb.do("opening the delete confirmation", markStale, chromedp.Click(chromedp.CSS("#delete-all")),
+		chromedp.WaitVisible(fresh("#confirm-delete")))
+	list := tb.text("#delete-list")
+	for _, want := range []string{"every image in the blob store", "every key in the key index", fmt.Sprintf("the caches of the %d pool nodes", n+1)} {
+		if !strings.Contains(list, want) {
+			t.Errorf("confirmation page says %q, want it to name %q", list, want)
+		}
+	}
+	tb.submit("#confirm-delete", "delete")
+	if got := s.waitConverged().DeleteGen; got != before.DeleteGen+1 {
+		t.Errorf("delete generation: got %d, want %d", got, before.DeleteGen+1)
+	}
+}
