@@ -345,3 +345,29 @@ func TestAdminReadsSeeAcknowledgedWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestPartialConfigUpdatesAreNotLost sends a capacity change to one replica
+// and, right after, a policy change to another: the second must not write
+// back a stale capacity.
+func TestPartialConfigUpdatesAreNotLost(t *testing.T) {
+	ms := startSystem(t, 3, time.Hour)
+	for i := range 6 {
+		capacity := 10 + i
+		policy := []string{"RR", "LRU"}[i%2]
+		if code := call(t, "PUT", ms[i%3].url+"/v1/config/cache", fmt.Appendf(nil, `{"capacity_mb":%d}`, capacity), nil); code != 200 {
+			t.Fatalf("set capacity: %d", code)
+		}
+		if code := call(t, "PUT", ms[(i+1)%3].url+"/v1/config/cache", fmt.Appendf(nil, `{"policy":%q}`, policy), nil); code != 200 {
+			t.Fatalf("set policy: %d", code)
+		}
+		want := fsm.CacheConfig{CapacityMB: capacity, Policy: policy}
+		poll(t, 5*time.Second, "every replica to hold both changes", func() bool {
+			for _, m := range ms {
+				if m.cluster.State().Cache != want {
+					return false
+				}
+			}
+			return true
+		})
+	}
+}

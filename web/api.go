@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -56,6 +57,7 @@ type API struct {
 	cluster Cluster
 	pool    Pool
 	stats   PoolStats
+	merge   sync.Mutex     // serialises read-modify-write config changes on the leader
 	metrics metrics.Reader // the UI's charts; nil: none
 	client  *http.Client   // carries the cluster secret, for the nodes' /stats
 	key     []byte         // signs UI sessions and CSRF tokens
@@ -91,13 +93,24 @@ func (a *API) Routes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(auth.Require(a.cfg.Secret))
 		r.Get("/v1/config", a.handleGetConfig)
-		r.Put("/v1/config/cache", a.handleSetCache)
-		r.Put("/v1/config/scaling", a.handleSetScaling)
+		// Partial updates read the current config and write it whole: they
+		// run on the leader, one at a time, so none is lost.
+		r.Method(http.MethodPut, "/v1/config/cache", a.cluster.ForwardToLeader(a.serialized(a.handleSetCache)))
+		r.Method(http.MethodPut, "/v1/config/scaling", a.cluster.ForwardToLeader(a.serialized(a.handleSetScaling)))
 		r.Post("/v1/pool/clear", a.handleClear)
 		r.Method(http.MethodPost, "/v1/pool/resize", a.cluster.ForwardToLeader(http.HandlerFunc(a.handleResize)))
 	})
 	a.testerRoutes(r)
 	a.uiRoutes(r)
+}
+
+// serialized runs h under a.merge.
+func (a *API) serialized(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.merge.Lock()
+		defer a.merge.Unlock()
+		h(w, r)
+	})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

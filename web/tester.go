@@ -49,7 +49,7 @@ func (a *API) testerRoutes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(requireToken(a.cfg.AdminToken))
 		r.Post("/api/delete_all", a.apiDeleteAll)
-		r.Method(http.MethodPost, "/api/configure_cache", a.cluster.ForwardToLeader(http.HandlerFunc(a.apiConfigureCache)))
+		r.Method(http.MethodPost, "/api/configure_cache", a.cluster.ForwardToLeader(a.serialized(a.apiConfigureCache)))
 		// Reads answer from the leader, so they see every acknowledged write.
 		r.Method(http.MethodPost, "/api/getNumNodes", a.cluster.ForwardToLeader(http.HandlerFunc(a.apiGetNumNodes)))
 		r.Method(http.MethodPost, "/api/getRate", a.cluster.ForwardToLeader(http.HandlerFunc(a.apiGetRate)))
@@ -89,7 +89,16 @@ func (a *API) apiGetRate(w http.ResponseWriter, r *http.Request) {
 		testerError(w, http.StatusBadRequest, "rate must be miss or hit, got %q", which)
 		return
 	}
-	t, err := a.stats.LastMinute(r.Context())
+	var (
+		t   metrics.Totals
+		err error
+	)
+	if a.metrics != nil {
+		// The same figures the UI and the scaler read.
+		t, err = a.metrics.Totals(r.Context(), time.Now(), time.Minute)
+	} else {
+		t, err = a.stats.LastMinute(r.Context())
+	}
 	if err != nil {
 		a.log.Warn("pool statistics incomplete", "err", err)
 	}
