@@ -43,7 +43,7 @@ type Resizer interface {
 // Reasons of the non-decisions that do not depend on the figures.
 const (
 	reasonManual    = "manual mode: the scaler is idle"
-	reasonNoGets    = "no GETs in the last minute: no miss rate, no action"
+	reasonNoGets    = "no GETs in the window: no miss rate, no action"
 	reasonEmptyPool = "the pool is empty: the pool maintainer creates it, no action"
 )
 
