@@ -159,19 +159,9 @@ func (p *frontendProc) close(ctx context.Context) error {
 }
 
 func runFrontend(ctx context.Context, cmd *cli.Command) error {
-	log, err := newLogger(cmd)
+	log, key, id, err := processSetup(cmd, "id", "http-addr")
 	if err != nil {
 		return err
-	}
-	key, err := gossipKey(cmd.String("gossip-key"))
-	if err != nil {
-		return err
-	}
-	id := cmd.String("id")
-	if id == "" {
-		if id, err = defaultID(cmd.String("http-addr")); err != nil {
-			return err
-		}
 	}
 	p, err := startFrontend(ctx, frontendOptions{
 		id: id, httpAddr: cmd.String("http-addr"), advertiseHTTP: cmd.String("advertise-http"),

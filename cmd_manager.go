@@ -212,19 +212,9 @@ func (m *managerProc) close(ctx context.Context) error {
 }
 
 func runManager(ctx context.Context, cmd *cli.Command) error {
-	log, err := newLogger(cmd)
+	log, key, name, err := processSetup(cmd, "name", "raft-addr")
 	if err != nil {
 		return err
-	}
-	key, err := gossipKey(cmd.String("gossip-key"))
-	if err != nil {
-		return err
-	}
-	name := cmd.String("name")
-	if name == "" {
-		if name, err = defaultID(cmd.String("raft-addr")); err != nil {
-			return err
-		}
 	}
 	o := managerOptions{
 		name: name, dataDir: cmd.String("data-dir"),

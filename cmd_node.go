@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"time"
@@ -45,20 +46,9 @@ func nodeCommand() *cli.Command {
 }
 
 func runNode(ctx context.Context, cmd *cli.Command) error {
-	log, err := newLogger(cmd)
+	log, key, id, err := processSetup(cmd, "id", "http-addr")
 	if err != nil {
 		return err
-	}
-	key, err := gossipKey(cmd.String("gossip-key"))
-	if err != nil {
-		return err
-	}
-	id := cmd.String("id")
-	if id == "" {
-		id, err = defaultID(cmd.String("http-addr"))
-		if err != nil {
-			return err
-		}
 	}
 	svc, err := node.Start(node.ServiceConfig{
 		Node: node.Config{
@@ -105,6 +95,27 @@ func runNode(ctx context.Context, cmd *cli.Command) error {
 	shutdown, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return svc.Close(shutdown)
+}
+
+// processSetup reads what every server command needs: the logger, the
+// gossip key, and the process's name (flag idFlag, or <hostname>-<port of
+// the address in flag addrFlag>).
+func processSetup(cmd *cli.Command, idFlag, addrFlag string) (*slog.Logger, []byte, string, error) {
+	log, err := newLogger(cmd)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	key, err := gossipKey(cmd.String("gossip-key"))
+	if err != nil {
+		return nil, nil, "", err
+	}
+	id := cmd.String(idFlag)
+	if id == "" {
+		if id, err = defaultID(cmd.String(addrFlag)); err != nil {
+			return nil, nil, "", err
+		}
+	}
+	return log, key, id, nil
 }
 
 // gossipKey decodes the --gossip-key flag; blank means unencrypted gossip.
