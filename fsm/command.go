@@ -77,6 +77,10 @@ type SetScaling struct {
 // The regions are reassigned with region.Assign from the current map.
 type Resize struct {
 	Members []Member `json:"members"`
+	// Epoch, if not zero, is the pool epoch the member list was computed
+	// from: the command is refused if the pool has changed since (a leader
+	// that lost leadership mid-resize must not undo its successor's work).
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 // MarkFailed removes member ID, which memberlist declared dead; the pool may
@@ -129,9 +133,12 @@ func (c SetCache) Validate(State) error { return c.Config.Validate() }
 func (c SetScaling) Validate(State) error { return c.Policy.Validate() }
 
 // Validate implements Command.
-func (c Resize) Validate(State) error {
+func (c Resize) Validate(s State) error {
 	if n := len(c.Members); n < MinNodes || n > MaxNodes {
 		return invalidf("%d nodes is outside %d..%d", n, MinNodes, MaxNodes)
+	}
+	if c.Epoch != 0 && c.Epoch != s.Epoch {
+		return invalidf("the pool changed while this resize was prepared (prepared at epoch %d, now %d)", c.Epoch, s.Epoch)
 	}
 	return validateMembers(c.Members)
 }

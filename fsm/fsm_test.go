@@ -1018,3 +1018,29 @@ func TestRecordDecision(t *testing.T) {
 		}
 	})
 }
+
+func TestResizePreparedAtAnOlderEpochIsRefused(t *testing.T) {
+	f := fsm.New()
+	apply := func(i uint64, c fsm.Command) fsm.Result {
+		b, err := fsm.Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.Apply(&raft.Log{Index: i, Type: raft.LogCommand, Data: b}).(fsm.Result)
+	}
+	a, b := fsm.Member{ID: "a", HTTP: "http://a:1"}, fsm.Member{ID: "b", HTTP: "http://b:1"}
+	if r := apply(1, fsm.Resize{Members: []fsm.Member{a}}); r.Err != nil || r.Epoch != 1 {
+		t.Fatalf("first resize: %+v", r)
+	}
+	if r := apply(2, fsm.Resize{Members: []fsm.Member{a, b}, Epoch: 1}); r.Err != nil || r.Epoch != 2 {
+		t.Fatalf("resize prepared at the current epoch: %+v, want applied at epoch 2", r)
+	}
+	before := f.State()
+	r := apply(3, fsm.Resize{Members: []fsm.Member{a}, Epoch: 1})
+	if !errors.Is(r.Err, fsm.ErrInvalidCommand) || !strings.Contains(r.Err.Error(), "prepared at epoch 1, now 2") {
+		t.Fatalf("resize prepared at epoch 1 applied at 2: got %v, want refused", r.Err)
+	}
+	if got := f.State(); !reflect.DeepEqual(got, before) {
+		t.Errorf("refused resize changed the state")
+	}
+}

@@ -110,7 +110,7 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 			next = append(next, fsm.Member{ID: g.ID, HTTP: g.HTTP})
 			added = append(added, g.ID)
 		}
-		res, err := p.raft.Apply(ctx, fsm.Resize{Members: next})
+		res, err := p.raft.Apply(ctx, fsm.Resize{Members: next, Epoch: st.Epoch})
 		if err != nil {
 			p.prov.Release(context.WithoutCancel(ctx), added)
 			return res, err
@@ -119,7 +119,7 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 		return res, nil
 	default:
 		removed := ids(cur[n:])
-		res, err := p.raft.Apply(ctx, fsm.Resize{Members: slices.Clone(cur[:n])})
+		res, err := p.raft.Apply(ctx, fsm.Resize{Members: slices.Clone(cur[:n]), Epoch: st.Epoch})
 		if err != nil {
 			return res, err
 		}

@@ -147,7 +147,7 @@ func startSystem(t *testing.T, cfg systemConfig) *system {
 		})
 	}
 	poll(t, 30*time.Second, "a leader and a pool of one node on every replica", func() bool {
-		if s.leader() == nil {
+		if s.leaderNow() == nil {
 			return false
 		}
 		for _, r := range s.replicas {
@@ -161,14 +161,25 @@ func startSystem(t *testing.T, cfg systemConfig) *system {
 	return s
 }
 
-// leader returns the replica that leads, or nil.
-func (s *system) leader() *replica {
+// leaderNow returns the replica that leads at this instant, or nil.
+func (s *system) leaderNow() *replica {
 	for _, r := range s.replicas {
 		if r.cluster.IsLeader() {
 			return r
 		}
 	}
 	return nil
+}
+
+// leader waits for a replica that leads and returns it.
+func (s *system) leader() *replica {
+	s.t.Helper()
+	var l *replica
+	poll(s.t, 10*time.Second, "a leader", func() bool {
+		l = s.leaderNow()
+		return l != nil
+	})
+	return l
 }
 
 // follower returns a replica that does not lead.
@@ -197,7 +208,7 @@ func (s *system) waitConverged() fsm.State {
 	s.t.Helper()
 	var st fsm.State
 	poll(s.t, 10*time.Second, "every replica to apply the leader's state", func() bool {
-		l := s.leader()
+		l := s.leaderNow()
 		if l == nil {
 			return false
 		}

@@ -114,8 +114,11 @@ func (a *API) uiRoutes(r chi.Router) {
 			r.Group(func(r chi.Router) {
 				r.Use(a.requireCSRF)
 				r.Post("/ui/logout", a.uiLogout)
-				r.Post("/ui/config", a.uiConfig)
-				r.Post("/ui/scaling", a.uiScaling)
+				// These forms write the whole config from what the replica
+				// holds: they run on the leader, one at a time, so a
+				// follower's stale copy never overwrites a newer change.
+				r.Method(http.MethodPost, "/ui/config", a.cluster.ForwardToLeader(a.serialized(a.uiConfig)))
+				r.Method(http.MethodPost, "/ui/scaling", a.cluster.ForwardToLeader(a.serialized(a.uiScaling)))
 				r.Post("/ui/pool/grow", a.uiResize(+1))
 				r.Post("/ui/pool/shrink", a.uiResize(-1))
 				r.Post("/ui/clear", a.uiClear)
