@@ -149,7 +149,14 @@ func startManager(o managerOptions, log *slog.Logger) (*managerProc, error) {
 			emb.Run(bg)
 		}()
 	}
-	auto := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: o.scalerInterval, Name: o.name}, c, pool, reader, log.With("id", o.name))
+	lag := o.scrapeInterval
+	if lag <= 0 {
+		lag = 5 * time.Second // the embedded scrape period's default
+	}
+	if o.cloudWatch != nil {
+		lag = 0 // CloudWatch reads whole minutes
+	}
+	auto := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: o.scalerInterval, Name: o.name, Lag: lag}, c, pool, reader, log.With("id", o.name))
 	c.RunWhileLeader(auto.Run)
 
 	reg := prometheus.NewRegistry()

@@ -45,6 +45,8 @@ func (c Config) Validate() error {
 		return errors.New("keys, image size, concurrency, duration and rate must not be negative")
 	case c.ReadRatio < 0 || c.ReadRatio > 1:
 		return fmt.Errorf("read ratio %v is outside 0..1", c.ReadRatio)
+	case c.Rate > 1e6:
+		return fmt.Errorf("rate %v is over 1,000,000 requests per second", c.Rate)
 	case c.ImageKB > 10*1024:
 		return fmt.Errorf("image size %d KB is over the frontend's default 10 MB limit", c.ImageKB)
 	}

@@ -145,6 +145,10 @@ type AutoScalerConfig struct {
 	Now func() time.Time
 	// Name is this replica's name, recorded in every decision.
 	Name string
+	// Lag is how long statistics take to reach the reader (the embedded
+	// metrics' scrape period). Each round reads the window that ended Lag
+	// ago, so consecutive windows meet and no sample falls between them.
+	Lag time.Duration
 }
 
 // AutoScaler is the leader's scaler loop: every Interval it reads the
@@ -208,7 +212,7 @@ func (a *AutoScaler) Tick(ctx context.Context) fsm.Decision {
 		By:     a.cfg.Name,
 	}
 
-	t, err := a.rates.Totals(ctx, now, a.cfg.Interval)
+	t, err := a.rates.Totals(ctx, now.Add(-a.cfg.Lag), a.cfg.Interval)
 	if err != nil {
 		d.Reason = "cannot read the pool miss rate: no action"
 		d.Error = err.Error()
