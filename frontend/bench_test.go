@@ -11,59 +11,15 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/benchload"
 	"github.com/memcache/memcache/node"
 )
-
-// loadGET sends n GETs of url from 16 concurrent keep-alive clients and
-// returns the rate and the 99th percentile latency.
-func loadGET(b *testing.B, url string, n, want int) (float64, time.Duration) {
-	const clients = 16
-	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr}
-	lat := make([][]time.Duration, clients)
-	var left atomic.Int64
-	left.Store(int64(n))
-	var wg sync.WaitGroup
-	start := time.Now()
-	for c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 32<<10)
-			for left.Add(-1) >= 0 {
-				t0 := time.Now()
-				resp, err := client.Get(url)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				got, _ := io.CopyBuffer(io.Discard, resp.Body, buf)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || int(got) != want {
-					b.Errorf("GET %s: %d, %d bytes", url, resp.StatusCode, got)
-					return
-				}
-				lat[c] = append(lat[c], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	if len(all) == 0 {
-		return 0, 0
-	}
-	return float64(len(all)) / time.Since(start).Seconds(), all[len(all)*99/100]
-}
 
 // BenchmarkImageGet100KB measures GET /images/{key} of a 100 KB image on a
 // cache hit (frontend -> cache node over loopback -> client), beside a bare
@@ -105,7 +61,7 @@ func BenchmarkImageGet100KB(b *testing.B) {
 	bareURL, frontURL := bare.URL+"/cat.png", front.URL+"/images/cat.png"
 	for _, tc := range []struct{ name, url string }{{"bare", bareURL}, {"frontend", frontURL}} {
 		b.Run(tc.name, func(b *testing.B) {
-			rate, p99 := loadGET(b, tc.url, b.N, len(img))
+			rate, p99 := benchload.Get(b, tc.url, b.N, 16, len(img))
 			b.ReportMetric(rate, "req/s")
 			b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
 		})
@@ -113,9 +69,9 @@ func BenchmarkImageGet100KB(b *testing.B) {
 	b.Run("interleaved", func(b *testing.B) {
 		var bareTime, frontTime float64
 		for done := 0; done < b.N; done += 1000 {
-			r, _ := loadGET(b, bareURL, 1000, len(img))
+			r, _ := benchload.Get(b, bareURL, 1000, 16, len(img))
 			bareTime += 1000 / r
-			r, _ = loadGET(b, frontURL, 1000, len(img))
+			r, _ = benchload.Get(b, frontURL, 1000, 16, len(img))
 			frontTime += 1000 / r
 		}
 		b.ReportMetric(bareTime/frontTime, "frontend/bare")

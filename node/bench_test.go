@@ -2,20 +2,18 @@ package node
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"runtime"
 	"runtime/debug"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
+
+	"github.com/memcache/memcache/internal/benchload"
 )
 
 var sizes = []struct {
@@ -71,50 +69,6 @@ func BenchmarkCachePut(b *testing.B) {
 	}
 }
 
-// loadHTTP sends n GETs of url from clients concurrent clients over
-// keep-alive connections and returns the request rate and the 99th
-// percentile latency.
-func loadHTTP(b *testing.B, url string, n, clients, want int) (float64, time.Duration) {
-	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr}
-	lat := make([][]time.Duration, clients)
-	var left atomic.Int64
-	left.Store(int64(n))
-	var wg sync.WaitGroup
-	start := time.Now()
-	for c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 32<<10)
-			for left.Add(-1) >= 0 {
-				t0 := time.Now()
-				resp, err := client.Get(url)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				got, _ := io.CopyBuffer(io.Discard, resp.Body, buf)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || int(got) != want {
-					b.Errorf("GET: %d, %d bytes; want 200, %d", resp.StatusCode, got, want)
-					return
-				}
-				lat[c] = append(lat[c], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	if len(all) == 0 {
-		return 0, 0
-	}
-	return float64(len(all)) / elapsed.Seconds(), all[len(all)*99/100]
-}
-
 // BenchmarkHTTPGet100KB measures a cache hit of a 100 KB value over
 // loopback with 16 concurrent clients: "bare" is a plain net/http handler
 // writing a 100 KB slice, the reference; "node" is the node's GET /cache/{key}.
@@ -137,7 +91,7 @@ func BenchmarkHTTPGet100KB(b *testing.B) {
 	bareURL, nodeURL := bare.URL+"/cat.png", node.URL+"/cache/cat.png"
 	for _, tc := range []struct{ name, url string }{{"bare", bareURL}, {"node", nodeURL}} {
 		b.Run(tc.name, func(b *testing.B) {
-			rate, p99 := loadHTTP(b, tc.url, b.N, clients, size)
+			rate, p99 := benchload.Get(b, tc.url, b.N, clients, size)
 			b.ReportMetric(rate, "req/s")
 			b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
 		})
@@ -148,9 +102,9 @@ func BenchmarkHTTPGet100KB(b *testing.B) {
 	b.Run("interleaved", func(b *testing.B) {
 		var bareTime, nodeTime float64
 		for done := 0; done < b.N; done += 1000 {
-			r, _ := loadHTTP(b, bareURL, 1000, clients, size)
+			r, _ := benchload.Get(b, bareURL, 1000, clients, size)
 			bareTime += 1000 / r
-			r, _ = loadHTTP(b, nodeURL, 1000, clients, size)
+			r, _ = benchload.Get(b, nodeURL, 1000, clients, size)
 			nodeTime += 1000 / r
 		}
 		b.ReportMetric(bareTime/nodeTime, "node/bare")
