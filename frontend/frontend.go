@@ -63,6 +63,7 @@ type Index interface {
 	Put(ctx context.Context, e keyindex.Entry) (string, error)
 	Get(ctx context.Context, key string) (keyindex.Entry, error)
 	List(ctx context.Context) ([]keyindex.Entry, error)
+	Count(ctx context.Context) (int, error)
 	// DeleteAllAt deletes every row and records gen, unless a generation
 	// >= gen was already recorded (then done is true and nothing changes).
 	DeleteAllAt(ctx context.Context, gen uint64) (objects []string, done bool, err error)

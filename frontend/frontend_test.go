@@ -392,3 +392,20 @@ func TestReadFillNeverReplacesANewerUpload(t *testing.T) {
 		t.Fatalf("after a late fill: cache %v, %d bytes, err %v; want the new image from the cache", img.FromCache, len(img.Data), err)
 	}
 }
+
+func TestReadyzChecksTheKeyIndex(t *testing.T) {
+	st := newStores(t)
+	_, srv := newTestFrontend(t, st.blobs, st.index)
+	if resp, err := http.Get(srv.URL + "/readyz"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("readyz with a working index: %v %v", err, resp)
+	}
+	st.index.Close()
+	resp, err := http.Get(srv.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("readyz with a closed index: %d, want 503", resp.StatusCode)
+	}
+}

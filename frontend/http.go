@@ -1,6 +1,7 @@
 package frontend
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"time"
@@ -51,7 +52,16 @@ func (f *Frontend) Handler() http.Handler {
 		})
 	})
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		// Ready when the key index answers (every page and API call needs it).
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if _, err := f.index.Count(ctx); err != nil {
+			http.Error(w, "key index unavailable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
 	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 
 	r.Get("/", f.pageUpload)

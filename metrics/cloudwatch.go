@@ -107,6 +107,12 @@ func (p *Publisher) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			// Send what the node sampled since the last round before it goes.
+			flush, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			if err := p.Publish(flush); err != nil {
+				p.log.Warn("final metrics publish failed", "err", err)
+			}
+			cancel()
 			return
 		case <-t.C:
 			if err := p.Publish(ctx); err != nil && ctx.Err() == nil {

@@ -277,3 +277,37 @@ func TestCloudWatchWithRealNodes(t *testing.T) {
 		t.Errorf("History: %d gets, newest Nodes %d; want 6, 2", gets, h[2].Nodes)
 	}
 }
+
+func TestPublisherFlushesOnStop(t *testing.T) {
+	rec := &recorder{}
+	var (
+		mu      sync.Mutex
+		samples = []node.Sample{smp(at(0, 5), 1, 0, 1, 1, 1)}
+	)
+	source := func(since time.Time) []node.Sample {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []node.Sample
+		for _, s := range samples {
+			if s.End.After(since) {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	p := NewPublisher(CloudWatchConfig{Interval: time.Hour}, rec, "n", source, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run(ctx)
+	}()
+	// With an hour between rounds, only the flush on stop can send them.
+	cancel()
+	waitDone(t, "Publisher.Run", done)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.calls) != 1 {
+		t.Errorf("%d PutMetricData calls after stop, want 1 (the final flush)", len(rec.calls))
+	}
+}
