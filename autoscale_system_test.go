@@ -11,6 +11,7 @@ import (
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
 )
@@ -94,7 +95,7 @@ func setScaling(t *testing.T, m *managerProc, body string) {
 func leaderOf(t *testing.T, ms []*managerProc) *managerProc {
 	t.Helper()
 	var l *managerProc
-	poll(t, 10*time.Second, "a leader", func() bool {
+	waitfor.True(t, 10*time.Second, "a leader", func() bool {
 		for _, m := range ms {
 			if m.cluster != nil && m.cluster.IsLeader() {
 				l = m
@@ -120,20 +121,20 @@ func TestAutoScalerFollowsTheMissRateOnTheLeaderOnly(t *testing.T) {
 	// Only misses: the rate is 1 > 0.5, the pool grows 1 -> 2 (ceil(1 x 2)).
 	start := time.Now()
 	misses := startTraffic(t, ms[0], false)
-	poll(t, 4*interval, "the pool to grow to 2", func() bool { return len(ms[0].cluster.State().Members) == 2 })
+	waitfor.True(t, 4*interval, "the pool to grow to 2", func() bool { return len(ms[0].cluster.State().Members) == 2 })
 	t.Logf("grew after %v (interval %v)", time.Since(start).Round(time.Millisecond), interval)
 	misses.halt()
 
 	// Only hits: the rate is 0 < 0.2, the pool shrinks 2 -> 1.
 	start = time.Now()
 	hits := startTraffic(t, ms[0], true)
-	poll(t, 4*interval, "the pool to shrink to 1", func() bool { return len(ms[0].cluster.State().Members) == 1 })
+	waitfor.True(t, 4*interval, "the pool to shrink to 1", func() bool { return len(ms[0].cluster.State().Members) == 1 })
 	t.Logf("shrank after %v", time.Since(start).Round(time.Millisecond))
 
 	// Both decisions are recorded, every one by the leader of its time.
 	l := leaderOf(t, ms)
 	var st fsm.State
-	poll(t, 10*time.Second, "the grow and the shrink to be recorded", func() bool {
+	waitfor.True(t, 10*time.Second, "the grow and the shrink to be recorded", func() bool {
 		st = l.cluster.State()
 		var grew, shrank bool
 		for _, d := range st.Decisions {
@@ -162,7 +163,7 @@ func TestAutoScalerFollowsTheMissRateOnTheLeaderOnly(t *testing.T) {
 	nl := leaderOf(t, rest)
 	failedAt := time.Now()
 	var decided fsm.Decision
-	poll(t, 3*interval+5*time.Second, "a decision by the new leader", func() bool {
+	waitfor.True(t, 3*interval+5*time.Second, "a decision by the new leader", func() bool {
 		ds := nl.cluster.State().Decisions
 		if len(ds) > 0 && ds[len(ds)-1].By == nl.cluster.Name() && ds[len(ds)-1].Time.After(failedAt) {
 			decided = ds[len(ds)-1]
@@ -181,7 +182,7 @@ func TestAutoScalerFollowsTheMissRateOnTheLeaderOnly(t *testing.T) {
 	hits.halt()
 	changed := time.Now()
 	setScaling(t, nl, `{"mode":"manual"}`)
-	poll(t, 3*interval, "a decision under the new policy", func() bool {
+	waitfor.True(t, 3*interval, "a decision under the new policy", func() bool {
 		ds := nl.cluster.State().Decisions
 		return len(ds) > 0 && ds[len(ds)-1].Time.After(changed) && ds[len(ds)-1].Mode == fsm.ModeManual && ds[len(ds)-1].Action == "none"
 	})

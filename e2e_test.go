@@ -29,6 +29,7 @@ import (
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/pgtest"
 	"github.com/memcache/memcache/internal/s3test"
+	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/region"
 )
 
@@ -116,7 +117,7 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 	}
 	t.Cleanup(func() { fe.close(context.Background()) })
 	base := fe.url
-	poll(t, 10*time.Second, "the frontend to receive the pool", func() bool { return len(fe.fe.Pool().Members) == 1 })
+	waitfor.True(t, 10*time.Second, "the frontend to receive the pool", func() bool { return len(fe.fe.Pool().Members) == 1 })
 
 	// Upload one image per region and a few awkward keys; read them back byte-exact.
 	latest := map[string][]byte{}
@@ -179,7 +180,7 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 		if code != 200 || out["numNodes"] != float64(n) || out["cacheSize"] != 16.0 || out["policy"] != "LRU" || out["mode"] != "manual" {
 			t.Fatalf("configure_cache numNodes=%d: %d %v", n, code, out)
 		}
-		poll(t, 10*time.Second, fmt.Sprintf("the frontend to route by %d nodes", n), func() bool { return len(fe.fe.Pool().Members) == n })
+		waitfor.True(t, 10*time.Second, fmt.Sprintf("the frontend to route by %d nodes", n), func() bool { return len(fe.fe.Pool().Members) == n })
 	}
 	replaceAll := func(round uint64) {
 		t.Helper()
@@ -234,16 +235,16 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 			}
 		}()
 	}
-	poll(t, 10*time.Second, "reads to start", func() bool { return reads.Load() > 20 })
+	waitfor.True(t, 10*time.Second, "reads to start", func() bool { return reads.Load() > 20 })
 	if err := syscall.Kill(pidOf(t, victim), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, 20*time.Second, "the killed node to be replaced", func() bool {
+	waitfor.True(t, 20*time.Second, "the killed node to be replaced", func() bool {
 		_, still := fe.fe.Pool().Member(victim)
 		return !still && len(fe.fe.Pool().Members) == 4
 	})
 	before := reads.Load()
-	poll(t, 10*time.Second, "more reads after the replacement", func() bool { return reads.Load() > before+20 })
+	waitfor.True(t, 10*time.Second, "more reads after the replacement", func() bool { return reads.Load() > before+20 })
 	stop.Store(true)
 	wg.Wait()
 	if n := failures.Load(); n != 0 {
@@ -272,7 +273,7 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 				Items int `json:"items"`
 			} `json:"counters"`
 		}
-		poll(t, 10*time.Second, m.ID+" to clear its cache", func() bool {
+		waitfor.True(t, 10*time.Second, m.ID+" to clear its cache", func() bool {
 			return call(t, "GET", m.HTTP+"/stats", nil, &stats) == 200 && stats.Counters.Items == 0
 		})
 	}
@@ -361,7 +362,7 @@ func TestPartialConfigUpdatesAreNotLost(t *testing.T) {
 			t.Fatalf("set policy: %d", code)
 		}
 		want := fsm.CacheConfig{CapacityMB: capacity, Policy: policy}
-		poll(t, 5*time.Second, "every replica to hold both changes", func() bool {
+		waitfor.True(t, 5*time.Second, "every replica to hold both changes", func() bool {
 			for _, m := range ms {
 				if m.cluster.State().Cache != want {
 					return false

@@ -27,6 +27,7 @@ import (
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/internal/pgtest"
+	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
 	"github.com/memcache/memcache/scaler"
@@ -70,18 +71,6 @@ func sysLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-func poll(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// startSystem starts n manager replicas sharing one local provisioner.
 // systemOptions tune a test system.
 type systemOptions struct {
 	deadGrace      time.Duration // how long a node missing from gossip keeps its regions without a failure event
@@ -96,6 +85,8 @@ func startSystem(t *testing.T, n int, deadGrace time.Duration) []*managerProc {
 	return startSystemWith(t, n, systemOptions{deadGrace: deadGrace})
 }
 
+// startSystemWith starts n manager replicas sharing one local provisioner
+// that starts real node processes.
 func startSystemWith(t *testing.T, n int, so systemOptions) []*managerProc {
 	t.Helper()
 	var nodeArgs []string
@@ -149,7 +140,7 @@ func startSystemWith(t *testing.T, n int, so systemOptions) []*managerProc {
 			}
 		}
 	})
-	poll(t, 30*time.Second, "a leader and the first pool node", func() bool { return poolReady(managers[0].cluster) })
+	waitfor.True(t, 30*time.Second, "a leader and the first pool node", func() bool { return poolReady(managers[0].cluster) })
 	return managers
 }
 
@@ -239,7 +230,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 			req, _ := http.NewRequest("PUT", owner+"/cache/"+k, strings.NewReader("value-"+k))
 			req.Header.Set(auth.Header, sysSecret)
 			req.Header.Set(node.HeaderEpoch, strconv.FormatUint(prev.Epoch, 10))
-			poll(t, 10*time.Second, "the owner to accept "+k, func() bool {
+			waitfor.True(t, 10*time.Second, "the owner to accept "+k, func() bool {
 				resp, err := http.DefaultClient.Do(req.Clone(context.Background()))
 				if err != nil {
 					return false
@@ -257,7 +248,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 		}
 		var st fsm.State
 		for _, m := range ms {
-			poll(t, 10*time.Second, "every replica to hold the new pool", func() bool {
+			waitfor.True(t, 10*time.Second, "every replica to hold the new pool", func() bool {
 				st = m.cluster.State()
 				return len(st.Members) == n
 			})
@@ -269,7 +260,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 		// Every member node follows the new map.
 		for _, mb := range st.Members {
 			var got node.Regions
-			poll(t, 10*time.Second, mb.ID+" to install epoch "+strconv.FormatUint(st.Epoch, 10), func() bool {
+			waitfor.True(t, 10*time.Second, mb.ID+" to install epoch "+strconv.FormatUint(st.Epoch, 10), func() bool {
 				return call(t, "GET", mb.HTTP+"/regions", nil, &got) == 200 && got.Epoch == st.Epoch
 			})
 			if got.Owners != st.Regions {
@@ -294,7 +285,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 		// Nodes removed from the pool are stopped by the local provisioner.
 		for _, old := range prev.Members {
 			if _, ok := st.Member(old.ID); !ok {
-				poll(t, 15*time.Second, old.ID+" to stop", func() bool {
+				waitfor.True(t, 15*time.Second, old.ID+" to stop", func() bool {
 					_, err := http.Get(old.HTTP + "/healthz")
 					return err != nil
 				})
@@ -333,7 +324,7 @@ func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 		t.Fatalf("resize to 3: %d", code)
 	}
 	var before fsm.State
-	poll(t, 10*time.Second, "the resize to reach replica 1", func() bool {
+	waitfor.True(t, 10*time.Second, "the resize to reach replica 1", func() bool {
 		before = ms[0].cluster.State()
 		return len(before.Members) == 3
 	})
@@ -342,7 +333,7 @@ func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 		t.Fatal(err)
 	}
 	var after fsm.State
-	poll(t, 20*time.Second, "the killed node's regions to be reassigned", func() bool {
+	waitfor.True(t, 20*time.Second, "the killed node's regions to be reassigned", func() bool {
 		after = ms[2].cluster.State()
 		_, still := after.Member(victim)
 		return !still && len(after.Members) == 3
@@ -423,7 +414,7 @@ func startUp(t *testing.T, data string, base int) (*exec.Cmd, upInfo, *syncBuffe
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	var ui upInfo
-	poll(t, 10*time.Second, "up to write its info file", func() bool {
+	waitfor.True(t, 10*time.Second, "up to write its info file", func() bool {
 		b, err := os.ReadFile(info)
 		return err == nil && json.Unmarshal(b, &ui) == nil
 	})

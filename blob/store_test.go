@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // Store is the contract every backend meets (the frontend declares the
@@ -285,19 +284,5 @@ func putMany(t *testing.T, s Store, names []string) {
 	wg.Wait()
 	if first != nil {
 		t.Fatal(first)
-	}
-}
-
-// poll calls cond until it returns true, failing t after timeout.
-func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-tick.C
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/waitfor"
 )
 
 // BenchmarkWatchLatency measures the time from a committed pool change (the
@@ -29,7 +30,7 @@ func BenchmarkWatchLatency(b *testing.B) {
 			committed := time.Now()
 			var last time.Time
 			for _, w := range ws {
-				poll(b, 5*time.Second, "a watcher to get the change", func() bool {
+				waitfor.True(b, 5*time.Second, "a watcher to get the change", func() bool {
 					w.mu.Lock()
 					defer w.mu.Unlock()
 					at, ok := w.at[res.Index]

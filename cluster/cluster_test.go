@@ -20,6 +20,7 @@ import (
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/watch"
 )
 
@@ -256,7 +257,7 @@ func (tc *testCluster) running() []*replica {
 func (tc *testCluster) leader() *replica {
 	tc.t.Helper()
 	var l *replica
-	poll(tc.t, 10*time.Second, "a leader all replicas agree on", func() bool {
+	waitfor.True(tc.t, 10*time.Second, "a leader all replicas agree on", func() bool {
 		l = nil
 		for _, r := range tc.running() {
 			if r.c.IsLeader() {
@@ -290,17 +291,6 @@ func (tc *testCluster) follower() *replica {
 	return nil
 }
 
-func poll(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func mustApply(t testing.TB, r *replica, cmd fsm.Command) fsm.Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -315,7 +305,7 @@ func mustApply(t testing.TB, r *replica, cmd fsm.Command) fsm.Result {
 // converged waits until every running replica holds the same state as want.
 func (tc *testCluster) converged(what string, want func(fsm.State) bool) {
 	tc.t.Helper()
-	poll(tc.t, 10*time.Second, what+" on every replica", func() bool {
+	waitfor.True(tc.t, 10*time.Second, what+" on every replica", func() bool {
 		for _, r := range tc.running() {
 			if !want(r.c.State()) {
 				return false
@@ -376,7 +366,7 @@ func TestMinorityCannotWriteMajorityCan(t *testing.T) {
 	tc.converged("capacity 10", cacheIs(10, "LRU"))
 	cut := tc.follower()
 	tc.isolate(cut, true)
-	poll(t, 10*time.Second, "the cut replica to lose its leader", func() bool {
+	waitfor.True(t, 10*time.Second, "the cut replica to lose its leader", func() bool {
 		_, _, ok := cut.c.Leader()
 		return !ok
 	})
@@ -404,10 +394,10 @@ func TestMinorityCannotWriteMajorityCan(t *testing.T) {
 			majority = append(majority, r)
 		}
 	}
-	poll(t, 10*time.Second, "a leader in the majority", func() bool { return majority[0].c.IsLeader() || majority[1].c.IsLeader() })
+	waitfor.True(t, 10*time.Second, "a leader in the majority", func() bool { return majority[0].c.IsLeader() || majority[1].c.IsLeader() })
 	mustApply(t, majority[1], fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 12, Policy: "LRU"}})
 	for _, r := range majority {
-		poll(t, 5*time.Second, "the majority to apply", func() bool { return r.c.State().Cache.CapacityMB == 12 })
+		waitfor.True(t, 5*time.Second, "the majority to apply", func() bool { return r.c.State().Cache.CapacityMB == 12 })
 	}
 	if got := cut.c.State().Cache.CapacityMB; got != 10 {
 		t.Fatalf("cut replica's capacity = %d, want 10 (unchanged)", got)
@@ -422,7 +412,7 @@ func TestSnapshotRestartRestoresIdenticalState(t *testing.T) {
 	mustApply(t, l, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 300, Policy: "RR"}})
 	mustApply(t, l, fsm.Resize{Members: []fsm.Member{{ID: "n1", HTTP: "http://127.0.0.1:1"}, {ID: "n2", HTTP: "http://127.0.0.1:2"}}})
 	for _, r := range tc.running() {
-		poll(t, 5*time.Second, "the resize on "+r.name, func() bool { return len(r.c.State().Members) == 2 })
+		waitfor.True(t, 5*time.Second, "the resize on "+r.name, func() bool { return len(r.c.State().Members) == 2 })
 		if err := r.c.Raft().Snapshot().Error(); err != nil {
 			t.Fatalf("snapshot on %s: %v", r.name, err)
 		}
@@ -606,7 +596,7 @@ func TestWatchersReceiveCommittedChangesAndFailOver(t *testing.T) {
 	}
 	res := mustApply(t, l, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 77, Policy: "RR"}})
 	for i, w := range ws {
-		poll(t, 5*time.Second, "watcher to see capacity 77", func() bool {
+		waitfor.True(t, 5*time.Second, "watcher to see capacity 77", func() bool {
 			return w.has(func(s fsm.State) bool { return s.Index >= res.Index && s.Cache.CapacityMB == 77 })
 		})
 		// A watcher never sees a state older than one it already had.
@@ -624,7 +614,7 @@ func TestWatchersReceiveCommittedChangesAndFailOver(t *testing.T) {
 	l = tc.leader()
 	res = mustApply(t, l, fsm.Resize{Members: []fsm.Member{{ID: "n1", HTTP: "http://127.0.0.1:1"}}})
 	for _, w := range ws {
-		poll(t, 10*time.Second, "every watcher, including the one whose replica stopped, to see the resize", func() bool {
+		waitfor.True(t, 10*time.Second, "every watcher, including the one whose replica stopped, to see the resize", func() bool {
 			return w.has(func(s fsm.State) bool { return s.Index == res.Index && len(s.Members) == 1 && s.Epoch == res.Epoch })
 		})
 	}

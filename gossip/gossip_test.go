@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/memcache/memcache/internal/waitfor"
 )
 
 const waitFor = 10 * time.Second // generous: -race slows everything down
@@ -79,22 +81,6 @@ func (r *recorder) dump() string {
 		fmt.Fprintf(&b, "%s %s%s\n", l.level, l.msg, l.attrs)
 	}
 	return b.String()
-}
-
-// poll fails the test unless cond becomes true within timeout.
-func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		case <-tick.C:
-		}
-	}
 }
 
 // waitEvent reads ch until want matches an event, failing the test on
@@ -175,7 +161,7 @@ func cluster(t *testing.T) (a, b, c *Gossip) {
 	b, _ = newMember(t, Config{Meta: Meta{Role: RoleManager, ID: "b", HTTP: "http://127.0.0.1:8002", Raft: "127.0.0.1:9002"}, Join: []string{a.Addr()}})
 	c, _ = newMember(t, Config{Meta: Meta{Role: RoleFrontend, ID: "c", HTTP: "http://127.0.0.1:8003"}, Join: []string{a.Addr()}})
 	for _, g := range []*Gossip{a, b, c} {
-		poll(t, waitFor, "three members at "+g.Addr(), hasIDs(g, "a", "b", "c"))
+		waitfor.True(t, waitFor, "three members at "+g.Addr(), hasIDs(g, "a", "b", "c"))
 	}
 	return a, b, c
 }
@@ -226,7 +212,7 @@ func TestGracefulLeave(t *testing.T) {
 		}
 	}
 	for _, g := range []*Gossip{a, b} {
-		poll(t, waitFor, "c gone from "+g.Addr(), hasIDs(g, "a", "b"))
+		waitfor.True(t, waitFor, "c gone from "+g.Addr(), hasIDs(g, "a", "b"))
 	}
 	if err := c.Close(); err != nil {
 		t.Errorf("second Close() = %v, want nil", err)
@@ -257,7 +243,7 @@ func TestFailureDetected(t *testing.T) {
 	}
 	t.Logf("failure declared after %v", time.Since(start))
 	for _, g := range []*Gossip{a, b} {
-		poll(t, waitFor, "c gone from "+g.Addr(), hasIDs(g, "a", "b"))
+		waitfor.True(t, waitFor, "c gone from "+g.Addr(), hasIDs(g, "a", "b"))
 	}
 	if err := c.Close(); err != nil {
 		t.Errorf("Close after kill = %v, want nil", err)
@@ -269,7 +255,7 @@ func TestEncryption(t *testing.T) {
 	key := bytes.Repeat([]byte{7}, 32)
 	a, _ := newMember(t, Config{Meta: Meta{ID: "a"}, SecretKey: key})
 	b, _ := newMember(t, Config{Meta: Meta{ID: "b"}, SecretKey: key, Join: []string{a.Addr()}})
-	poll(t, waitFor, "a and b see each other", func() bool {
+	waitfor.True(t, waitFor, "a and b see each other", func() bool {
 		return hasIDs(a, "a", "b")() && hasIDs(b, "a", "b")()
 	})
 
@@ -283,7 +269,7 @@ func TestEncryption(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			bad, rec := newMember(t, Config{Meta: Meta{ID: "x"}, SecretKey: tc.key, Join: []string{a.Addr()}})
 			// The background join has really tried, and failed, twice.
-			poll(t, waitFor, "two failed join attempts", func() bool {
+			waitfor.True(t, waitFor, "two failed join attempts", func() bool {
 				return rec.count(slog.LevelWarn, "join failed; will retry") >= 2
 			})
 			if n, err := bad.list.Join([]string{a.Addr(), b.Addr()}); n != 0 || err == nil {
@@ -342,7 +328,7 @@ func TestUpdateMeta(t *testing.T) {
 	t.Parallel()
 	a, _ := newMember(t, Config{Meta: Meta{ID: "a"}})
 	b, _ := newMember(t, Config{Meta: Meta{Role: RoleManager, ID: "b"}, Join: []string{a.Addr()}})
-	poll(t, waitFor, "a sees b", hasIDs(a, "a", "b"))
+	waitfor.True(t, waitFor, "a sees b", hasIDs(a, "a", "b"))
 	ev, cancel := a.Subscribe()
 	defer cancel()
 
@@ -385,14 +371,14 @@ func TestJoinRetry(t *testing.T) {
 	ln.Close()
 
 	b, rec := newMember(t, Config{Meta: Meta{ID: "b"}, Join: []string{addr}})
-	poll(t, waitFor, "a failed join attempt", func() bool {
+	waitfor.True(t, waitFor, "a failed join attempt", func() bool {
 		return rec.count(slog.LevelWarn, "join failed; will retry") >= 1
 	})
 	a, _ := newMember(t, Config{Meta: Meta{ID: "a"}, BindAddr: addr})
 	if a.Addr() != addr {
 		t.Fatalf("a.Addr() = %q, want %q", a.Addr(), addr)
 	}
-	poll(t, waitFor, "b joined", func() bool {
+	waitfor.True(t, waitFor, "b joined", func() bool {
 		select {
 		case <-b.Joined():
 			return true
@@ -400,8 +386,8 @@ func TestJoinRetry(t *testing.T) {
 			return false
 		}
 	})
-	poll(t, waitFor, "a sees b", hasIDs(a, "a", "b"))
-	poll(t, waitFor, "b sees a", hasIDs(b, "a", "b"))
+	waitfor.True(t, waitFor, "a sees b", hasIDs(a, "a", "b"))
+	waitfor.True(t, waitFor, "b sees a", hasIDs(b, "a", "b"))
 }
 
 func TestSubscribeCancelAndClose(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/node"
 )
 
@@ -191,16 +192,10 @@ func TestEmbeddedBadRange(t *testing.T) {
 	}
 }
 
-// poll calls cond until it holds, failing the test after a deadline.
+// poll waits up to 10 s for cond.
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for an outcome
-	}
+	waitfor.True(t, 10*time.Second, what, cond)
 }
 
 // waitDone fails the test if done is not closed soon.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/waitfor"
 )
 
 // childEnv makes the test binary run a cache node service instead of the
@@ -39,18 +40,6 @@ func runChildNode(join string) {
 	}
 	fmt.Println("gossip:", svc.Gossip().Addr())
 	select {} // until killed
-}
-
-// poll fails the test unless cond becomes true within timeout.
-func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func startService(t *testing.T, id string, join ...string) *Service {
@@ -106,7 +95,7 @@ func TestNodesFormClusterAndNoticeLeaveAndDeath(t *testing.T) {
 	b := startService(t, "b", a.Gossip().Addr())
 	c := startService(t, "c", a.Gossip().Addr())
 	for _, s := range []*Service{a, b, c} {
-		poll(t, 10*time.Second, s.Node().ID()+" to see a,b,c", func() bool { return memberIDs(s.Gossip()) == "a,b,c" })
+		waitfor.True(t, 10*time.Second, s.Node().ID()+" to see a,b,c", func() bool { return memberIDs(s.Gossip()) == "a,b,c" })
 	}
 	// Every member sees the others' metadata: role, id and HTTP address.
 	urls := map[string]string{"a": a.URL(), "b": b.URL(), "c": c.URL()}
@@ -128,7 +117,7 @@ func TestNodesFormClusterAndNoticeLeaveAndDeath(t *testing.T) {
 	if ev.Member.State != gossip.StateLeft {
 		t.Errorf("leave event state %v, want left", ev.Member.State)
 	}
-	poll(t, 10*time.Second, "a and b to drop c", func() bool {
+	waitfor.True(t, 10*time.Second, "a and b to drop c", func() bool {
 		return memberIDs(a.Gossip()) == "a,b" && memberIDs(b.Gossip()) == "a,b"
 	})
 
@@ -148,7 +137,7 @@ func TestNodesFormClusterAndNoticeLeaveAndDeath(t *testing.T) {
 		t.Fatalf("child node: %q, %v", line, err)
 	}
 	waitEvent(t, events, gossip.EventJoin, "child")
-	poll(t, 10*time.Second, "b to see the child", func() bool { return memberIDs(b.Gossip()) == "a,b,child" })
+	waitfor.True(t, 10*time.Second, "b to see the child", func() bool { return memberIDs(b.Gossip()) == "a,b,child" })
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +146,7 @@ func TestNodesFormClusterAndNoticeLeaveAndDeath(t *testing.T) {
 	if ev.Member.State != gossip.StateDead {
 		t.Errorf("fail event state %v, want dead", ev.Member.State)
 	}
-	poll(t, 10*time.Second, "a and b to drop the child", func() bool {
+	waitfor.True(t, 10*time.Second, "a and b to drop the child", func() bool {
 		return memberIDs(a.Gossip()) == "a,b" && memberIDs(b.Gossip()) == "a,b"
 	})
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/scaler"
 )
 
@@ -237,7 +238,7 @@ func (tb *tab) screenshot(path string) {
 // minute: items and a miss rate.
 func waitMetrics(t *testing.T, r *replica) {
 	t.Helper()
-	poll(t, 10*time.Second, r.name+"'s metrics to show the traffic", func() bool {
+	waitfor.True(t, 10*time.Second, r.name+"'s metrics to show the traffic", func() bool {
 		pts, err := r.metrics.History(context.Background(), time.Now(), 2)
 		if err != nil {
 			return false
@@ -328,7 +329,7 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 	if got := s.waitConverged().Cache; got != want {
 		t.Errorf("cache config: got %+v, want %+v", got, want)
 	}
-	poll(t, 10*time.Second, "the pool's nodes to apply the config", func() bool {
+	waitfor.True(t, 10*time.Second, "the pool's nodes to apply the config", func() bool {
 		for _, m := range s.state().Members {
 			c := s.node(m.ID).Node().Cache().Config()
 			if c.CapacityMB != cfg.capacity || string(c.Policy) != cfg.policy {
@@ -394,7 +395,7 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 	if got := s.waitConverged().ClearGen; got != before.ClearGen+1 {
 		t.Errorf("clear generation: got %d, want %d", got, before.ClearGen+1)
 	}
-	poll(t, 10*time.Second, "the pool's caches to be empty", func() bool {
+	waitfor.True(t, 10*time.Second, "the pool's caches to be empty", func() bool {
 		for _, m := range s.state().Members {
 			if s.node(m.ID).Node().Cache().Len() != 0 {
 				return false

@@ -20,6 +20,7 @@ import (
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
@@ -41,18 +42,6 @@ func testLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
-}
-
-// poll fails the test unless cond becomes true within timeout.
-func poll(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // replica is one running manager replica.
@@ -146,7 +135,7 @@ func startSystem(t *testing.T, cfg systemConfig) *system {
 			svc.Close(ctx)
 		})
 	}
-	poll(t, 30*time.Second, "a leader and a pool of one node on every replica", func() bool {
+	waitfor.True(t, 30*time.Second, "a leader and a pool of one node on every replica", func() bool {
 		if s.leaderNow() == nil {
 			return false
 		}
@@ -175,7 +164,7 @@ func (s *system) leaderNow() *replica {
 func (s *system) leader() *replica {
 	s.t.Helper()
 	var l *replica
-	poll(s.t, 10*time.Second, "a leader", func() bool {
+	waitfor.True(s.t, 10*time.Second, "a leader", func() bool {
 		l = s.leaderNow()
 		return l != nil
 	})
@@ -207,7 +196,7 @@ func (s *system) state() fsm.State {
 func (s *system) waitConverged() fsm.State {
 	s.t.Helper()
 	var st fsm.State
-	poll(s.t, 10*time.Second, "every replica to apply the leader's state", func() bool {
+	waitfor.True(s.t, 10*time.Second, "every replica to apply the leader's state", func() bool {
 		l := s.leaderNow()
 		if l == nil {
 			return false
@@ -237,7 +226,7 @@ func (s *system) node(id string) *node.Service {
 // waitNodesFollow waits until every pool member holds the pool's region map.
 func (s *system) waitNodesFollow() {
 	s.t.Helper()
-	poll(s.t, 10*time.Second, "the pool's nodes to hold its region map", func() bool {
+	waitfor.True(s.t, 10*time.Second, "the pool's nodes to hold its region map", func() bool {
 		st := s.state()
 		for _, m := range st.Members {
 			if s.node(m.ID).Node().Epoch() != st.Epoch {

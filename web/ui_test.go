@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/waitfor"
 )
 
 // client is a browser-like HTTP client of one replica's UI: it keeps
@@ -526,7 +527,7 @@ func TestUIDashboardData(t *testing.T) {
 		t.Fatalf("traffic: %d of 60 requests answered", got)
 	}
 	var d dashboardData
-	poll(t, 10*time.Second, "the dashboard to show the traffic", func() bool {
+	waitfor.True(t, 10*time.Second, "the dashboard to show the traffic", func() bool {
 		d = c.dashboard()
 		items, _ := lastNonNil(d.Series.Items)
 		var reqs uint64
