@@ -60,15 +60,20 @@ func (d *Dir) open() (*os.Root, error) {
 	return r, nil
 }
 
-// Put stores data under name atomically. contentType is ignored.
-func (d *Dir) Put(ctx context.Context, name string, data []byte, contentType string) error {
+// rootFor checks name and ctx and opens the directory for one operation.
+func (d *Dir) rootFor(ctx context.Context, name string) (*os.Root, error) {
 	if err := checkName(name); err != nil {
-		return err
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
-	root, err := d.open()
+	return d.open()
+}
+
+// Put stores data under name atomically. contentType is ignored.
+func (d *Dir) Put(ctx context.Context, name string, data []byte, contentType string) error {
+	root, err := d.rootFor(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -152,13 +157,7 @@ func absent(err error) bool {
 
 // Get returns the object's bytes, or ErrNotFound.
 func (d *Dir) Get(ctx context.Context, name string) ([]byte, error) {
-	if err := checkName(name); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	root, err := d.open()
+	root, err := d.rootFor(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -186,13 +185,7 @@ func (d *Dir) Get(ctx context.Context, name string) ([]byte, error) {
 // directory rather than an object, is not an error. Emptied subdirectories
 // are left in place.
 func (d *Dir) Delete(ctx context.Context, name string) error {
-	if err := checkName(name); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	root, err := d.open()
+	root, err := d.rootFor(ctx, name)
 	if err != nil {
 		return err
 	}
