@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/node"
 )
@@ -53,7 +54,7 @@ func runNode(ctx context.Context, cmd *cli.Command) error {
 	svc, err := node.Start(node.ServiceConfig{
 		Node: node.Config{
 			ID:             id,
-			Cache:          node.CacheConfig{CapacityMB: cmd.Int("capacity-mb"), Policy: node.Policy(cmd.String("policy"))},
+			Cache:          pool.CacheConfig{CapacityMB: cmd.Int("capacity-mb"), Policy: pool.Policy(cmd.String("policy"))},
 			SampleInterval: cmd.Duration("sample-interval"),
 			Secret:         cmd.String("cluster-secret"),
 		},

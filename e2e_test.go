@@ -361,7 +361,7 @@ func TestPartialConfigUpdatesAreNotLost(t *testing.T) {
 		if code := call(t, "PUT", ms[(i+1)%3].url+"/v1/config/cache", fmt.Appendf(nil, `{"policy":%q}`, policy), nil); code != 200 {
 			t.Fatalf("set policy: %d", code)
 		}
-		want := fsm.CacheConfig{CapacityMB: capacity, Policy: policy}
+		want := fsm.CacheConfig{CapacityMB: capacity, Policy: fsm.Policy(policy)}
 		waitfor.True(t, 5*time.Second, "every replica to hold both changes", func() bool {
 			for _, m := range ms {
 				if m.cluster.State().Cache != want {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -20,8 +21,8 @@ import (
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/internal/waitfor"
-	"github.com/memcache/memcache/watch"
 )
 
 const testSecret = "s3cret"
@@ -315,7 +316,7 @@ func (tc *testCluster) converged(what string, want func(fsm.State) bool) {
 	})
 }
 
-func cacheIs(capacity int, policy string) func(fsm.State) bool {
+func cacheIs(capacity int, policy fsm.Policy) func(fsm.State) bool {
 	return func(s fsm.State) bool { return s.Cache.CapacityMB == capacity && s.Cache.Policy == policy }
 }
 
@@ -540,18 +541,18 @@ func must[T any](v T, err error) T {
 // what it saw.
 type watcher struct {
 	mu   sync.Mutex
-	seen []fsm.State
+	seen []pool.View
 	at   map[uint64]time.Time // index -> when it arrived
 }
 
-func (w *watcher) got(st fsm.State) {
+func (w *watcher) got(st pool.View) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.seen = append(w.seen, st)
 	w.at[st.Index] = time.Now()
 }
 
-func (w *watcher) has(pred func(fsm.State) bool) bool {
+func (w *watcher) has(pred func(pool.View) bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, st := range w.seen {
@@ -581,7 +582,7 @@ func startWatcher(t testing.TB, tc *testCluster, first *replica) *watcher {
 	}
 	go func() {
 		defer close(done)
-		watch.Run(ctx, watch.Config{Managers: managers, Secret: testSecret, Wait: 2 * time.Second, Backoff: 20 * time.Millisecond}, testLogger(), w.got)
+		pool.Watch(ctx, pool.WatchConfig{Managers: managers, Client: secretClient(), Wait: 2 * time.Second, Backoff: 20 * time.Millisecond}, testLogger(), w.got)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return w
@@ -597,7 +598,7 @@ func TestWatchersReceiveCommittedChangesAndFailOver(t *testing.T) {
 	res := mustApply(t, l, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 77, Policy: "RR"}})
 	for i, w := range ws {
 		waitfor.True(t, 5*time.Second, "watcher to see capacity 77", func() bool {
-			return w.has(func(s fsm.State) bool { return s.Index >= res.Index && s.Cache.CapacityMB == 77 })
+			return w.has(func(s pool.View) bool { return s.Index >= res.Index && s.Cache.CapacityMB == 77 })
 		})
 		// A watcher never sees a state older than one it already had.
 		w.mu.Lock()
@@ -615,7 +616,101 @@ func TestWatchersReceiveCommittedChangesAndFailOver(t *testing.T) {
 	res = mustApply(t, l, fsm.Resize{Members: []fsm.Member{{ID: "n1", HTTP: "http://127.0.0.1:1"}}})
 	for _, w := range ws {
 		waitfor.True(t, 10*time.Second, "every watcher, including the one whose replica stopped, to see the resize", func() bool {
-			return w.has(func(s fsm.State) bool { return s.Index == res.Index && len(s.Members) == 1 && s.Epoch == res.Epoch })
+			return w.has(func(s pool.View) bool { return s.Index == res.Index && len(s.Members) == 1 && s.Epoch == res.Epoch })
 		})
 	}
+}
+
+// secretClient is an HTTP client that carries the cluster secret.
+func secretClient() *http.Client {
+	return &http.Client{Transport: &auth.Transport{Secret: testSecret}}
+}
+
+// A scaler decision changes the replicated state but not the data plane's
+// view: no node or frontend is woken by it.
+func TestDecisionsDoNotWakeTheDataPlane(t *testing.T) {
+	tc := newTestCluster(t, 3)
+	l := tc.leader()
+	w := startWatcher(t, tc, l)
+	first := mustApply(t, l, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 11, Policy: fsm.PolicyLRU}})
+	waitfor.True(t, 10*time.Second, "the watcher to see capacity 11", func() bool {
+		return w.has(func(v pool.View) bool { return v.Index == first.Index })
+	})
+	var decisions []uint64
+	for i := range 5 {
+		res := mustApply(t, l, fsm.RecordDecision{Decision: fsm.Decision{Time: time.Now().UTC(), Mode: fsm.ModeManual,
+			Action: fsm.ActionNone, Reason: fmt.Sprintf("manual mode, round %d", i)}})
+		decisions = append(decisions, res.Index)
+	}
+	last := mustApply(t, l, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 12, Policy: fsm.PolicyLRU}})
+	waitfor.True(t, 10*time.Second, "the watcher to see capacity 12", func() bool {
+		return w.has(func(v pool.View) bool { return v.Index == last.Index })
+	})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var after []uint64
+	for _, v := range w.seen {
+		if v.Index > first.Index {
+			after = append(after, v.Index)
+		}
+	}
+	if len(after) != 1 || after[0] != last.Index {
+		t.Errorf("views delivered after index %d: %v, want only %d (decisions at %v must not wake watchers)", first.Index, after, last.Index, decisions)
+	}
+	if st := l.c.State(); st.ViewIndex != last.Index || len(st.Decisions) != 5 {
+		t.Errorf("leader state: view index %d, %d decisions; want %d and 5", st.ViewIndex, len(st.Decisions), last.Index)
+	}
+}
+
+// A replica that accepts connections but never answers (a paused process)
+// is left within seconds: the watcher gives each blocking request its wait
+// plus a little, then asks the next replica.
+func TestWatchLeavesAReplicaThatStopsAnswering(t *testing.T) {
+	tc := newTestCluster(t, 3)
+	l := tc.leader()
+	paused, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := paused.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // accepted, never read or answered
+		}
+	}()
+	t.Cleanup(func() {
+		paused.Close()
+		close(held)
+		for c := range held {
+			c.Close()
+		}
+	})
+	w := &watcher{at: map[uint64]time.Time{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	managers := func() []string {
+		urls := []string{"http://" + paused.Addr().String()}
+		for _, r := range tc.running() {
+			urls = append(urls, r.url)
+		}
+		return urls
+	}
+	go func() {
+		defer close(done)
+		// The default wait: what nodes and frontends use.
+		pool.Watch(ctx, pool.WatchConfig{Managers: managers, Client: secretClient()}, testLogger(), w.got)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	start := time.Now()
+	res := mustApply(t, l, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: 21, Policy: fsm.PolicyRR}})
+	// Generous for a busy machine, yet well under the 30 s + 10 s that a
+	// watcher used to give a silent replica.
+	waitfor.True(t, 20*time.Second, "the watcher to leave the silent replica and see the change", func() bool {
+		return w.has(func(v pool.View) bool { return v.Index >= res.Index })
+	})
+	t.Logf("left the silent replica and got the change after %v", time.Since(start).Round(time.Millisecond))
 }

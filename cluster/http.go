@@ -16,16 +16,11 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/internal/pool"
 )
-
-// HeaderIndex carries the pool state's index on watch responses.
-const HeaderIndex = "X-Memcache-Index"
 
 // headerForwarded marks a request a replica has forwarded to the leader.
 const headerForwarded = "X-Memcache-Forwarded-By"
-
-// maxWatchWait bounds how long one watch request blocks.
-const maxWatchWait = 5 * time.Minute
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -45,9 +40,11 @@ func isDialError(err error) bool {
 // Routes mounts the replica's cluster endpoints on r:
 //
 //	GET  /raft/status          this replica's Raft state, the leader, indexes, peers, pool epoch
-//	GET  /v1/pool              the pool state; ?index=N blocks until the state's index passes N
-//	                           (at most ?wait=, default 30 s, then answers the current state);
-//	                           503 while the replica knows no leader (it may be cut off)
+//	GET  /v1/pool              the data plane's pool view (the watch, see package pool);
+//	                           ?index=N blocks until the view's index passes N (at most
+//	                           ?wait=, then answers the current view); ?consistent=1 is
+//	                           served by the leader after a barrier; 503 while the replica
+//	                           knows no leader (it may be cut off)
 //	POST /internal/v1/apply    a command forwarded to the leader
 //
 // /v1 and /internal require the cluster secret.
@@ -55,52 +52,53 @@ func (c *Cluster) Routes(r chi.Router) {
 	r.Get("/raft/status", c.handleStatus)
 	r.Group(func(r chi.Router) {
 		r.Use(auth.Require(c.cfg.Secret))
-		r.Get("/v1/pool", c.handleWatch)
+		r.With(c.forwardConsistent).Method(http.MethodGet, "/v1/pool", pool.Handler(watchSource{c}))
 		r.Post("/internal/v1/apply", c.handleApply)
 	})
 }
 
-func (c *Cluster) handleWatch(w http.ResponseWriter, r *http.Request) {
-	// A replica that knows no leader may be cut off from the majority and
-	// hold a stale state: send the watcher to another replica.
-	if _, _, ok := c.Leader(); !ok {
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "replica %s knows no leader; ask another replica", c.cfg.Name)
-		return
-	}
-	q := r.URL.Query()
-	var index uint64
-	if v := q.Get("index"); v != "" {
-		i, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, "index %q is not an unsigned integer", v)
+// forwardConsistent sends a consistent watch read to the leader.
+func (c *Cluster) forwardConsistent(next http.Handler) http.Handler {
+	fwd := c.ForwardToLeader(next)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("consistent") != "" {
+			fwd.ServeHTTP(w, r)
 			return
 		}
-		index = i
+		next.ServeHTTP(w, r)
+	})
+}
+
+// watchSource serves the watch from the replica's FSM.
+type watchSource struct{ c *Cluster }
+
+// View returns the replica's view; a replica that knows no leader may be
+// cut off from the majority and hold an old view, so it refuses.
+func (s watchSource) View() (pool.View, error) {
+	if _, _, ok := s.c.Leader(); !ok {
+		return pool.View{}, fmt.Errorf("replica %s: %w", s.c.cfg.Name, pool.ErrNoLeader)
 	}
-	wait := 30 * time.Second
-	if v := q.Get("wait"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			writeError(w, http.StatusBadRequest, "wait %q is not a duration such as 30s", v)
-			return
-		}
-		wait = min(d, maxWatchWait)
+	return s.c.fsm.View(), nil
+}
+
+func (s watchSource) WaitView(ctx context.Context, after uint64) (pool.View, error) {
+	return s.c.fsm.WaitView(ctx, after)
+}
+
+// ConsistentView returns the view after a barrier on the leader: every
+// change committed before the call has been applied here.
+func (s watchSource) ConsistentView(ctx context.Context) (pool.View, error) {
+	if !s.c.IsLeader() {
+		return pool.View{}, fmt.Errorf("replica %s is not the leader: %w", s.c.cfg.Name, pool.ErrNoLeader)
 	}
-	st := c.fsm.State()
-	if st.Index <= index && wait > 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), wait)
-		defer cancel()
-		if s, err := c.fsm.Wait(ctx, index); err == nil {
-			st = s
-		} else if r.Context().Err() != nil {
-			return // the watcher went away
-		} else {
-			st = c.fsm.State()
-		}
+	timeout := applyTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
 	}
-	w.Header().Set(HeaderIndex, strconv.FormatUint(st.Index, 10))
-	writeJSON(w, http.StatusOK, st)
+	if err := s.c.raft.Barrier(timeout).Error(); err != nil {
+		return pool.View{}, fmt.Errorf("replica %s: barrier: %w", s.c.cfg.Name, err)
+	}
+	return s.c.fsm.View(), nil
 }
 
 // Status is the body of GET /raft/status.

@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/benchload"
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/node"
 )
 
@@ -43,13 +43,13 @@ func BenchmarkImageGet100KB(b *testing.B) {
 	defer nodeSrv.Close()
 	st := newStoresB(b)
 	f := New(Config{Secret: "s", HotCacheMB: 64}, st.blobs, st.index, slog.New(slog.DiscardHandler))
-	pool := fsm.DefaultState()
-	pool.Index, pool.Epoch = 1, 0
-	pool.Members = []fsm.Member{{ID: "n1", HTTP: nodeSrv.URL}}
-	for r := range pool.Regions {
-		pool.Regions[r] = "n1"
+	view := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}}
+	view.Index, view.Epoch = 1, 0
+	view.Members = []pool.Member{{ID: "n1", HTTP: nodeSrv.URL}}
+	for r := range view.Regions {
+		view.Regions[r] = "n1"
 	}
-	f.setPool(pool)
+	f.setPool(view)
 	if _, err := f.Put(context.Background(), "cat.png", img); err != nil {
 		b.Fatal(err)
 	}

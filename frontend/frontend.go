@@ -27,11 +27,9 @@ import (
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/blob"
-	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/keyindex"
 	"github.com/memcache/memcache/node"
-	"github.com/memcache/memcache/region"
-	"github.com/memcache/memcache/watch"
 )
 
 // MaxKeyBytes is the longest key accepted.
@@ -81,7 +79,7 @@ type Config struct {
 	Managers func() []string
 	// NodeTimeout bounds one request to a cache node. If zero, 2 s.
 	NodeTimeout time.Duration
-	// WatchWait is how long one pool-state watch blocks. If zero, 30 s.
+	// WatchWait is how long one pool-state watch blocks. If zero, pool.DefaultWait.
 	WatchWait time.Duration
 	// HotCacheMB is the size of the frontend's own copy of popular images,
 	// always revalidated with the owner node before use (so it never serves
@@ -97,7 +95,7 @@ type Frontend struct {
 	log    *slog.Logger
 	client *http.Client // to nodes and managers, with the cluster secret
 	loads  singleflight.Group
-	pool   atomic.Pointer[fsm.State]
+	pool   atomic.Pointer[pool.View]
 	pages  map[string]*template.Template
 
 	deleteMu sync.Mutex  // serialises delete-all runs
@@ -124,20 +122,19 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 		client: &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}, pages: parsePages()}
 	f.copyBufs.New = func() any { b := make([]byte, 64<<10); return &b }
 	if cfg.HotCacheMB > 0 {
-		f.hot, _ = node.NewCache(node.CacheConfig{CapacityMB: min(cfg.HotCacheMB, node.MaxCapacityMB), Policy: node.LRU})
+		f.hot, _ = node.NewCache(pool.CacheConfig{CapacityMB: min(cfg.HotCacheMB, pool.MaxCapacityMB), Policy: pool.LRU})
 	}
-	empty := fsm.DefaultState()
-	f.pool.Store(&empty)
+	f.pool.Store(&pool.View{Members: []pool.Member{}})
 	return f
 }
 
 // Run follows the pool state pushed by the managers until ctx is done, and
 // acts on a new delete-all generation.
 func (f *Frontend) Run(ctx context.Context) {
-	watch.Run(ctx, watch.Config{Managers: f.cfg.Managers, Secret: f.cfg.Secret, Wait: f.cfg.WatchWait}, f.log, f.setPool)
+	pool.Watch(ctx, pool.WatchConfig{Managers: f.cfg.Managers, Client: f.client, Wait: f.cfg.WatchWait}, f.log, f.setPool)
 }
 
-func (f *Frontend) setPool(st fsm.State) {
+func (f *Frontend) setPool(st pool.View) {
 	f.pool.Store(&st)
 	f.log.Debug("pool state", "index", st.Index, "epoch", st.Epoch, "nodes", len(st.Members))
 	if st.DeleteGen > 0 {
@@ -153,7 +150,7 @@ func (f *Frontend) setPool(st fsm.State) {
 }
 
 // Pool returns the pool state the frontend routes by.
-func (f *Frontend) Pool() fsm.State { return *f.pool.Load() }
+func (f *Frontend) Pool() pool.View { return *f.pool.Load() }
 
 // ValidateKey reports whether key is acceptable: 1..250 bytes of UTF-8
 // without control characters. Any other character, '/' and ".." included,
@@ -186,11 +183,7 @@ func etagOf(sha string) string { return `"` + sha + `"` }
 // pool epoch, or "" when no node owns it.
 func (f *Frontend) owner(key string) (string, uint64) {
 	st := f.pool.Load()
-	id := st.Regions[region.Of(key)]
-	if id == "" {
-		return "", st.Epoch
-	}
-	m, ok := st.Member(id)
+	m, ok := st.Owner(key)
 	if !ok {
 		return "", st.Epoch
 	}

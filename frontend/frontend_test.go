@@ -22,7 +22,7 @@ import (
 	"testing"
 
 	"github.com/memcache/memcache/blob"
-	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/keyindex"
 	"github.com/memcache/memcache/node"
 )
@@ -369,13 +369,13 @@ func TestReadFillNeverReplacesANewerUpload(t *testing.T) {
 	nodeSrv := httptest.NewServer(n.Handler())
 	defer nodeSrv.Close()
 	f, _ := newTestFrontend(t, st.blobs, st.index)
-	pool := fsm.DefaultState()
-	pool.Index = 1
-	pool.Members = []fsm.Member{{ID: "n1", HTTP: nodeSrv.URL}}
-	for r := range pool.Regions {
-		pool.Regions[r] = "n1"
+	view := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}}
+	view.Index = 1
+	view.Members = []pool.Member{{ID: "n1", HTTP: nodeSrv.URL}}
+	for r := range view.Regions {
+		view.Regions[r] = "n1"
 	}
-	f.setPool(pool)
+	f.setPool(view)
 	red, blue := mustRead(t, "red.png"), mustRead(t, "blue.png")
 	ctx := context.Background()
 	old, err := f.Put(ctx, "k", red)

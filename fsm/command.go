@@ -127,7 +127,7 @@ func (DeleteAll) Type() CommandType { return CmdDeleteAll }
 func (RecordDecision) Type() CommandType { return CmdRecordDecision }
 
 // Validate implements Command.
-func (c SetCache) Validate(State) error { return c.Config.Validate() }
+func (c SetCache) Validate(State) error { return ValidateCache(c.Config) }
 
 // Validate implements Command.
 func (c SetScaling) Validate(State) error { return c.Policy.Validate() }
@@ -149,7 +149,7 @@ func (c MarkFailed) Validate(s State) error {
 		return invalidf("member %q is not in the pool", c.ID)
 	}
 	if r := c.Replacement; r != nil {
-		if err := r.Validate(); err != nil {
+		if err := ValidateMember(*r); err != nil {
 			return fmt.Errorf("replacement: %w", err)
 		}
 		if _, ok := s.Member(r.ID); ok {

@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/memcache/memcache/internal/pool"
 )
 
 // Result is what Apply returns to Raft, read back with
@@ -85,6 +87,35 @@ func (f *FSM) Wait(ctx context.Context, after uint64) (State, error) {
 	}
 }
 
+// WaitView returns the data plane's view as soon as its Index is above
+// after, at once if it already is. Changes outside the view (decisions,
+// the scaling policy) do not end the wait. It returns ctx.Err() if ctx
+// ends first.
+func (f *FSM) WaitView(ctx context.Context, after uint64) (pool.View, error) {
+	for {
+		f.mu.Lock()
+		if f.state.ViewIndex > after {
+			v := f.state.View()
+			f.mu.Unlock()
+			return v, nil
+		}
+		ch := f.changed
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return pool.View{}, ctx.Err()
+		}
+	}
+}
+
+// View returns the data plane's view of the current state.
+func (f *FSM) View() pool.View {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state.View()
+}
+
 // notifyLocked wakes every watcher. f.mu must be held.
 func (f *FSM) notifyLocked() {
 	close(f.changed)
@@ -115,10 +146,14 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if err := cmd.Validate(f.state); err != nil {
 		return Result{Index: f.state.Index, Epoch: f.state.Epoch, Err: err}
 	}
+	before := f.state.View()
 	if !f.state.apply(cmd) {
 		panic(fmt.Sprintf("fsm: applying log %d: no apply function for %v", l.Index, cmd.Type()))
 	}
 	f.state.Index = l.Index
+	if !pool.Equal(before, f.state.View()) {
+		f.state.ViewIndex = l.Index
+	}
 	f.notifyLocked()
 	return Result{Index: f.state.Index, Epoch: f.state.Epoch}
 }
@@ -158,6 +193,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("%w: format version %d, want %d", ErrCorruptSnapshot, sf.Version, snapshotVersion)
 	}
 	st := sf.State.Clone() // Members never nil, as in every state Apply makes
+	if st.ViewIndex == 0 {
+		// A snapshot from before views had their own index: every part of
+		// the state may have changed at its index.
+		st.ViewIndex = st.Index
+	}
 	if err := st.check(); err != nil {
 		return fmt.Errorf("%w: %v", ErrCorruptSnapshot, err)
 	}

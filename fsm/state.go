@@ -20,8 +20,10 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/region"
 )
 
@@ -37,16 +39,19 @@ const (
 	ModeAuto   = "auto"   // the leader's scaler resizes the pool by miss rate
 )
 
+// Policy is a cache replacement policy (the data plane's vocabulary).
+type Policy = pool.Policy
+
 // Replacement policies of the cache nodes.
 const (
-	PolicyLRU = "LRU" // least recently used
-	PolicyRR  = "RR"  // random replacement
+	PolicyLRU = pool.LRU // least recently used
+	PolicyRR  = pool.RR  // random replacement
 )
 
 // Cache capacity bounds, in MB per node.
 const (
-	MinCapacityMB = 1
-	MaxCapacityMB = 1024
+	MinCapacityMB = pool.MinCapacityMB
+	MaxCapacityMB = pool.MaxCapacityMB
 )
 
 // Scaler actions, the Action of a Decision.
@@ -82,19 +87,14 @@ var (
 	ErrCorruptSnapshot = errors.New("corrupt snapshot")
 )
 
-// CacheConfig is the configuration every cache node applies.
-type CacheConfig struct {
-	CapacityMB int    `json:"capacity_mb"` // MinCapacityMB..MaxCapacityMB
-	Policy     string `json:"policy"`      // PolicyLRU or PolicyRR
-}
+// CacheConfig is the configuration every cache node applies; the data
+// plane's own type, so the FSM and the nodes share one vocabulary.
+type CacheConfig = pool.CacheConfig
 
-// Validate reports, wrapping ErrInvalidCommand, what is wrong with c.
-func (c CacheConfig) Validate() error {
-	if c.CapacityMB < MinCapacityMB || c.CapacityMB > MaxCapacityMB {
-		return invalidf("capacity_mb %d is outside %d..%d", c.CapacityMB, MinCapacityMB, MaxCapacityMB)
-	}
-	if c.Policy != PolicyLRU && c.Policy != PolicyRR {
-		return invalidf("policy %q is not %s or %s", c.Policy, PolicyLRU, PolicyRR)
+// ValidateCache reports, wrapping ErrInvalidCommand, what is wrong with c.
+func ValidateCache(c CacheConfig) error {
+	if err := c.Validate(); err != nil {
+		return invalidf("%s", strings.TrimPrefix(err.Error(), pool.ErrBadConfig.Error()+": "))
 	}
 	return nil
 }
@@ -200,13 +200,10 @@ func (d Decision) clone() Decision {
 }
 
 // Member is one cache node of the pool.
-type Member struct {
-	ID   string `json:"id"`   // the node's id, as it joined by gossip
-	HTTP string `json:"http"` // base URL of the node's HTTP API, http(s)://host[:port]
-}
+type Member = pool.Member
 
-// Validate reports, wrapping ErrInvalidCommand, what is wrong with m.
-func (m Member) Validate() error {
+// ValidateMember reports, wrapping ErrInvalidCommand, what is wrong with m.
+func ValidateMember(m Member) error {
 	if m.ID == "" {
 		return invalidf("member id is empty")
 	}
@@ -222,7 +219,7 @@ func (m Member) Validate() error {
 func validateMembers(ms []Member) error {
 	seen := make(map[string]bool, len(ms))
 	for _, m := range ms {
-		if err := m.Validate(); err != nil {
+		if err := ValidateMember(m); err != nil {
 			return err
 		}
 		if seen[m.ID] {
@@ -236,6 +233,7 @@ func validateMembers(ms []Member) error {
 // State is the replicated state of the pool.
 type State struct {
 	Index     uint64               `json:"index"`      // Raft log index of the last command applied successfully
+	ViewIndex uint64               `json:"view_index"` // Raft log index of the last command that changed View()
 	Epoch     uint64               `json:"epoch"`      // +1 on every change of Members or Regions; 0 = no pool yet
 	Cache     CacheConfig          `json:"cache"`      // what every node applies
 	Scaling   ScalingPolicy        `json:"scaling"`    // what the scaler follows
@@ -278,6 +276,16 @@ func (s State) Clone() State {
 	return c
 }
 
+// View returns the data plane's view of s: what nodes and frontends act on.
+// Its Index is ViewIndex, so a change the data plane need not see (a scaler
+// decision, a scaling policy) leaves the view as it was.
+func (s State) View() pool.View {
+	v := pool.View{Index: s.ViewIndex, Epoch: s.Epoch, Cache: s.Cache, Regions: s.Regions, Since: s.Since,
+		ClearGen: s.ClearGen, DeleteGen: s.DeleteGen, Members: make([]Member, len(s.Members))}
+	copy(v.Members, s.Members)
+	return v
+}
+
 // Member returns the member with id, if it is in the pool.
 func (s State) Member(id string) (Member, bool) {
 	for _, m := range s.Members {
@@ -290,7 +298,7 @@ func (s State) Member(id string) (Member, bool) {
 
 // check reports whether s is sane: what Apply can produce. Restore uses it.
 func (s State) check() error {
-	if err := s.Cache.Validate(); err != nil {
+	if err := ValidateCache(s.Cache); err != nil {
 		return err
 	}
 	if err := s.Scaling.Validate(); err != nil {
@@ -314,6 +322,9 @@ func (s State) check() error {
 		if s.Since[r] > s.Epoch {
 			return fmt.Errorf("region %d since epoch %d, after the epoch %d", r, s.Since[r], s.Epoch)
 		}
+	}
+	if s.ViewIndex > s.Index {
+		return fmt.Errorf("view index %d is after the index %d", s.ViewIndex, s.Index)
 	}
 	if len(s.Decisions) > MaxDecisions {
 		return fmt.Errorf("%d decisions is above %d", len(s.Decisions), MaxDecisions)

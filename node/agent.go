@@ -3,21 +3,21 @@ package node
 import (
 	"errors"
 
-	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/pool"
 )
 
-// ApplyPool brings the node in line with the pool state the managers hold:
+// ApplyPool brings the node in line with the pool view the managers serve:
 // the regions it owns (none if it is not a pool member), the cache config,
 // and the clear-caches and delete-all generations (a node that was away
 // still clears when it learns a generation moved).
-func (n *Node) ApplyPool(st fsm.State) {
+func (n *Node) ApplyPool(st pool.View) {
 	if st.Epoch > 0 {
 		_, err := n.SetRegions(Regions{Epoch: st.Epoch, Owners: st.Regions, Since: st.Since})
 		if err != nil && !errors.Is(err, ErrStaleRegions) {
 			n.log.Error("applying region map", "err", err)
 		}
 	}
-	cfg := CacheConfig{CapacityMB: st.Cache.CapacityMB, Policy: Policy(st.Cache.Policy)}
+	cfg := st.Cache
 	if cfg != n.cache.Config() {
 		if err := n.cache.SetConfig(cfg); err != nil {
 			n.log.Error("applying cache config", "err", err)

@@ -4,7 +4,7 @@ import (
 	"log/slog"
 	"testing"
 
-	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/pool"
 )
 
 func TestApplyPoolFollowsRegionsConfigAndGenerations(t *testing.T) {
@@ -12,15 +12,15 @@ func TestApplyPoolFollowsRegionsConfigAndGenerations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := fsm.DefaultState()
+	st := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}}
 	st.Index, st.Epoch = 3, 1
-	st.Members = []fsm.Member{{ID: "a", HTTP: "http://a"}, {ID: "b", HTTP: "http://b"}}
+	st.Members = []pool.Member{{ID: "a", HTTP: "http://a"}, {ID: "b", HTTP: "http://b"}}
 	for r := range st.Regions {
 		st.Regions[r], st.Since[r] = []string{"a", "b"}[r%2], 1
 	}
-	st.Cache = fsm.CacheConfig{CapacityMB: 32, Policy: "RR"}
+	st.Cache = pool.CacheConfig{CapacityMB: 32, Policy: "RR"}
 	n.ApplyPool(st)
-	if got := n.Cache().Config(); got != (CacheConfig{32, RR}) {
+	if got := n.Cache().Config(); got != (pool.CacheConfig{CapacityMB: 32, Policy: pool.RR}) {
 		t.Errorf("cache config %+v, want {32 RR}", got)
 	}
 	if got := n.Regions(); got.Epoch != 1 || got.Owners != st.Regions {

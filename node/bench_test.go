@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/memcache/memcache/internal/benchload"
+	"github.com/memcache/memcache/internal/pool"
 )
 
 var sizes = []struct {
@@ -24,7 +25,7 @@ var sizes = []struct {
 func BenchmarkCacheGet(b *testing.B) {
 	for _, sz := range sizes {
 		b.Run(sz.name, func(b *testing.B) {
-			c, _ := NewCache(CacheConfig{CapacityMB: 256, Policy: LRU})
+			c, _ := NewCache(pool.CacheConfig{CapacityMB: 256, Policy: pool.LRU})
 			const keys = 1000
 			for i := range keys {
 				c.Put(strconv.Itoa(i), Item{Value: make([]byte, sz.n)})
@@ -51,7 +52,7 @@ func BenchmarkCachePut(b *testing.B) {
 	for _, sz := range sizes {
 		b.Run(sz.name, func(b *testing.B) {
 			// 64 MB: the 100 KB case evicts on most puts once full.
-			c, _ := NewCache(CacheConfig{CapacityMB: 64, Policy: LRU})
+			c, _ := NewCache(pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU})
 			val := make([]byte, sz.n)
 			var next atomic.Uint64
 			b.SetBytes(int64(sz.n))
@@ -81,7 +82,7 @@ func BenchmarkHTTPGet100KB(b *testing.B) {
 		w.Write(value)
 	}))
 	defer bare.Close()
-	n, err := New(Config{ID: "bench", Cache: CacheConfig{CapacityMB: 64, Policy: LRU}}, slog.New(slog.DiscardHandler))
+	n, err := New(Config{ID: "bench", Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func BenchmarkHTTPGet100KB(b *testing.B) {
 // process's resident set, per cached value byte (after a GC).
 func BenchmarkMemoryPerCachedByte(b *testing.B) {
 	for range b.N {
-		n, err := New(Config{ID: "mem", Cache: CacheConfig{CapacityMB: 256, Policy: LRU}}, slog.New(slog.DiscardHandler))
+		n, err := New(Config{ID: "mem", Cache: pool.CacheConfig{CapacityMB: 256, Policy: pool.LRU}}, slog.New(slog.DiscardHandler))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -8,24 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/region"
-)
-
-// Policy is a cache replacement policy.
-type Policy string
-
-// The replacement policies a cache supports.
-const (
-	// LRU evicts the least recently used entry.
-	LRU Policy = "LRU"
-	// RR evicts an entry chosen uniformly at random.
-	RR Policy = "RR"
-)
-
-// Capacity bounds, in MB (1 MB = 1<<20 bytes).
-const (
-	MinCapacityMB = 1
-	MaxCapacityMB = 1024
 )
 
 // Errors returned by the cache. The HTTP layer maps each to a status code.
@@ -37,25 +21,8 @@ var (
 	// ErrNotOwner is returned when the key's region is not owned by this cache.
 	ErrNotOwner = errors.New("region of key is not owned by this node")
 	// ErrBadConfig is returned for a capacity outside 1..1024 MB or an unknown policy.
-	ErrBadConfig = errors.New("invalid cache config")
+	ErrBadConfig = pool.ErrBadConfig
 )
-
-// CacheConfig is a cache's live configuration.
-type CacheConfig struct {
-	CapacityMB int    `json:"capacity_mb"`
-	Policy     Policy `json:"policy"`
-}
-
-// Validate reports whether c is a configuration a cache accepts.
-func (c CacheConfig) Validate() error {
-	if c.CapacityMB < MinCapacityMB || c.CapacityMB > MaxCapacityMB {
-		return fmt.Errorf("%w: capacity_mb %d is outside %d..%d", ErrBadConfig, c.CapacityMB, MinCapacityMB, MaxCapacityMB)
-	}
-	if c.Policy != LRU && c.Policy != RR {
-		return fmt.Errorf("%w: policy %q is not LRU or RR", ErrBadConfig, c.Policy)
-	}
-	return nil
-}
 
 // Item is a cached value with the metadata the frontend serves beside it.
 // Value is shared with the cache and must not be modified.
@@ -167,7 +134,7 @@ type Cache struct {
 }
 
 // NewCache returns an empty cache with configuration cfg that owns every region.
-func NewCache(cfg CacheConfig) (*Cache, error) {
+func NewCache(cfg pool.CacheConfig) (*Cache, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -293,7 +260,7 @@ func (c *Cache) Clear() {
 // it found one. Caller holds writeMu.
 func (c *Cache) evictOne() bool {
 	var ok bool
-	if c.Policy() == RR {
+	if c.Policy() == pool.RR {
 		ok = c.evictRandom()
 	} else {
 		ok = c.evictLRU()
@@ -398,7 +365,7 @@ func (c *Cache) dropWhere(drop func(*entry) bool) int {
 
 // SetConfig applies cfg live: a policy change keeps every entry, a smaller
 // capacity evicts by the new policy until the entries fit.
-func (c *Cache) SetConfig(cfg CacheConfig) error {
+func (c *Cache) SetConfig(cfg pool.CacheConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -412,12 +379,12 @@ func (c *Cache) SetConfig(cfg CacheConfig) error {
 }
 
 // Config returns the current configuration.
-func (c *Cache) Config() CacheConfig {
-	return CacheConfig{CapacityMB: int(c.capacity.Load() >> 20), Policy: c.Policy()}
+func (c *Cache) Config() pool.CacheConfig {
+	return pool.CacheConfig{CapacityMB: int(c.capacity.Load() >> 20), Policy: c.Policy()}
 }
 
 // Policy returns the current replacement policy.
-func (c *Cache) Policy() Policy { return c.policy.Load().(Policy) }
+func (c *Cache) Policy() pool.Policy { return c.policy.Load().(pool.Policy) }
 
 // Owns reports whether region r is owned.
 func (c *Cache) Owns(r int) bool { return c.owned.Load()&(1<<r) != 0 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/region"
 )
 
@@ -59,9 +60,9 @@ func checkInvariants(t *testing.T, c *Cache) {
 	}
 }
 
-func mustCache(t *testing.T, mb int, p Policy) *Cache {
+func mustCache(t *testing.T, mb int, p pool.Policy) *Cache {
 	t.Helper()
-	c, err := NewCache(CacheConfig{CapacityMB: mb, Policy: p})
+	c, err := NewCache(pool.CacheConfig{CapacityMB: mb, Policy: p})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +91,7 @@ func present(c *Cache, keys ...string) map[string]bool {
 const tenth = 100 << 10
 
 func TestLRUEvictsExactlyLeastRecentlyUsed(t *testing.T) {
-	c := mustCache(t, 1, LRU)
+	c := mustCache(t, 1, pool.LRU)
 	keys := make([]string, 0, 16)
 	for i := range 10 {
 		k := fmt.Sprintf("k%d", i)
@@ -134,7 +135,7 @@ func TestLRUEvictsExactlyLeastRecentlyUsed(t *testing.T) {
 }
 
 func TestLRUOneLargeValueEvictsSeveral(t *testing.T) {
-	c := mustCache(t, 1, LRU)
+	c := mustCache(t, 1, pool.LRU)
 	for i := range 10 {
 		c.Put(fmt.Sprintf("k%d", i), val(tenth, 1))
 	}
@@ -154,7 +155,7 @@ func TestLRUOneLargeValueEvictsSeveral(t *testing.T) {
 }
 
 func TestRREvictsUniformly(t *testing.T) {
-	c := mustCache(t, 1, RR)
+	c := mustCache(t, 1, pool.RR)
 	const n, trials = 10, 10000
 	for i := range n {
 		c.Put(fmt.Sprintf("k%d", i), val(tenth, byte(i)))
@@ -199,7 +200,7 @@ func TestRREvictsUniformly(t *testing.T) {
 }
 
 func TestBytesNeverExceedCapacityUnderConcurrentPuts(t *testing.T) {
-	for _, p := range []Policy{LRU, RR} {
+	for _, p := range []pool.Policy{pool.LRU, pool.RR} {
 		t.Run(string(p), func(t *testing.T) {
 			c := mustCache(t, 2, p)
 			var stop atomic.Bool
@@ -248,13 +249,13 @@ func TestBytesNeverExceedCapacityUnderConcurrentPuts(t *testing.T) {
 }
 
 func TestLiveConfigChangesKeepInvariants(t *testing.T) {
-	c := mustCache(t, 4, LRU)
+	c := mustCache(t, 4, pool.LRU)
 	for i := range 40 {
 		c.Put(fmt.Sprintf("k%d", i), val(tenth, byte(i)))
 	}
 	before := c.Len()
 	// Switching the policy keeps every entry.
-	if err := c.SetConfig(CacheConfig{CapacityMB: 4, Policy: RR}); err != nil {
+	if err := c.SetConfig(pool.CacheConfig{CapacityMB: 4, Policy: pool.RR}); err != nil {
 		t.Fatal(err)
 	}
 	if c.Len() != before {
@@ -276,7 +277,7 @@ func TestLiveConfigChangesKeepInvariants(t *testing.T) {
 		}()
 	}
 	for i := range 20 {
-		cfg := CacheConfig{CapacityMB: 4 - i%4, Policy: []Policy{LRU, RR}[i%2]}
+		cfg := pool.CacheConfig{CapacityMB: 4 - i%4, Policy: []pool.Policy{pool.LRU, pool.RR}[i%2]}
 		if err := c.SetConfig(cfg); err != nil {
 			t.Fatal(err)
 		}
@@ -288,11 +289,11 @@ func TestLiveConfigChangesKeepInvariants(t *testing.T) {
 	stop.Store(true)
 	wg.Wait()
 	c.Clear()
-	c.SetConfig(CacheConfig{CapacityMB: 2, Policy: LRU})
+	c.SetConfig(pool.CacheConfig{CapacityMB: 2, Policy: pool.LRU})
 	for i := range 20 {
 		c.Put(fmt.Sprintf("k%d", i), val(tenth, byte(i)))
 	}
-	if err := c.SetConfig(CacheConfig{CapacityMB: 1, Policy: LRU}); err != nil {
+	if err := c.SetConfig(pool.CacheConfig{CapacityMB: 1, Policy: pool.LRU}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 20 {
@@ -305,7 +306,7 @@ func TestLiveConfigChangesKeepInvariants(t *testing.T) {
 }
 
 func TestCacheRejectsBadInput(t *testing.T) {
-	c := mustCache(t, 1, LRU)
+	c := mustCache(t, 1, pool.LRU)
 	c.Put("keep", val(10, 1))
 	if err := c.Put("", val(1, 1)); err != ErrEmptyKey {
 		t.Errorf("Put empty key: got %v, want ErrEmptyKey", err)
@@ -316,24 +317,24 @@ func TestCacheRejectsBadInput(t *testing.T) {
 	if _, ok, _ := c.Get("huge"); ok {
 		t.Error("oversize value was cached")
 	}
-	for _, cfg := range []CacheConfig{{0, LRU}, {1025, LRU}, {-1, RR}, {8, "FIFO"}, {8, ""}} {
+	for _, cfg := range []pool.CacheConfig{{CapacityMB: 0, Policy: pool.LRU}, {CapacityMB: 1025, Policy: pool.LRU}, {CapacityMB: -1, Policy: pool.RR}, {CapacityMB: 8, Policy: "FIFO"}, {CapacityMB: 8, Policy: ""}} {
 		if err := c.SetConfig(cfg); err == nil {
 			t.Errorf("SetConfig(%+v): got nil, want error", cfg)
 		}
 	}
-	if got := c.Config(); got != (CacheConfig{1, LRU}) {
+	if got := c.Config(); got != (pool.CacheConfig{CapacityMB: 1, Policy: pool.LRU}) {
 		t.Errorf("config after bad input = %+v, want {1 LRU}", got)
 	}
 	if c.Len() != 1 || c.Bytes() != 10 {
 		t.Errorf("after bad input: Len %d Bytes %d, want 1 and 10", c.Len(), c.Bytes())
 	}
-	if _, err := NewCache(CacheConfig{CapacityMB: 2000, Policy: LRU}); err == nil {
+	if _, err := NewCache(pool.CacheConfig{CapacityMB: 2000, Policy: pool.LRU}); err == nil {
 		t.Error("NewCache with 2000 MB: got nil error")
 	}
 }
 
 func TestSetOwnedDropsLostRegions(t *testing.T) {
-	c := mustCache(t, 8, LRU)
+	c := mustCache(t, 8, pool.LRU)
 	keysByRegion := map[int][]string{}
 	for i := 0; i < 400; i++ {
 		k := fmt.Sprintf("img-%d", i)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/region"
 )
 
@@ -279,8 +280,8 @@ func decodeJSON(r *http.Request, v any) error {
 
 func (n *Node) handlePutConfig(w http.ResponseWriter, r *http.Request) {
 	var body struct {
-		CapacityMB *int    `json:"capacity_mb"`
-		Policy     *Policy `json:"policy"`
+		CapacityMB *int         `json:"capacity_mb"`
+		Policy     *pool.Policy `json:"policy"`
 	}
 	if err := decodeJSON(r, &body); err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
@@ -321,12 +322,12 @@ func (n *Node) handlePutRegions(w http.ResponseWriter, r *http.Request) {
 
 // Stats is the body of GET /stats.
 type Stats struct {
-	ID       string      `json:"id"`
-	Epoch    uint64      `json:"epoch"`
-	Config   CacheConfig `json:"config"`
-	Counters Counters    `json:"counters"`
-	Samples  []Sample    `json:"samples"`
-	Time     time.Time   `json:"time"`
+	ID       string           `json:"id"`
+	Epoch    uint64           `json:"epoch"`
+	Config   pool.CacheConfig `json:"config"`
+	Counters Counters         `json:"counters"`
+	Samples  []Sample         `json:"samples"`
+	Time     time.Time        `json:"time"`
 }
 
 func (n *Node) handleStats(w http.ResponseWriter, r *http.Request) {

@@ -14,12 +14,13 @@ import (
 	"time"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/region"
 )
 
 func newTestNode(t *testing.T, id string) (*Node, *httptest.Server) {
 	t.Helper()
-	n, err := New(Config{ID: id, Cache: CacheConfig{CapacityMB: 1, Policy: LRU}}, slog.New(slog.DiscardHandler))
+	n, err := New(Config{ID: id, Cache: pool.CacheConfig{CapacityMB: 1, Policy: pool.LRU}}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +130,7 @@ func TestHTTPBadInputIsRefusedAndChangesNothing(t *testing.T) {
 			}
 		})
 	}
-	if got := n.cache.Config(); got != (CacheConfig{1, LRU}) {
+	if got := n.cache.Config(); got != (pool.CacheConfig{CapacityMB: 1, Policy: pool.LRU}) {
 		t.Errorf("config = %+v after bad input, want {1 LRU}", got)
 	}
 	if n.cache.Len() != 1 || n.cache.Bytes() != 4 {
@@ -146,7 +147,7 @@ func TestHTTPConfigAppliesLive(t *testing.T) {
 		do(t, "PUT", keyURL(srv.URL, fmt.Sprint(i)), make([]byte, 100<<10))
 	}
 	r := do(t, "PUT", srv.URL+"/config", []byte(`{"capacity_mb":2,"policy":"RR"}`))
-	if r.code != 200 || n.cache.Config() != (CacheConfig{2, RR}) || n.cache.Len() != 10 {
+	if r.code != 200 || n.cache.Config() != (pool.CacheConfig{CapacityMB: 2, Policy: pool.RR}) || n.cache.Len() != 10 {
 		t.Fatalf("PUT /config: %d %s; config %+v, %d items; want 200, {2 RR}, 10 items", r.code, r.body, n.cache.Config(), n.cache.Len())
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/region"
 )
 
@@ -34,7 +35,7 @@ type Config struct {
 	// ID is the node's id, as named in region maps. Required.
 	ID string
 	// Cache is the initial cache configuration. If zero, it defaults to 64 MB LRU.
-	Cache CacheConfig
+	Cache pool.CacheConfig
 	// SampleInterval is how often statistics are sampled. If zero, it defaults to 5 s.
 	SampleInterval time.Duration
 	// History is how many samples are kept. If zero, it defaults to 360 (30 minutes at 5 s).
@@ -68,8 +69,8 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	if cfg.ID == "" {
 		return nil, errors.New("node: ID is required")
 	}
-	if cfg.Cache == (CacheConfig{}) {
-		cfg.Cache = CacheConfig{CapacityMB: 64, Policy: LRU}
+	if cfg.Cache == (pool.CacheConfig{}) {
+		cfg.Cache = pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}
 	}
 	if cfg.SampleInterval <= 0 {
 		cfg.SampleInterval = 5 * time.Second

@@ -9,8 +9,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/gossip"
-	"github.com/memcache/memcache/watch"
+	"github.com/memcache/memcache/internal/pool"
 )
 
 // ServiceConfig configures a running cache node: the node, its HTTP
@@ -24,7 +25,7 @@ type ServiceConfig struct {
 	AdvertiseHTTP string
 	// Gossip configures the membership; its Meta is filled in by Start.
 	Gossip gossip.Config
-	// WatchWait is how long one pool-state watch request blocks. If zero, 30 s.
+	// WatchWait is how long one pool-state watch request blocks. If zero, pool.DefaultWait.
 	WatchWait time.Duration
 }
 
@@ -78,7 +79,8 @@ func Start(cfg ServiceConfig, log *slog.Logger) (*Service, error) {
 	// Follow the pool state from whichever manager replicas gossip shows.
 	go func() {
 		defer close(watching)
-		watch.Run(ctx, watch.Config{Managers: s.managers, Secret: cfg.Node.Secret, Wait: cfg.WatchWait}, log, n.ApplyPool)
+		client := &http.Client{Transport: &auth.Transport{Secret: cfg.Node.Secret}}
+		pool.Watch(ctx, pool.WatchConfig{Managers: s.managers, Client: client, Wait: cfg.WatchWait}, log, n.ApplyPool)
 	}()
 	go func() {
 		defer close(s.done)

@@ -180,7 +180,7 @@ func (a *API) handleSetCache(w http.ResponseWriter, r *http.Request) {
 		cfg.CapacityMB = *body.CapacityMB
 	}
 	if body.Policy != nil {
-		cfg.Policy = *body.Policy
+		cfg.Policy = fsm.Policy(*body.Policy)
 	}
 	a.apply(w, r, fsm.SetCache{Config: cfg})
 }

@@ -294,11 +294,11 @@ func TestBrowser(t *testing.T) {
 }
 
 type flowConfig struct {
-	raftState  string // what the header must say
-	capacity   int    // MB to set
-	policy     string // policy to set
-	screenshot string // where to save the dashboard
-	whileAuto  func() // run while the pool is in automatic mode
+	raftState  string     // what the header must say
+	capacity   int        // MB to set
+	policy     fsm.Policy // policy to set
+	screenshot string     // where to save the dashboard
+	whileAuto  func()     // run while the pool is in automatic mode
 }
 
 func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
@@ -323,7 +323,7 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 
 	// Change the config.
 	tb.do("filling in the config", chromedp.SetValue(chromedp.CSS("#capacity"), fmt.Sprint(cfg.capacity)),
-		chromedp.SetValue(chromedp.CSS("#policy"), cfg.policy))
+		chromedp.SetValue(chromedp.CSS("#policy"), string(cfg.policy)))
 	tb.submit("#save-config", "config")
 	want := fsm.CacheConfig{CapacityMB: cfg.capacity, Policy: cfg.policy}
 	if got := s.waitConverged().Cache; got != want {
@@ -332,7 +332,7 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 	waitfor.True(t, 10*time.Second, "the pool's nodes to apply the config", func() bool {
 		for _, m := range s.state().Members {
 			c := s.node(m.ID).Node().Cache().Config()
-			if c.CapacityMB != cfg.capacity || string(c.Policy) != cfg.policy {
+			if c.CapacityMB != cfg.capacity || c.Policy != cfg.policy {
 				return false
 			}
 		}

@@ -193,7 +193,7 @@ func (a *API) apiConfigureCache(w http.ResponseWriter, r *http.Request) {
 		cache.CapacityMB = *p.cacheSize
 	}
 	if p.policy != nil {
-		cache.Policy = *p.policy
+		cache.Policy = fsm.Policy(*p.policy)
 	}
 	if p.mode != nil {
 		scaling.Mode = *p.mode

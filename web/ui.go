@@ -369,7 +369,7 @@ func (a *API) uiConfig(w http.ResponseWriter, r *http.Request) {
 	} else if capacity < fsm.MinCapacityMB || capacity > fsm.MaxCapacityMB {
 		problems = append(problems, fmt.Sprintf("Capacity %d MB is outside %d..%d MB.", capacity, fsm.MinCapacityMB, fsm.MaxCapacityMB))
 	}
-	policy := r.PostForm.Get("policy")
+	policy := fsm.Policy(r.PostForm.Get("policy"))
 	if policy != fsm.PolicyLRU && policy != fsm.PolicyRR {
 		problems = append(problems, fmt.Sprintf("Policy must be %s or %s; %q is neither.", fsm.PolicyLRU, fsm.PolicyRR, policy))
 	}

@@ -1,0 +1,248 @@
+package pool
+
+// The watch protocol, both halves: the manager replicas serve
+//
+//	GET /v1/pool?index=N&wait=D[&consistent=1]
+//
+// and nodes and frontends follow it with Watch. The request blocks until
+// the view's Index passes N (at most D, then it answers the current view).
+// With consistent=1 the request is served by the leader after a Raft
+// barrier, so the answer is at least as new as every change committed
+// before the request: a watcher starts with such a read, and is ready only
+// once it holds it. A replica that knows no leader answers 503 (it may be
+// cut off from the majority and hold an old view), sending the watcher to
+// another replica.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+)
+
+// HeaderIndex carries the view's Index on watch responses.
+const HeaderIndex = "X-Memcache-Index"
+
+// Watch timings.
+const (
+	// DefaultWait is how long one watch request blocks by default. It is
+	// short so that a watcher notices within seconds a replica that stops
+	// answering (paused, or cut off without a reset).
+	DefaultWait = 4 * time.Second
+	// MaxWait bounds the wait a watcher may ask for.
+	MaxWait = 5 * time.Minute
+	// slack is how much longer than the wait a watcher gives a replica to
+	// answer before it moves on.
+	slack = 2 * time.Second
+)
+
+// ErrNoLeader is returned by a Source that knows no leader.
+var ErrNoLeader = errors.New("no leader known")
+
+// Source is what a manager replica serves the watch from.
+type Source interface {
+	// View returns the replica's current view. It returns ErrNoLeader when
+	// the replica knows no leader.
+	View() (View, error)
+	// WaitView returns the view once its Index is above after.
+	WaitView(ctx context.Context, after uint64) (View, error)
+	// ConsistentView returns a view at least as new as every change
+	// committed before the call (the leader, after a barrier).
+	ConsistentView(ctx context.Context) (View, error)
+}
+
+// Handler serves GET /v1/pool from src. Authentication is the caller's
+// (mount it behind the cluster's middleware).
+func Handler(src Source) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		var index uint64
+		if v := q.Get("index"); v != "" {
+			i, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, "index %q is not an unsigned integer", v)
+				return
+			}
+			index = i
+		}
+		wait := DefaultWait
+		if v := q.Get("wait"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				writeError(w, http.StatusBadRequest, "wait %q is not a duration such as 4s", v)
+				return
+			}
+			wait = min(d, MaxWait)
+		}
+		var (
+			v   View
+			err error
+		)
+		consistent := q.Get("consistent") != ""
+		if consistent {
+			v, err = src.ConsistentView(r.Context())
+		} else {
+			v, err = src.View()
+		}
+		if err != nil {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, "%v; ask another replica", err)
+			return
+		}
+		if !consistent && v.Index <= index && wait > 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), wait)
+			defer cancel()
+			if nv, err := src.WaitView(ctx, index); err == nil {
+				v = nv
+			} else if r.Context().Err() != nil {
+				return // the watcher went away
+			}
+		}
+		w.Header().Set(HeaderIndex, strconv.FormatUint(v.Index, 10))
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(v)
+	})
+}
+
+func writeError(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)}})
+}
+
+// WatchConfig configures Watch.
+type WatchConfig struct {
+	// Managers returns the base URLs of the manager replicas, in order of
+	// preference. It is called again whenever the watcher fails over, so it
+	// may follow gossip. Required.
+	Managers func() []string
+	// Client makes the requests; it carries the cluster's credentials. If
+	// nil, http.DefaultClient.
+	Client *http.Client
+	// Wait is how long one blocking request may wait for a change. If zero,
+	// DefaultWait. A replica that has not answered Wait + 2 s after a
+	// request is left for the next.
+	Wait time.Duration
+	// Backoff is the first pause after every replica has failed in turn;
+	// pauses grow to MaxBackoff, each jittered by ±50% so that watchers do
+	// not come back in step. If zero, 100 ms and 2 s.
+	Backoff, MaxBackoff time.Duration
+}
+
+// Watch follows the view the manager replicas serve and calls fn with every
+// view whose Index is newer than the last one it passed to fn, in order, on
+// Watch's goroutine. The first view it passes is a consistent read: at least
+// as new as the cluster's when Watch started. When a replica fails or does
+// not answer in time, Watch moves on to the next, asking for changes after
+// the index it already has, so no change is missed. It returns when ctx is
+// done.
+func Watch(ctx context.Context, cfg WatchConfig, log *slog.Logger, fn func(View)) {
+	if cfg.Wait <= 0 {
+		cfg.Wait = DefaultWait
+	}
+	if cfg.Backoff <= 0 {
+		cfg.Backoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 2 * time.Second
+	}
+	client := cfg.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	b := &backoff.ExponentialBackOff{InitialInterval: cfg.Backoff, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: cfg.MaxBackoff}
+	b.Reset()
+	var (
+		index      uint64
+		consistent = true // until the first view arrives
+		next       int    // position in Managers() of the replica to ask
+		failures   int    // consecutive failures
+		current    string
+	)
+	for ctx.Err() == nil {
+		urls := cfg.Managers()
+		if len(urls) == 0 {
+			if !pause(ctx, b.NextBackOff()) {
+				return
+			}
+			continue
+		}
+		u := urls[next%len(urls)]
+		v, err := poll(ctx, client, u, index, cfg.Wait, consistent)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Debug("pool watch failed; trying another replica", "manager", u, "err", err)
+			next++
+			failures++
+			if failures >= len(urls) {
+				failures = 0
+				if !pause(ctx, b.NextBackOff()) {
+					return
+				}
+			}
+			continue
+		}
+		if u != current {
+			log.Info("watching pool state", "manager", u, "index", index)
+			current = u
+		}
+		failures = 0
+		b.Reset()
+		if consistent || v.Index > index {
+			consistent = false
+			index = max(index, v.Index)
+			fn(v)
+		}
+	}
+}
+
+func pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// poll makes one blocking request for the view after index.
+func poll(ctx context.Context, client *http.Client, base string, index uint64, wait time.Duration, consistent bool) (View, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+slack)
+	defer cancel()
+	url := fmt.Sprintf("%s/v1/pool?index=%d&wait=%s", base, index, wait)
+	if consistent {
+		url += "&consistent=1"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return View{}, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return View{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return View{}, fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	var v View
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v); err != nil {
+		return View{}, fmt.Errorf("decoding pool view: %w", err)
+	}
+	if v.Members == nil {
+		v.Members = []Member{}
+	}
+	return v, nil
+}
