@@ -9,9 +9,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	"github.com/urfave/cli/v3"
+
+	"github.com/memcache/memcache/internal/role"
 
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/metrics"
@@ -50,51 +50,37 @@ func runNode(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	svc, err := node.Start(node.ServiceConfig{
-		Node: node.Config{
-			ID:             id,
-			Cache:          node.CacheConfig{CapacityMB: cmd.Int("capacity-mb"), Policy: node.Policy(cmd.String("policy"))},
-			SampleInterval: cmd.Duration("sample-interval"),
-			Secret:         cmd.String("cluster-secret"),
-		},
-		HTTPAddr:      cmd.String("http-addr"),
-		AdvertiseHTTP: cmd.String("advertise-http"),
+	cfg := role.NodeConfig{
+		Name:           id,
+		HTTPAddr:       cmd.String("http-addr"),
+		AdvertiseHTTP:  cmd.String("advertise-http"),
+		Secret:         cmd.String("cluster-secret"),
+		Cache:          node.CacheConfig{CapacityMB: cmd.Int("capacity-mb"), Policy: node.Policy(cmd.String("policy"))},
+		SampleInterval: cmd.Duration("sample-interval"),
 		Gossip: gossip.Config{
 			BindAddr:      cmd.String("gossip-addr"),
 			AdvertiseAddr: cmd.String("gossip-advertise"),
 			Join:          cmd.StringSlice("join"),
 			SecretKey:     key,
 		},
-	}, log)
+	}
+	switch b := cmd.String("metrics"); b {
+	case "embedded":
+	case "cloudwatch":
+		cfg.CloudWatch = &metrics.CloudWatchConfig{Namespace: cmd.String("cloudwatch-namespace"), Pool: cmd.String("cloudwatch-pool"),
+			Interval: cmd.Duration("sample-interval")}
+	default:
+		return fmt.Errorf("--metrics %q: want embedded or cloudwatch", b)
+	}
+	n, err := role.StartNode(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	published := make(chan struct{})
-	switch b := cmd.String("metrics"); b {
-	case "embedded":
-		close(published)
-	case "cloudwatch":
-		awsCfg, err := config.LoadDefaultConfig(ctx)
-		if err != nil {
-			svc.Close(context.Background())
-			return fmt.Errorf("AWS config for CloudWatch: %w", err)
-		}
-		pub := metrics.NewPublisher(metrics.CloudWatchConfig{Namespace: cmd.String("cloudwatch-namespace"), Pool: cmd.String("cloudwatch-pool"),
-			Interval: cmd.Duration("sample-interval")}, cloudwatch.NewFromConfig(awsCfg), id, svc.Node().Samples, log)
-		go func() {
-			defer close(published)
-			pub.Run(ctx)
-		}()
-	default:
-		svc.Close(context.Background())
-		return fmt.Errorf("--metrics %q: want embedded or cloudwatch", b)
-	}
 	<-ctx.Done()
 	log.Info("shutting down")
-	<-published
 	shutdown, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return svc.Close(shutdown)
+	return n.Close(shutdown)
 }
 
 // processSetup reads what every server command needs: the logger, the
