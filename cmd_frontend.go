@@ -14,14 +14,16 @@ import (
 
 func frontendFlags() []cli.Flag {
 	return []cli.Flag{
-		stringFlag("id", "", "frontend id in the gossip cluster (default: <hostname>-<http port>)"),
+		renamedStringFlag("name", "", "frontend id in the gossip cluster (default: <hostname>-<http port>)", "id"),
 		stringFlag("http-addr", "127.0.0.1:8080", "host:port for the pages and the data API"),
 		stringFlag("advertise-http", "", "base URL others use to reach this frontend (default: http://<http-addr>)"),
 		stringFlag("gossip-addr", "127.0.0.1:7500", "host:port for gossip (TCP and UDP)"),
 		stringFlag("gossip-advertise", "", "host:port others use to reach this frontend's gossip"),
 		stringSliceFlag("join", "gossip addresses (host:port) of cluster members to join; the managers are found through gossip"),
 		stringFlag("gossip-key", "", "base64 AES key (16, 24 or 32 bytes) that encrypts gossip"),
+		secretFileFlag("gossip-key"),
 		stringFlag("cluster-secret", "", "shared secret for calls to cache nodes and managers"),
+		secretFileFlag("cluster-secret"),
 		stringSliceFlag("managers", "manager base URLs to use instead of (or before) those found by gossip"),
 		stringFlag("db", "./memcache-data/frontend/keys.db", "key index: postgres://user:pass@host/db?sslmode=... (PostgreSQL, e.g. RDS) or an SQLite file path"),
 		stringFlag("blob-dir", "./memcache-data/frontend/blobs", "directory for image files (when --s3-bucket is not set)"),
@@ -47,7 +49,11 @@ func frontendCommand() *cli.Command {
 }
 
 func runFrontend(ctx context.Context, cmd *cli.Command) error {
-	log, key, id, err := processSetup(cmd, "id", "http-addr")
+	log, key, id, err := processSetup(cmd, "http-addr")
+	if err != nil {
+		return err
+	}
+	clusterSecret, err := secret(cmd, "cluster-secret")
 	if err != nil {
 		return err
 	}
@@ -56,7 +62,7 @@ func runFrontend(ctx context.Context, cmd *cli.Command) error {
 		Gossip: gossip.Config{BindAddr: cmd.String("gossip-addr"), AdvertiseAddr: cmd.String("gossip-advertise"),
 			Join: cmd.StringSlice("join"), SecretKey: key},
 		Managers: cmd.StringSlice("managers"),
-		Secret:   cmd.String("cluster-secret"), DB: cmd.String("db"), BlobDir: cmd.String("blob-dir"),
+		Secret:   clusterSecret, DB: cmd.String("db"), BlobDir: cmd.String("blob-dir"),
 		S3: blob.S3Config{Bucket: cmd.String("s3-bucket"), Prefix: cmd.String("s3-prefix"),
 			Endpoint: cmd.String("s3-endpoint"), Region: cmd.String("s3-region")},
 		MaxUpload: int64(cmd.Int("max-upload")), HotCacheMB: cmd.Int("hot-cache-mb"),

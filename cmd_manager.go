@@ -28,9 +28,12 @@ func managerFlags() []cli.Flag {
 		stringFlag("gossip-advertise", "", "host:port others use to reach this replica's gossip (default: from --gossip-addr)"),
 		stringSliceFlag("join", "gossip addresses (host:port) of cluster members to join; repeat or separate with commas"),
 		stringFlag("gossip-key", "", "base64 AES key (16, 24 or 32 bytes) that encrypts gossip; the same on every member"),
+		secretFileFlag("gossip-key"),
 		intFlag("bootstrap-expect", 3, "the first N managers that find each other by gossip form the Raft group (1 for a single manager); ignored when --data-dir already holds Raft state"),
 		stringFlag("cluster-secret", "", "shared secret every cluster-internal HTTP call must carry"),
+		secretFileFlag("cluster-secret"),
 		stringFlag("admin-token", "", "bearer token the admin API (/api/delete_all, configure_cache, getNumNodes, getRate) requires; blank leaves it open"),
+		secretFileFlag("admin-token"),
 		stringFlag("provisioner", "static", "where pool nodes come from: static (nodes that joined by gossip) or local (start memcache node processes here)"),
 		intFlag("initial-nodes", 1, "pool size the leader creates when the pool is empty"),
 		stringFlag("metrics", "embedded", "where pool statistics come from: embedded (replicas scrape the nodes) or cloudwatch (nodes publish, replicas read GetMetricData)"),
@@ -54,7 +57,15 @@ func managerCommand() *cli.Command {
 }
 
 func runManager(ctx context.Context, cmd *cli.Command) error {
-	log, key, name, err := processSetup(cmd, "name", "raft-addr")
+	log, key, name, err := processSetup(cmd, "raft-addr")
+	if err != nil {
+		return err
+	}
+	clusterSecret, err := secret(cmd, "cluster-secret")
+	if err != nil {
+		return err
+	}
+	adminToken, err := secret(cmd, "admin-token")
 	if err != nil {
 		return err
 	}
@@ -65,7 +76,7 @@ func runManager(ctx context.Context, cmd *cli.Command) error {
 		Gossip: gossip.Config{BindAddr: cmd.String("gossip-addr"), AdvertiseAddr: cmd.String("gossip-advertise"),
 			Join: cmd.StringSlice("join"), SecretKey: key},
 		BootstrapExpect: cmd.Int("bootstrap-expect"), InitialNodes: cmd.Int("initial-nodes"),
-		Secret: cmd.String("cluster-secret"), AdminToken: cmd.String("admin-token"), DeadGrace: cmd.Duration("dead-grace"),
+		Secret: clusterSecret, AdminToken: adminToken, DeadGrace: cmd.Duration("dead-grace"),
 		ScalerInterval: cmd.Duration("scaler-interval"),
 		Timing:         cluster.DefaultTiming(),
 	}

@@ -28,14 +28,14 @@ func upCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "up",
 		Usage: "run the whole system on this machine: 3 manager replicas, the cache nodes and a frontend",
-		Description: "Starts 3 manager replicas (Raft group, data under --data), a local provisioner\n" +
+		Description: "Starts 3 manager replicas (Raft group, data under --data-dir), a local provisioner\n" +
 			"that starts cache nodes as child processes, a pool of one node, and a frontend\n" +
-			"(images in --data/frontend/blobs, keys in SQLite); prints every address and the\n" +
+			"(images in --data-dir/frontend/blobs, keys in SQLite); prints every address and the\n" +
 			"admin token, and writes them as JSON to --info-file once the cluster is ready.\n" +
-			"Ctrl-C stops everything. Restarting on the same --data keeps the data, the\n" +
+			"Ctrl-C stops everything. Restarting on the same --data-dir keeps the data, the\n" +
 			"secrets and the pool config.",
 		Flags: []cli.Flag{
-			stringFlag("data", "./memcache-data", "directory for every replica's data, secrets and node logs"),
+			renamedStringFlag("data-dir", "./memcache-data", "directory for every replica's data, secrets and node logs", "data"),
 			stringFlag("host", "127.0.0.1", "IP address every process listens on"),
 			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i; the frontend gossips on port-base+204"),
 			stringFlag("frontend-addr", "127.0.0.1:8080", "host:port of the frontend (pages and data API)"),
@@ -73,7 +73,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	data, host, base := cmd.String("data"), cmd.String("host"), cmd.Int("port-base")
+	data, host, base := cmd.String("data-dir"), cmd.String("host"), cmd.Int("port-base")
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return err
 	}
@@ -218,20 +218,20 @@ func poolReady(c *cluster.Cluster) bool {
 
 func printTable(w io.Writer, managers []*role.Manager, frontendURL, secret, token string) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ROLE\tNAME\tHTTP\tRAFT\tGOSSIP\tSTATE")
+	fmt.Fprintln(tw, "ROLE\tNAME\tHTTP\tUI\tRAFT\tGOSSIP\tSTATE")
 	for _, m := range managers {
 		c := m.Cluster()
 		state := "follower"
 		if c.IsLeader() {
 			state = "leader"
 		}
-		fmt.Fprintf(tw, "manager\t%s\t%s\t%s\t%s\t%s\n", c.Name(), m.URL(), c.RaftAddr(), c.Gossip().Addr(), state)
+		fmt.Fprintf(tw, "manager\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name(), m.URL(), m.URL()+"/ui", c.RaftAddr(), c.Gossip().Addr(), state)
 	}
 	st := managers[0].Cluster().State()
 	for _, n := range st.Members {
-		fmt.Fprintf(tw, "node\t%s\t%s\t-\t-\tregions %v\n", n.ID, n.HTTP, st.Regions.Owned(n.ID))
+		fmt.Fprintf(tw, "node\t%s\t%s\t-\t-\t-\tregions %v\n", n.ID, n.HTTP, st.Regions.Owned(n.ID))
 	}
-	fmt.Fprintf(tw, "frontend\tfrontend\t%s\t-\t-\t-\n", frontendURL)
+	fmt.Fprintf(tw, "frontend\tfrontend\t%s\t-\t-\t-\t-\n", frontendURL)
 	tw.Flush()
 	fmt.Fprintf(w, "\nopen:           %s\nadmin token:    %s\ncluster secret: %s\nraft status:    curl %s/raft/status\n",
 		frontendURL, token, secret, managers[0].URL())

@@ -275,7 +275,7 @@ func (s *syncBuffer) String() string {
 func startUp(t *testing.T, data string, base int) (*exec.Cmd, upInfo, *syncBuffer) {
 	t.Helper()
 	info := filepath.Join(t.TempDir(), "info.json")
-	cmd := exec.Command(testbin.Path(t), "up", "--data", data, "--port-base", strconv.Itoa(base), "--info-file", info, "--frontend-addr", "127.0.0.1:0")
+	cmd := exec.Command(testbin.Path(t), "up", "--data-dir", data, "--port-base", strconv.Itoa(base), "--info-file", info, "--frontend-addr", "127.0.0.1:0")
 	out := &syncBuffer{}
 	cmd.Stdout = out
 	cmd.Stderr = io.Discard
