@@ -9,14 +9,13 @@ import (
 	"os"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	"github.com/urfave/cli/v3"
+
+	"github.com/memcache/memcache/internal/role"
 
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/metrics"
-	"github.com/memcache/memcache/node"
 )
 
 func nodeCommand() *cli.Command {
@@ -27,14 +26,16 @@ func nodeCommand() *cli.Command {
 			"them over HTTP. It joins the cluster by gossip. Until a manager assigns it\n" +
 			"regions, it owns all 16.",
 		Flags: []cli.Flag{
-			stringFlag("id", "", "node id, unique in the cluster (default: <hostname>-<http port>)"),
+			renamedStringFlag("name", "", "node id, unique in the cluster (default: <hostname>-<http port>)", "id"),
 			stringFlag("http-addr", "127.0.0.1:7100", "host:port the HTTP API listens on"),
 			stringFlag("advertise-http", "", "base URL others use to reach the HTTP API (default: http://<http-addr>)"),
 			stringFlag("gossip-addr", "127.0.0.1:7946", "host:port for gossip (TCP and UDP)"),
 			stringFlag("gossip-advertise", "", "host:port others use to reach this node's gossip (default: from --gossip-addr)"),
 			stringSliceFlag("join", "gossip addresses (host:port) of cluster members to join; repeat or separate with commas"),
 			stringFlag("gossip-key", "", "base64 AES key (16, 24 or 32 bytes) that encrypts gossip; the same on every member"),
+			secretFileFlag("gossip-key"),
 			stringFlag("cluster-secret", "", "shared secret every cache and control request must carry (from managers and frontends)"),
+			secretFileFlag("cluster-secret"),
 			intFlag("capacity-mb", 64, "cache capacity in MB, 1..1024"),
 			stringFlag("policy", "LRU", "replacement policy: LRU or RR (random)"),
 			stringFlag("metrics", "embedded", "embedded (managers scrape /stats) or cloudwatch (also publish every sample with PutMetricData)"),
@@ -47,70 +48,64 @@ func nodeCommand() *cli.Command {
 }
 
 func runNode(ctx context.Context, cmd *cli.Command) error {
-	log, key, id, err := processSetup(cmd, "id", "http-addr")
+	log, key, id, err := processSetup(cmd, "http-addr")
 	if err != nil {
 		return err
 	}
-	svc, err := node.Start(node.ServiceConfig{
-		Node: node.Config{
-			ID:             id,
-			Cache:          pool.CacheConfig{CapacityMB: cmd.Int("capacity-mb"), Policy: pool.Policy(cmd.String("policy"))},
-			SampleInterval: cmd.Duration("sample-interval"),
-			Secret:         cmd.String("cluster-secret"),
-		},
-		HTTPAddr:      cmd.String("http-addr"),
-		AdvertiseHTTP: cmd.String("advertise-http"),
+	clusterSecret, err := secret(cmd, "cluster-secret")
+	if err != nil {
+		return err
+	}
+	cfg := role.NodeConfig{
+		Name:           id,
+		HTTPAddr:       cmd.String("http-addr"),
+		AdvertiseHTTP:  cmd.String("advertise-http"),
+		Secret:         clusterSecret,
+		Cache:          pool.CacheConfig{CapacityMB: cmd.Int("capacity-mb"), Policy: pool.Policy(cmd.String("policy"))},
+		SampleInterval: cmd.Duration("sample-interval"),
 		Gossip: gossip.Config{
 			BindAddr:      cmd.String("gossip-addr"),
 			AdvertiseAddr: cmd.String("gossip-advertise"),
 			Join:          cmd.StringSlice("join"),
 			SecretKey:     key,
 		},
-	}, log)
+	}
+	switch b := cmd.String("metrics"); b {
+	case "embedded":
+	case "cloudwatch":
+		cfg.CloudWatch = &metrics.CloudWatchConfig{Namespace: cmd.String("cloudwatch-namespace"), Pool: cmd.String("cloudwatch-pool"),
+			Interval: cmd.Duration("sample-interval")}
+	default:
+		return fmt.Errorf("--metrics %q: want embedded or cloudwatch", b)
+	}
+	n, err := role.StartNode(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	published := make(chan struct{})
-	switch b := cmd.String("metrics"); b {
-	case "embedded":
-		close(published)
-	case "cloudwatch":
-		awsCfg, err := config.LoadDefaultConfig(ctx)
-		if err != nil {
-			svc.Close(context.Background())
-			return fmt.Errorf("AWS config for CloudWatch: %w", err)
-		}
-		pub := metrics.NewPublisher(metrics.CloudWatchConfig{Namespace: cmd.String("cloudwatch-namespace"), Pool: cmd.String("cloudwatch-pool"),
-			Interval: cmd.Duration("sample-interval")}, cloudwatch.NewFromConfig(awsCfg), id, svc.Node().Samples, log)
-		go func() {
-			defer close(published)
-			pub.Run(ctx)
-		}()
-	default:
-		svc.Close(context.Background())
-		return fmt.Errorf("--metrics %q: want embedded or cloudwatch", b)
-	}
 	<-ctx.Done()
 	log.Info("shutting down")
-	<-published
 	shutdown, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return svc.Close(shutdown)
+	return n.Close(shutdown)
 }
 
 // processSetup reads what every server command needs: the logger, the
-// gossip key, and the process's name (flag idFlag, or <hostname>-<port of
-// the address in flag addrFlag>).
-func processSetup(cmd *cli.Command, idFlag, addrFlag string) (*slog.Logger, []byte, string, error) {
+// gossip key (--gossip-key or --gossip-key-file), and the process's name
+// (--name, or <hostname>-<port of the address in flag addrFlag>).
+func processSetup(cmd *cli.Command, addrFlag string) (*slog.Logger, []byte, string, error) {
 	log, err := newLogger(cmd)
 	if err != nil {
 		return nil, nil, "", err
 	}
-	key, err := gossipKey(cmd.String("gossip-key"))
+	keyText, err := secret(cmd, "gossip-key")
 	if err != nil {
 		return nil, nil, "", err
 	}
-	id := cmd.String(idFlag)
+	key, err := gossipKey(keyText)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	id := cmd.String("name")
 	if id == "" {
 		if id, err = defaultID(cmd.String(addrFlag)); err != nil {
 			return nil, nil, "", err

@@ -17,6 +17,8 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/memcache/memcache/internal/role"
+
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/scaler"
@@ -26,14 +28,14 @@ func upCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "up",
 		Usage: "run the whole system on this machine: 3 manager replicas, the cache nodes and a frontend",
-		Description: "Starts 3 manager replicas (Raft group, data under --data), a local provisioner\n" +
+		Description: "Starts 3 manager replicas (Raft group, data under --data-dir), a local provisioner\n" +
 			"that starts cache nodes as child processes, a pool of one node, and a frontend\n" +
-			"(images in --data/frontend/blobs, keys in SQLite); prints every address and the\n" +
+			"(images in --data-dir/frontend/blobs, keys in SQLite); prints every address and the\n" +
 			"admin token, and writes them as JSON to --info-file once the cluster is ready.\n" +
-			"Ctrl-C stops everything. Restarting on the same --data keeps the data, the\n" +
+			"Ctrl-C stops everything. Restarting on the same --data-dir keeps the data, the\n" +
 			"secrets and the pool config.",
 		Flags: []cli.Flag{
-			stringFlag("data", "./memcache-data", "directory for every replica's data, secrets and node logs"),
+			renamedStringFlag("data-dir", "./memcache-data", "directory for every replica's data, secrets and node logs", "data"),
 			stringFlag("host", "127.0.0.1", "IP address every process listens on"),
 			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i; the frontend gossips on port-base+204"),
 			stringFlag("frontend-addr", "127.0.0.1:8080", "host:port of the frontend (pages and data API)"),
@@ -71,7 +73,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	data, host, base := cmd.String("data"), cmd.String("host"), cmd.Int("port-base")
+	data, host, base := cmd.String("data-dir"), cmd.String("host"), cmd.Int("port-base")
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return err
 	}
@@ -99,54 +101,41 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 
 	// One local provisioner serves the three replicas: the nodes are children
 	// of this process whichever replica leads.
-	var shared *scaler.Local
-	newProvisioner := func(g *gossip.Gossip) (scaler.Provisioner, error) {
-		if shared == nil {
-			cfg := scaler.LocalConfig{
-				Join: gossipAddrs, GlobalArgs: []string{"--log-level", "warn"}, Host: host,
-				LogDir: filepath.Join(data, "logs"),
-				Env:    []string{envName("cluster-secret") + "=" + secret, envName("gossip-key") + "=" + keyText},
-			}
-			l, err := scaler.NewLocal(cfg, g, log)
-			if err != nil {
-				return nil, err
-			}
-			shared = l
-		}
-		return sharedProvisioner{shared}, nil
-	}
+	shared := role.NewSharedLocal(scaler.LocalConfig{
+		Join: gossipAddrs, GlobalArgs: []string{"--log-level", "warn"}, Host: host,
+		LogDir: filepath.Join(data, "logs"),
+		Env:    []string{envName("cluster-secret") + "=" + secret, envName("gossip-key") + "=" + keyText},
+	}, log)
 
 	var (
-		managers []*managerProc
-		fe       *frontendProc
+		managers []*role.Manager
+		fe       *role.Frontend
 	)
 	stopAll := func() error {
 		shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		var errs []error
 		if fe != nil {
-			errs = append(errs, fe.close(shutdown))
+			errs = append(errs, fe.Close(shutdown))
 		}
 		for i := len(managers) - 1; i >= 0; i-- {
-			errs = append(errs, managers[i].close(shutdown))
+			errs = append(errs, managers[i].Close(shutdown))
 		}
-		if shared != nil {
-			errs = append(errs, shared.Close())
-		}
+		errs = append(errs, shared.Close())
 		return errors.Join(errs...)
 	}
 	for i := range replicas {
 		name := fmt.Sprintf("manager-%d", i+1)
-		m, err := startManager(managerOptions{
-			name: name, dataDir: filepath.Join(data, name),
-			httpAddr:   fmt.Sprintf("%s:%d", host, base+i+1),
-			raftAddr:   fmt.Sprintf("%s:%d", host, base+100+i+1),
-			gossipAddr: gossipAddrs[i], join: gossipAddrs, gossipKey: key,
-			bootstrapExpect: replicas, initialNodes: 1, secret: secret, adminToken: token,
+		m, err := role.StartManager(ctx, role.ManagerConfig{
+			Name: name, DataDir: filepath.Join(data, name),
+			HTTPAddr:        fmt.Sprintf("%s:%d", host, base+i+1),
+			RaftAddr:        fmt.Sprintf("%s:%d", host, base+100+i+1),
+			Gossip:          gossip.Config{BindAddr: gossipAddrs[i], Join: gossipAddrs, SecretKey: key},
+			BootstrapExpect: replicas, InitialNodes: 1, Secret: secret, AdminToken: token,
 			// The nodes are this process's children: after a restart the
 			// old ones are certainly gone, so replace them quickly.
-			deadGrace: 3 * time.Second, timing: cluster.DefaultTiming(), scalerInterval: cmd.Duration("scaler-interval"),
-			newProvisioner: newProvisioner,
+			DeadGrace: 3 * time.Second, Timing: cluster.DefaultTiming(), ScalerInterval: cmd.Duration("scaler-interval"),
+			Provisioner: shared.Provisioner(),
 		}, log.With("replica", name))
 		if err != nil {
 			stopAll()
@@ -157,25 +146,26 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 
 	info := upInfo{Token: &token}
 	for _, m := range managers {
-		info.Managers = append(info.Managers, m.url)
+		info.Managers = append(info.Managers, m.URL())
 	}
-	fe, err = startFrontend(ctx, frontendOptions{
-		id: "frontend", httpAddr: cmd.String("frontend-addr"),
-		gossipAddr: fmt.Sprintf("%s:%d", host, base+200+replicas+1), join: gossipAddrs, gossipKey: key,
-		managers: info.Managers, secret: secret,
-		db: filepath.Join(data, "frontend", "keys.db"), blobDir: filepath.Join(data, "frontend", "blobs"),
-		maxUpload: 10 << 20, hotCacheMB: 64,
+	fe, err = role.StartFrontend(ctx, role.FrontendConfig{
+		Name: "frontend", HTTPAddr: cmd.String("frontend-addr"),
+		Gossip:   gossip.Config{BindAddr: fmt.Sprintf("%s:%d", host, base+200+replicas+1), Join: gossipAddrs, SecretKey: key},
+		Managers: info.Managers, Secret: secret,
+		DB: filepath.Join(data, "frontend", "keys.db"), BlobDir: filepath.Join(data, "frontend", "blobs"),
+		MaxUpload: 10 << 20, HotCacheMB: 64,
 	}, log.With("id", "frontend"))
 	if err != nil {
 		stopAll()
 		return err
 	}
-	info.Frontend = &fe.url
+	feURL := fe.URL()
+	info.Frontend = &feURL
 	if err := waitReady(ctx, managers, cmd.Duration("ready-timeout")); err != nil {
 		stopAll()
 		return err
 	}
-	printTable(os.Stdout, managers, fe.url, secret, token)
+	printTable(os.Stdout, managers, feURL, secret, token)
 	if f := cmd.String("info-file"); f != "" {
 		b, _ := json.MarshalIndent(info, "", "  ")
 		if err := os.WriteFile(f, append(b, '\n'), 0o600); err != nil {
@@ -190,13 +180,13 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 
 // waitReady waits until a leader is elected and the pool has nodes, all
 // alive in gossip (after a restart, the old nodes must first be replaced).
-func waitReady(ctx context.Context, managers []*managerProc, timeout time.Duration) error {
+func waitReady(ctx context.Context, managers []*role.Manager, timeout time.Duration) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if poolReady(managers[0].cluster) {
+		if poolReady(managers[0].Cluster()) {
 			return nil
 		}
 		select {
@@ -226,29 +216,23 @@ func poolReady(c *cluster.Cluster) bool {
 	return len(members) > 0
 }
 
-func printTable(w io.Writer, managers []*managerProc, frontendURL, secret, token string) {
+func printTable(w io.Writer, managers []*role.Manager, frontendURL, secret, token string) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ROLE\tNAME\tHTTP\tRAFT\tGOSSIP\tSTATE")
+	fmt.Fprintln(tw, "ROLE\tNAME\tHTTP\tUI\tRAFT\tGOSSIP\tSTATE")
 	for _, m := range managers {
-		c := m.cluster
+		c := m.Cluster()
 		state := "follower"
 		if c.IsLeader() {
 			state = "leader"
 		}
-		fmt.Fprintf(tw, "manager\t%s\t%s\t%s\t%s\t%s\n", c.Name(), m.url, c.RaftAddr(), c.Gossip().Addr(), state)
+		fmt.Fprintf(tw, "manager\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name(), m.URL(), m.URL()+"/ui", c.RaftAddr(), c.Gossip().Addr(), state)
 	}
-	st := managers[0].cluster.State()
+	st := managers[0].Cluster().State()
 	for _, n := range st.Members {
-		fmt.Fprintf(tw, "node\t%s\t%s\t-\t-\tregions %v\n", n.ID, n.HTTP, st.Regions.Owned(n.ID))
+		fmt.Fprintf(tw, "node\t%s\t%s\t-\t-\t-\tregions %v\n", n.ID, n.HTTP, st.Regions.Owned(n.ID))
 	}
-	fmt.Fprintf(tw, "frontend\tfrontend\t%s\t-\t-\t-\n", frontendURL)
+	fmt.Fprintf(tw, "frontend\tfrontend\t%s\t-\t-\t-\t-\n", frontendURL)
 	tw.Flush()
 	fmt.Fprintf(w, "\nopen:           %s\nadmin token:    %s\ncluster secret: %s\nraft status:    curl %s/raft/status\n",
-		frontendURL, token, secret, managers[0].url)
+		frontendURL, token, secret, managers[0].URL())
 }
-
-// sharedProvisioner lets several replicas use one provisioner; closing it is
-// left to its owner.
-type sharedProvisioner struct{ *scaler.Local }
-
-func (sharedProvisioner) Close() error { return nil }

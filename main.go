@@ -27,8 +27,9 @@ func main() {
 
 func rootCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "memcache",
-		Usage: "an image store with an auto-scaling cache pool, coordinated by Raft",
+		Name:    "memcache",
+		Version: version(),
+		Usage:   "an image store with an auto-scaling cache pool, coordinated by Raft",
 		Description: "Every flag can also be set with an environment variable MEMCACHE_<FLAG>,\n" +
 			"the flag's name in upper case with '-' as '_' (for example MEMCACHE_HTTP_ADDR).",
 		Flags: []cli.Flag{
@@ -41,6 +42,7 @@ func rootCommand() *cli.Command {
 			nodeCommand(),
 			frontendCommand(),
 			loadCommand(),
+			versionCommand(),
 		},
 	}
 }
@@ -52,6 +54,40 @@ func envName(name string) string {
 
 func stringFlag(name, value, usage string) *cli.StringFlag {
 	return &cli.StringFlag{Name: name, Value: value, Usage: usage, Sources: cli.EnvVars(envName(name))}
+}
+
+// renamedStringFlag is a string flag that also answers to the old names
+// (flags and environment variables) it had before one name per idea was
+// chosen across the commands.
+func renamedStringFlag(name, value, usage string, old ...string) *cli.StringFlag {
+	envs := []string{envName(name)}
+	for _, o := range old {
+		envs = append(envs, envName(o))
+	}
+	return &cli.StringFlag{Name: name, Aliases: old, Value: value, Usage: usage, Sources: cli.EnvVars(envs...)}
+}
+
+// secretFileFlag is flag <name>-file, a file holding secret flag name: the
+// flag itself shows in ps and /proc/<pid>/cmdline, the file does not.
+func secretFileFlag(name string) *cli.StringFlag {
+	return stringFlag(name+"-file", "", "file holding --"+name+" (a trailing newline is ignored), so the secret does not show in ps")
+}
+
+// secret returns the value of secret flag name, read from --name-file if
+// that is set; giving both is an error.
+func secret(cmd *cli.Command, name string) (string, error) {
+	v, file := cmd.String(name), cmd.String(name+"-file")
+	if file == "" {
+		return v, nil
+	}
+	if v != "" {
+		return "", fmt.Errorf("--%s and --%s-file are both set; give one", name, name)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--%s-file: %w", name, err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
 func stringSliceFlag(name, usage string) *cli.StringSliceFlag {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/testbin"
 )
 
 // newLocal returns a Local running the test binary, joined to seed; Close
@@ -20,7 +21,7 @@ import (
 func newTestLocal(t *testing.T, cfg LocalConfig, members Members) *Local {
 	t.Helper()
 	if cfg.Binary == "" {
-		cfg.Binary = memcacheBinary
+		cfg.Binary = testbin.Path(t)
 	}
 	cfg.GlobalArgs = append(cfg.GlobalArgs, "--log-level", "warn")
 	l, err := NewLocal(cfg, members, provisionLogger(t))
@@ -248,7 +249,7 @@ func TestLocalCloseDuringAcquire(t *testing.T) {
 }
 
 func TestNewLocalConfig(t *testing.T) {
-	ok := LocalConfig{Binary: memcacheBinary, Join: []string{"127.0.0.1:1"}}
+	ok := LocalConfig{Binary: testbin.Path(t), Join: []string{"127.0.0.1:1"}}
 	tests := []struct {
 		name   string
 		modify func(*LocalConfig)

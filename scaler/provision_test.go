@@ -1,46 +1,22 @@
 package scaler
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/testbin"
 )
 
 // provisionWait bounds every poll: generous, since -race slows everything down.
 const provisionWait = 20 * time.Second
 
-// memcacheBinary is the memcache binary TestMain builds for the Local tests.
-var memcacheBinary string
-
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "scaler-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "scaler test:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "scaler test: go command not found:", err)
-		return 1
-	}
-	memcacheBinary = filepath.Join(dir, "memcache")
-	build := exec.Command(goCmd, "build", "-o", memcacheBinary, "github.com/memcache/memcache")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "scaler test: build memcache: %v\n%s", err, out)
-		return 1
-	}
-	return m.Run()
+	code := m.Run()
+	testbin.Remove()
+	os.Exit(code)
 }
 
 // poll fails the test unless cond becomes true within provisionWait.

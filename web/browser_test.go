@@ -13,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/scaler"
 )
@@ -23,7 +24,7 @@ import (
 const chromiumPath = "/usr/bin/chromium"
 
 // stepTimeout bounds one browser step (an action and what it waits for).
-const stepTimeout = 20 * time.Second
+const stepTimeout = 45 * time.Second
 
 // browser is one headless chromium.
 type browser struct {
@@ -238,7 +239,7 @@ func (tb *tab) screenshot(path string) {
 // minute: items and a miss rate.
 func waitMetrics(t *testing.T, r *replica) {
 	t.Helper()
-	waitfor.True(t, 10*time.Second, r.name+"'s metrics to show the traffic", func() bool {
+	waitfor.True(t, testcluster.Wait, r.name+"'s metrics to show the traffic", func() bool {
 		pts, err := r.metrics.History(context.Background(), time.Now(), 2)
 		if err != nil {
 			return false

@@ -1,240 +1,122 @@
 package web_test
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/go-chi/chi/v5"
-
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
-	"github.com/memcache/memcache/gossip"
-	"github.com/memcache/memcache/internal/waitfor"
+	"github.com/memcache/memcache/internal/role"
+	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/metrics"
-	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
 	"github.com/memcache/memcache/scaler"
-	"github.com/memcache/memcache/web"
 )
 
-// In-process manager replicas wired as cmd_manager.go wires them (cluster,
-// scaler.Pool over a static provisioner, the embedded metrics, the web API
-// and UI), with real cache nodes that join the replicas' gossip.
+// The UI and browser tests run on a test cluster (internal/testcluster):
+// manager replicas started as `memcache manager` starts them, with the
+// static provisioner, and in-process cache nodes that join their gossip.
 
 const (
-	testSecret = "web-test-secret"
-	testToken  = "web-test-admin-token"
+	testSecret = testcluster.Secret
+	testToken  = testcluster.Token
 )
 
-func testLogger() *slog.Logger {
-	if os.Getenv("MEMCACHE_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
+func testLogger() *slog.Logger { return testcluster.Logger() }
 
-// replica is one running manager replica.
+// replica is one running manager replica, as the UI tests look at it.
 type replica struct {
 	name    string
 	cluster *cluster.Cluster
 	pool    *scaler.Pool
-	metrics *metrics.Embedded
-	srv     *httptest.Server
+	metrics metrics.Reader
 	url     string
+}
+
+func replicaOf(m *role.Manager) *replica {
+	return &replica{name: m.Name(), cluster: m.Cluster(), pool: m.Pool(), metrics: m.Metrics(), url: m.URL()}
 }
 
 // system is a manager cluster and its cache nodes.
 type system struct {
+	*testcluster.Cluster
 	t        *testing.T
 	replicas []*replica
-	nodes    []*node.Service
 }
 
 type systemConfig struct {
-	replicas int // manager replicas; the first n bootstrap the Raft group
-	nodes    int // cache nodes; the pool starts with one of them
-	token    string
+	replicas int    // manager replicas; they bootstrap the Raft group
+	nodes    int    // cache nodes; the pool starts with one of them
+	token    string // admin token; blank leaves the admin API open
 }
 
 // startSystem starts the replicas and nodes and waits for a leader, a pool
 // of one node, and every node following the pool state.
 func startSystem(t *testing.T, cfg systemConfig) *system {
 	t.Helper()
-	s := &system{t: t}
-	log := testLogger()
-	client := &http.Client{Transport: &auth.Transport{Secret: testSecret}}
-	for i := range cfg.replicas {
-		name := fmt.Sprintf("m%d", i+1)
-		srv := httptest.NewUnstartedServer(nil)
-		u := "http://" + srv.Listener.Addr().String()
-		var join []string
-		if i > 0 {
-			join = []string{s.replicas[0].cluster.Gossip().Addr()}
-		}
-		rlog := log.With("replica", name)
-		c, err := cluster.New(cluster.Config{
-			Name: name, DataDir: t.TempDir(), RaftAddr: "127.0.0.1:0", HTTPURL: u,
-			BootstrapExpect: cfg.replicas, Secret: testSecret, Timing: cluster.FastTiming(),
-			Gossip: gossip.Config{BindAddr: "127.0.0.1:0", Join: join, Fast: true},
-		}, fsm.New(), rlog)
-		if err != nil {
-			srv.Close()
-			t.Fatal(err)
-		}
-		pool := scaler.NewPool(scaler.PoolConfig{InitialNodes: 1}, c, c.Gossip(), scaler.NewStatic(c.Gossip()), rlog)
-		c.RunWhileLeader(pool.Run)
-		emb := metrics.NewEmbedded(metrics.EmbeddedConfig{Interval: 100 * time.Millisecond}, c.State, client, rlog)
-		ctx, cancel := context.WithCancel(context.Background())
-		scraping := make(chan struct{})
-		go func() {
-			defer close(scraping)
-			emb.Run(ctx)
-		}()
-		api := web.New(web.Config{Secret: testSecret, AdminToken: cfg.token}, c, pool, emb, rlog)
-		r := chi.NewRouter()
-		c.Routes(r)
-		api.Routes(r)
-		srv.Config.Handler = r
-		srv.Start()
-		s.replicas = append(s.replicas, &replica{name: name, cluster: c, pool: pool, metrics: emb, srv: srv, url: u})
-		t.Cleanup(func() {
-			cancel()
-			<-scraping
-			srv.CloseClientConnections()
-			srv.Close()
-			c.Close()
-		})
-	}
-	for i := range cfg.nodes {
-		svc, err := node.Start(node.ServiceConfig{
-			Node:      node.Config{ID: fmt.Sprintf("n%d", i+1), Secret: testSecret, SampleInterval: 100 * time.Millisecond},
-			HTTPAddr:  "127.0.0.1:0",
-			Gossip:    gossip.Config{BindAddr: "127.0.0.1:0", Join: []string{s.replicas[0].cluster.Gossip().Addr()}, Fast: true},
-			WatchWait: time.Second,
-		}, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.nodes = append(s.nodes, svc)
-		// Registered after the replicas' cleanups, so it runs before them:
-		// nodes leave first and end their watches.
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			svc.Close(ctx)
-		})
-	}
-	waitfor.True(t, 30*time.Second, "a leader and a pool of one node on every replica", func() bool {
-		if s.leaderNow() == nil {
-			return false
-		}
-		for _, r := range s.replicas {
-			if len(r.cluster.State().Members) != 1 {
-				return false
-			}
-		}
-		return true
+	tc := testcluster.Start(t, testcluster.Options{
+		Managers: cfg.replicas, Nodes: cfg.nodes, AdminToken: cfg.token,
+		ScrapeInterval: 100 * time.Millisecond, SampleInterval: 100 * time.Millisecond,
 	})
-	s.waitNodesFollow()
-	return s
-}
-
-// leaderNow returns the replica that leads at this instant, or nil.
-func (s *system) leaderNow() *replica {
-	for _, r := range s.replicas {
-		if r.cluster.IsLeader() {
-			return r
-		}
+	s := &system{Cluster: tc, t: t}
+	for _, m := range tc.Managers {
+		s.replicas = append(s.replicas, replicaOf(m))
 	}
-	return nil
+	return s
 }
 
 // leader waits for a replica that leads and returns it.
 func (s *system) leader() *replica {
 	s.t.Helper()
-	var l *replica
-	waitfor.True(s.t, 10*time.Second, "a leader", func() bool {
-		l = s.leaderNow()
-		return l != nil
-	})
-	return l
+	return s.replicaNamed(s.WaitLeader().Name())
 }
 
 // follower returns a replica that does not lead.
 func (s *system) follower() *replica {
+	s.t.Helper()
+	return s.replicaNamed(s.Follower().Name())
+}
+
+func (s *system) replicaNamed(name string) *replica {
 	for _, r := range s.replicas {
-		if !r.cluster.IsLeader() {
+		if r.name == name {
 			return r
 		}
 	}
-	s.t.Fatal("no follower")
+	s.t.Fatalf("no replica %s", name)
 	return nil
 }
 
 // state returns the leader's state.
 func (s *system) state() fsm.State {
 	s.t.Helper()
-	l := s.leader()
-	if l == nil {
-		s.t.Fatal("no leader")
-	}
-	return l.cluster.State()
+	return s.State()
 }
 
 // waitConverged waits until every replica has applied the leader's state.
 func (s *system) waitConverged() fsm.State {
 	s.t.Helper()
-	var st fsm.State
-	waitfor.True(s.t, 10*time.Second, "every replica to apply the leader's state", func() bool {
-		l := s.leaderNow()
-		if l == nil {
-			return false
-		}
-		st = l.cluster.State()
-		for _, r := range s.replicas {
-			if r.cluster.State().Index != st.Index {
-				return false
-			}
-		}
-		return true
-	})
-	return st
+	return s.WaitConverged()
 }
 
 // node returns the running node with id.
-func (s *system) node(id string) *node.Service {
-	for _, n := range s.nodes {
-		if n.Node().ID() == id {
-			return n
-		}
-	}
-	s.t.Fatalf("no node %s", id)
-	return nil
+func (s *system) node(id string) *role.Node {
+	s.t.Helper()
+	return s.Node(id)
 }
 
 // waitNodesFollow waits until every pool member holds the pool's region map.
 func (s *system) waitNodesFollow() {
 	s.t.Helper()
-	waitfor.True(s.t, 10*time.Second, "the pool's nodes to hold its region map", func() bool {
-		st := s.state()
-		for _, m := range st.Members {
-			if s.node(m.ID).Node().Epoch() != st.Epoch {
-				return false
-			}
-		}
-		return true
-	})
+	s.WaitNodesFollow()
 }
 
 // traffic sends PUTs and GETs straight to the nodes' cache API, each key to
@@ -248,7 +130,7 @@ func (s *system) traffic(prefix string, puts, gets, size int) int {
 	for _, m := range st.Members {
 		urls[m.ID] = m.HTTP
 	}
-	client := &http.Client{Transport: &auth.Transport{Secret: testSecret}, Timeout: 5 * time.Second}
+	client := &http.Client{Transport: &auth.Transport{Secret: testSecret}, Timeout: testcluster.Wait}
 	body := strings.Repeat("x", size)
 	var (
 		mu sync.Mutex

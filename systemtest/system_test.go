@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bytes"
@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"mime/multipart"
 	"net"
 	"net/http"
@@ -25,159 +24,26 @@ import (
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
-	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/internal/pgtest"
+	"github.com/memcache/memcache/internal/testbin"
+	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
-	"github.com/memcache/memcache/scaler"
 )
 
-// System tests: in-process manager replicas wired as `memcache manager`
-// wires them, with a local provisioner that starts real `memcache node`
-// processes from a binary built once here.
-
-var binary string // path of the memcache binary built by TestMain
-
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "memcache-systest-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "memcache")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building memcache:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
 	code := m.Run()
+	testbin.Remove()
 	pgtest.StopServer()
-	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
-const (
-	sysSecret = "system-test-secret"
-	sysToken  = "system-test-admin-token"
-)
-
-func sysLogger() *slog.Logger {
-	if os.Getenv("MEMCACHE_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
-
-// systemOptions tune a test system.
-type systemOptions struct {
-	deadGrace      time.Duration // how long a node missing from gossip keeps its regions without a failure event
-	scalerInterval time.Duration // the auto-scaler's tick; if zero, 1 min
-	scrape         time.Duration // the embedded metrics' scrape period; if zero, 5 s
-	sample         time.Duration // the nodes' sampling period; if zero, 5 s
-}
-
-// startSystem starts n manager replicas sharing one local provisioner.
-func startSystem(t *testing.T, n int, deadGrace time.Duration) []*managerProc {
+// startSystem starts n manager replicas sharing one local provisioner that
+// starts real node processes, with the admin token testcluster.Token.
+func startSystem(t *testing.T, n int, deadGrace time.Duration) *testcluster.Cluster {
 	t.Helper()
-	return startSystemWith(t, n, systemOptions{deadGrace: deadGrace})
-}
-
-// startSystemWith starts n manager replicas sharing one local provisioner
-// that starts real node processes.
-func startSystemWith(t *testing.T, n int, so systemOptions) []*managerProc {
-	t.Helper()
-	var nodeArgs []string
-	if so.sample > 0 {
-		nodeArgs = []string{"--sample-interval", so.sample.String()}
-	}
-	logDir := t.TempDir()
-	var shared *scaler.Local
-	var managers []*managerProc
-	for i := range n {
-		var join []string
-		if i > 0 {
-			join = []string{managers[0].cluster.Gossip().Addr()}
-		}
-		m, err := startManager(managerOptions{
-			name: fmt.Sprintf("m%d", i+1), dataDir: t.TempDir(),
-			httpAddr: "127.0.0.1:0", raftAddr: "127.0.0.1:0", gossipAddr: "127.0.0.1:0",
-			join: join, bootstrapExpect: n, initialNodes: 1, secret: sysSecret, adminToken: sysToken,
-			deadGrace: so.deadGrace, scalerInterval: so.scalerInterval, scrapeInterval: so.scrape, timing: cluster.FastTiming(), fastGossip: true,
-			newProvisioner: func(g *gossip.Gossip) (scaler.Provisioner, error) {
-				if shared == nil {
-					l, err := scaler.NewLocal(scaler.LocalConfig{
-						Binary: binary, Join: []string{g.Addr()}, GlobalArgs: []string{"--log-level", "debug"}, ExtraArgs: nodeArgs,
-						LogDir: logDir, Env: []string{"MEMCACHE_CLUSTER_SECRET=" + sysSecret},
-					}, g, sysLogger())
-					if err != nil {
-						return nil, err
-					}
-					shared = l
-				}
-				return sharedProvisioner{shared}, nil
-			},
-		}, sysLogger().With("replica", i+1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		managers = append(managers, m)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		for i := len(managers) - 1; i >= 0; i-- {
-			managers[i].close(ctx)
-		}
-		shared.Close()
-		if t.Failed() {
-			logs, _ := filepath.Glob(filepath.Join(logDir, "*.log"))
-			for _, f := range logs {
-				b, _ := os.ReadFile(f)
-				t.Logf("%s:\n%s", filepath.Base(f), lastLines(string(b), 20))
-			}
-		}
-	})
-	waitfor.True(t, 30*time.Second, "a leader and the first pool node", func() bool { return poolReady(managers[0].cluster) })
-	return managers
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// call sends a request with the cluster secret and decodes a JSON answer into out.
-func call(t testing.TB, method, url string, body []byte, out any) int {
-	t.Helper()
-	req, err := http.NewRequest(method, url, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set(auth.Header, sysSecret)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 && len(b) > 0 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %v in %s", method, url, err, b)
-		}
-	}
-	return resp.StatusCode
-}
-
-func follower(ms []*managerProc) *managerProc {
-	for _, m := range ms {
-		if !m.cluster.IsLeader() {
-			return m
-		}
-	}
-	return ms[0]
+	return testcluster.Start(t, testcluster.Options{Managers: n, LocalNodes: true, DeadGrace: deadGrace, AdminToken: testcluster.Token})
 }
 
 // checkRegionRule fails unless m is balanced over members and moved no
@@ -220,17 +86,18 @@ func nodeURL(st fsm.State, id string) string {
 }
 
 func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
-	ms := startSystem(t, 3, 2*time.Second)
+	tc := startSystem(t, 3, 2*time.Second)
+	ms := tc.Managers
 	keys := keysByRegion()
-	prev := ms[0].cluster.State()
+	prev := ms[0].Cluster().State()
 	for _, n := range []int{4, 2, 8, 1} {
 		// Cache one key per region at its owner, at the current epoch.
 		for r, k := range keys {
 			owner := nodeURL(prev, prev.Regions[r])
 			req, _ := http.NewRequest("PUT", owner+"/cache/"+k, strings.NewReader("value-"+k))
-			req.Header.Set(auth.Header, sysSecret)
+			req.Header.Set(auth.Header, testcluster.Secret)
 			req.Header.Set(node.HeaderEpoch, strconv.FormatUint(prev.Epoch, 10))
-			waitfor.True(t, 10*time.Second, "the owner to accept "+k, func() bool {
+			waitfor.True(t, testcluster.Wait, "the owner to accept "+k, func() bool {
 				resp, err := http.DefaultClient.Do(req.Clone(context.Background()))
 				if err != nil {
 					return false
@@ -243,13 +110,13 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 		var out struct {
 			Nodes int `json:"nodes"`
 		}
-		if code := call(t, "POST", follower(ms).url+"/v1/pool/resize", fmt.Appendf(nil, `{"nodes":%d}`, n), &out); code != 200 || out.Nodes != n {
+		if code := testcluster.Write(t, "POST", tc.Follower().URL()+"/v1/pool/resize", fmt.Appendf(nil, `{"nodes":%d}`, n), &out); code != 200 || out.Nodes != n {
 			t.Fatalf("resize to %d through a follower: %d, %d nodes", n, code, out.Nodes)
 		}
 		var st fsm.State
 		for _, m := range ms {
-			waitfor.True(t, 10*time.Second, "every replica to hold the new pool", func() bool {
-				st = m.cluster.State()
+			waitfor.True(t, testcluster.Wait, "every replica to hold the new pool", func() bool {
+				st = m.Cluster().State()
 				return len(st.Members) == n
 			})
 		}
@@ -260,8 +127,8 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 		// Every member node follows the new map.
 		for _, mb := range st.Members {
 			var got node.Regions
-			waitfor.True(t, 10*time.Second, mb.ID+" to install epoch "+strconv.FormatUint(st.Epoch, 10), func() bool {
-				return call(t, "GET", mb.HTTP+"/regions", nil, &got) == 200 && got.Epoch == st.Epoch
+			waitfor.True(t, testcluster.Wait, mb.ID+" to install epoch "+strconv.FormatUint(st.Epoch, 10), func() bool {
+				return testcluster.Call(t, "GET", mb.HTTP+"/regions", nil, &got) == 200 && got.Epoch == st.Epoch
 			})
 			if got.Owners != st.Regions {
 				t.Fatalf("%s holds owners %v, want %v", mb.ID, got.Owners, st.Regions)
@@ -274,7 +141,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 			if !alive {
 				continue // removed from the pool and stopped by the provisioner
 			}
-			code := call(t, "GET", u.HTTP+"/cache/"+k, nil, nil)
+			code := testcluster.Call(t, "GET", u.HTTP+"/cache/"+k, nil, nil)
 			switch {
 			case oldOwner == newOwner && code != 200:
 				t.Fatalf("region %d stayed with %s but its key is gone: %d", r, oldOwner, code)
@@ -285,7 +152,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 		// Nodes removed from the pool are stopped by the local provisioner.
 		for _, old := range prev.Members {
 			if _, ok := st.Member(old.ID); !ok {
-				waitfor.True(t, 15*time.Second, old.ID+" to stop", func() bool {
+				waitfor.True(t, testcluster.Wait, old.ID+" to stop", func() bool {
 					_, err := http.Get(old.HTTP + "/healthz")
 					return err != nil
 				})
@@ -295,7 +162,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 	}
 }
 
-// pidOf finds the process started with --id id.
+// pidOf finds the memcache process started with --name (or --id) id.
 func pidOf(t *testing.T, id string) int {
 	t.Helper()
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
@@ -306,7 +173,7 @@ func pidOf(t *testing.T, id string) int {
 		}
 		args := strings.Split(string(b), "\x00")
 		for i := 0; i+1 < len(args); i++ {
-			if args[i] == "--id" && args[i+1] == id && strings.HasSuffix(args[0], "memcache") {
+			if (args[i] == "--name" || args[i] == "--id") && args[i+1] == id && strings.HasSuffix(args[0], "memcache") {
 				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
 				return pid
 			}
@@ -319,13 +186,13 @@ func pidOf(t *testing.T, id string) int {
 func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 	// A dead grace far beyond the test's deadline: only memberlist's
 	// failure detection can trigger the reassignment.
-	ms := startSystem(t, 3, time.Hour)
-	if code := call(t, "POST", ms[0].url+"/v1/pool/resize", []byte(`{"nodes":3}`), nil); code != 200 {
+	ms := startSystem(t, 3, time.Hour).Managers
+	if code := testcluster.Write(t, "POST", ms[0].URL()+"/v1/pool/resize", []byte(`{"nodes":3}`), nil); code != 200 {
 		t.Fatalf("resize to 3: %d", code)
 	}
 	var before fsm.State
-	waitfor.True(t, 10*time.Second, "the resize to reach replica 1", func() bool {
-		before = ms[0].cluster.State()
+	waitfor.True(t, testcluster.Wait, "the resize to reach replica 1", func() bool {
+		before = ms[0].Cluster().State()
 		return len(before.Members) == 3
 	})
 	victim := before.Members[1].ID
@@ -333,8 +200,8 @@ func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 		t.Fatal(err)
 	}
 	var after fsm.State
-	waitfor.True(t, 20*time.Second, "the killed node's regions to be reassigned", func() bool {
-		after = ms[2].cluster.State()
+	waitfor.True(t, testcluster.Wait, "the killed node's regions to be reassigned", func() bool {
+		after = ms[2].Cluster().State()
 		_, still := after.Member(victim)
 		return !still && len(after.Members) == 3
 	})
@@ -352,7 +219,7 @@ func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 			}
 		}
 	}
-	if call(t, "GET", nodeURL(after, replacement)+"/healthz", nil, nil) != 200 {
+	if testcluster.Call(t, "GET", nodeURL(after, replacement)+"/healthz", nil, nil) != 200 {
 		t.Errorf("replacement %s is not serving", replacement)
 	}
 }
@@ -379,7 +246,13 @@ func freePortBase(t *testing.T) int {
 	return 0
 }
 
-// startUp starts `memcache up` and returns its command and info once ready.
+// upInfo is the shape of up's --info-file.
+type upInfo struct {
+	Managers []string `json:"managers"`
+	Frontend *string  `json:"frontend"`
+	Token    *string  `json:"token"`
+}
+
 // syncBuffer is a bytes.Buffer safe for a process's output goroutine and the test.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -398,10 +271,11 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// startUp starts `memcache up` and returns its command and info once ready.
 func startUp(t *testing.T, data string, base int) (*exec.Cmd, upInfo, *syncBuffer) {
 	t.Helper()
 	info := filepath.Join(t.TempDir(), "info.json")
-	cmd := exec.Command(binary, "up", "--data", data, "--port-base", strconv.Itoa(base), "--info-file", info, "--frontend-addr", "127.0.0.1:0")
+	cmd := exec.Command(testbin.Path(t), "up", "--data-dir", data, "--port-base", strconv.Itoa(base), "--info-file", info, "--frontend-addr", "127.0.0.1:0")
 	out := &syncBuffer{}
 	cmd.Stdout = out
 	cmd.Stderr = io.Discard
@@ -414,7 +288,7 @@ func startUp(t *testing.T, data string, base int) (*exec.Cmd, upInfo, *syncBuffe
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	var ui upInfo
-	waitfor.True(t, 10*time.Second, "up to write its info file", func() bool {
+	waitfor.True(t, testcluster.StartWait+30*time.Second, "up to write its info file", func() bool {
 		b, err := os.ReadFile(info)
 		return err == nil && json.Unmarshal(b, &ui) == nil
 	})
@@ -430,7 +304,7 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 		t.Fatalf("info file %+v: want 3 managers, a frontend and a token", info)
 	}
 	// An image uploaded now is still there after the restart.
-	red, err := os.ReadFile("frontend/testdata/red.png")
+	red, err := os.ReadFile("../frontend/testdata/red.png")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,7 +318,7 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	leaders := map[string]int{}
 	for _, u := range info.Managers {
 		var st cluster.Status
-		if code := call(t, "GET", u+"/raft/status", nil, &st); code != 200 {
+		if code := testcluster.Call(t, "GET", u+"/raft/status", nil, &st); code != 200 {
 			t.Fatalf("raft status of %s: %d", u, code)
 		}
 		leaders[st.Leader.ID]++
@@ -459,26 +333,13 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(u, body string) int {
-		req, _ := http.NewRequest("PUT", u+"/v1/config/cache", strings.NewReader(body))
-		req.Header.Set(auth.Header, strings.TrimSpace(string(secret)))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	if code := put(info.Managers[2], `{"capacity_mb":96,"policy":"RR"}`); code != 200 {
+	upSecret := strings.TrimSpace(string(secret))
+	if code := testcluster.WriteAs(t, upSecret, "PUT", info.Managers[2]+"/v1/config/cache", []byte(`{"capacity_mb":96,"policy":"RR"}`), nil); code != 200 {
 		t.Fatalf("set cache config: %d", code)
 	}
-	req, _ := http.NewRequest("POST", info.Managers[1]+"/v1/pool/resize", strings.NewReader(`{"nodes":2}`))
-	req.Header.Set(auth.Header, strings.TrimSpace(string(secret)))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("resize to 2: %v %v", err, resp)
+	if code := testcluster.WriteAs(t, upSecret, "POST", info.Managers[1]+"/v1/pool/resize", []byte(`{"nodes":2}`), nil); code != 200 {
+		t.Fatalf("resize to 2: %d", code)
 	}
-	resp.Body.Close()
 
 	// Ctrl-C stops everything cleanly.
 	if err := cmd.Process.Signal(os.Interrupt); err != nil {
@@ -491,8 +352,8 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 		if err != nil {
 			t.Fatalf("up exited with %v", err)
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("up did not stop within 20 s of SIGINT")
+	case <-time.After(testcluster.Wait):
+		t.Fatalf("up did not stop within %v of SIGINT", testcluster.Wait)
 	}
 
 	// Restart on the same data: same config, same pool size, new live nodes.
@@ -500,14 +361,9 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	var cfg struct {
 		Cache fsm.CacheConfig `json:"cache"`
 	}
-	req, _ = http.NewRequest("GET", info.Managers[0]+"/v1/config", nil)
-	req.Header.Set(auth.Header, strings.TrimSpace(string(secret)))
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	if code := testcluster.WriteAs(t, upSecret, "GET", info.Managers[0]+"/v1/config", nil, &cfg); code != 200 {
+		t.Fatalf("config after restart: %d", code)
 	}
-	json.NewDecoder(resp.Body).Decode(&cfg)
-	resp.Body.Close()
 	if cfg.Cache != (fsm.CacheConfig{CapacityMB: 96, Policy: "RR"}) {
 		t.Errorf("cache config after restart %+v, want {96 RR}", cfg.Cache)
 	}
@@ -556,9 +412,9 @@ func getImage(t testing.TB, base, key string) []byte {
 }
 
 func TestAdminAPIRefusesBadInputAndChangesNothing(t *testing.T) {
-	ms := startSystem(t, 1, time.Hour)
-	u := ms[0].url
-	before := ms[0].cluster.State()
+	ms := startSystem(t, 1, time.Hour).Managers
+	u := ms[0].URL()
+	before := ms[0].Cluster().State()
 	cases := []struct {
 		name, method, path, body string
 		code                     int
@@ -581,7 +437,7 @@ func TestAdminAPIRefusesBadInputAndChangesNothing(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, u+tc.path, strings.NewReader(tc.body))
-			req.Header.Set(auth.Header, sysSecret)
+			req.Header.Set(auth.Header, testcluster.Secret)
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -599,7 +455,7 @@ func TestAdminAPIRefusesBadInputAndChangesNothing(t *testing.T) {
 			}
 		})
 	}
-	if after := ms[0].cluster.State(); after.Index != before.Index {
+	if after := ms[0].Cluster().State(); after.Index != before.Index {
 		t.Errorf("refused requests moved the state from index %d to %d", before.Index, after.Index)
 	}
 	// Without the cluster secret, the admin API refuses even valid requests.

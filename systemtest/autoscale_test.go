@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"fmt"
@@ -11,6 +11,8 @@ import (
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/role"
+	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
@@ -23,7 +25,7 @@ func nodeGet(st fsm.State, key string) int {
 		return 0
 	}
 	req, _ := http.NewRequest("GET", m.HTTP+"/cache/"+key, nil)
-	req.Header.Set(auth.Header, sysSecret)
+	req.Header.Set(auth.Header, testcluster.Secret)
 	req.Header.Set(node.HeaderEpoch, strconv.FormatUint(st.Epoch, 10))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -40,7 +42,7 @@ func nodePut(st fsm.State, key string) int {
 	}
 	req, _ := http.NewRequest("PUT", m.HTTP+"/cache/"+key, nil)
 	req.Body = http.NoBody
-	req.Header.Set(auth.Header, sysSecret)
+	req.Header.Set(auth.Header, testcluster.Secret)
 	req.Header.Set(node.HeaderEpoch, strconv.FormatUint(st.Epoch, 10))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -57,14 +59,14 @@ type traffic struct {
 	wg   sync.WaitGroup
 }
 
-func startTraffic(t *testing.T, m *managerProc, hits bool) *traffic {
+func startTraffic(t *testing.T, m *role.Manager, hits bool) *traffic {
 	tr := &traffic{}
 	for w := range 3 {
 		tr.wg.Add(1)
 		go func() {
 			defer tr.wg.Done()
 			for i := 0; !tr.stop.Load(); i++ {
-				st := m.cluster.State()
+				st := m.Cluster().State()
 				if hits {
 					key := fmt.Sprintf("hot-%d-%d", w, i%16)
 					if nodeGet(st, key) == http.StatusNotFound {
@@ -85,57 +87,38 @@ func (tr *traffic) halt() {
 	tr.wg.Wait()
 }
 
-func setScaling(t *testing.T, m *managerProc, body string) {
+func setScaling(t *testing.T, m *role.Manager, body string) {
 	t.Helper()
-	if code := call(t, "PUT", m.url+"/v1/config/scaling", []byte(body), nil); code != 200 {
+	if code := testcluster.Write(t, "PUT", m.URL()+"/v1/config/scaling", []byte(body), nil); code != 200 {
 		t.Fatalf("set scaling %s: %d", body, code)
 	}
 }
 
-func leaderOf(t *testing.T, ms []*managerProc) *managerProc {
-	t.Helper()
-	var l *managerProc
-	waitfor.True(t, 10*time.Second, "a leader", func() bool {
-		for _, m := range ms {
-			if m.cluster != nil && m.cluster.IsLeader() {
-				l = m
-				return true
-			}
-		}
-		return false
-	})
-	return l
-}
-
 func TestAutoScalerFollowsTheMissRateOnTheLeaderOnly(t *testing.T) {
 	const interval = 1500 * time.Millisecond
-	ms := startSystemWith(t, 3, systemOptions{deadGrace: time.Hour, scalerInterval: interval, scrape: 200 * time.Millisecond, sample: 200 * time.Millisecond})
-	follower := ms[0]
-	for _, m := range ms {
-		if !m.cluster.IsLeader() {
-			follower = m
-		}
-	}
-	setScaling(t, follower, `{"mode":"auto","max_miss_rate":0.5,"min_miss_rate":0.2,"expand_ratio":2,"shrink_ratio":0.5}`)
+	tc := testcluster.Start(t, testcluster.Options{Managers: 3, LocalNodes: true, DeadGrace: time.Hour,
+		ScalerInterval: interval, ScrapeInterval: 200 * time.Millisecond, NodeArgs: []string{"--sample-interval", "200ms"}})
+	ms := tc.Managers
+	setScaling(t, tc.Follower(), `{"mode":"auto","max_miss_rate":0.5,"min_miss_rate":0.2,"expand_ratio":2,"shrink_ratio":0.5}`)
 
 	// Only misses: the rate is 1 > 0.5, the pool grows 1 -> 2 (ceil(1 x 2)).
 	start := time.Now()
 	misses := startTraffic(t, ms[0], false)
-	waitfor.True(t, 4*interval, "the pool to grow to 2", func() bool { return len(ms[0].cluster.State().Members) == 2 })
+	waitfor.True(t, testcluster.Wait, "the pool to grow to 2", func() bool { return len(ms[0].Cluster().State().Members) == 2 })
 	t.Logf("grew after %v (interval %v)", time.Since(start).Round(time.Millisecond), interval)
 	misses.halt()
 
 	// Only hits: the rate is 0 < 0.2, the pool shrinks 2 -> 1.
 	start = time.Now()
 	hits := startTraffic(t, ms[0], true)
-	waitfor.True(t, 4*interval, "the pool to shrink to 1", func() bool { return len(ms[0].cluster.State().Members) == 1 })
+	waitfor.True(t, testcluster.Wait, "the pool to shrink to 1", func() bool { return len(ms[0].Cluster().State().Members) == 1 })
 	t.Logf("shrank after %v", time.Since(start).Round(time.Millisecond))
 
 	// Both decisions are recorded, every one by the leader of its time.
-	l := leaderOf(t, ms)
+	l := tc.WaitLeader()
 	var st fsm.State
-	waitfor.True(t, 10*time.Second, "the grow and the shrink to be recorded", func() bool {
-		st = l.cluster.State()
+	waitfor.True(t, testcluster.Wait, "the grow and the shrink to be recorded", func() bool {
+		st = l.Cluster().State()
 		var grew, shrank bool
 		for _, d := range st.Decisions {
 			grew = grew || (d.Action == "grow" && d.Applied && d.Nodes == 1 && d.Target == 2)
@@ -144,35 +127,29 @@ func TestAutoScalerFollowsTheMissRateOnTheLeaderOnly(t *testing.T) {
 		return grew && shrank
 	})
 	for _, d := range st.Decisions {
-		if d.By != l.cluster.Name() {
-			t.Errorf("decision %+v taken by %s, not the leader %s", d, d.By, l.cluster.Name())
+		if d.By != l.Name() {
+			t.Errorf("decision %+v taken by %s, not the leader %s", d, d.By, l.Name())
 		}
 	}
 
 	// Leader failover during the run: the new leader's scaler takes over
 	// within an interval, and the old one has stopped.
 	old := l
-	oldName := old.cluster.Name()
-	old.close(t.Context())
-	var rest []*managerProc
-	for _, m := range ms {
-		if m != old {
-			rest = append(rest, m)
-		}
-	}
-	nl := leaderOf(t, rest)
+	oldName := old.Name()
+	tc.StopManager(old)
+	nl := tc.WaitLeader()
 	failedAt := time.Now()
 	var decided fsm.Decision
-	waitfor.True(t, 3*interval+5*time.Second, "a decision by the new leader", func() bool {
-		ds := nl.cluster.State().Decisions
-		if len(ds) > 0 && ds[len(ds)-1].By == nl.cluster.Name() && ds[len(ds)-1].Time.After(failedAt) {
+	waitfor.True(t, testcluster.Wait, "a decision by the new leader", func() bool {
+		ds := nl.Cluster().State().Decisions
+		if len(ds) > 0 && ds[len(ds)-1].By == nl.Name() && ds[len(ds)-1].Time.After(failedAt) {
 			decided = ds[len(ds)-1]
 			return true
 		}
 		return false
 	})
-	t.Logf("new leader %s decided %v after the old leader stopped: %s", nl.cluster.Name(), time.Since(failedAt).Round(time.Millisecond), decided.Reason)
-	for _, d := range nl.cluster.State().Decisions {
+	t.Logf("new leader %s decided %v after the old leader stopped: %s", nl.Name(), time.Since(failedAt).Round(time.Millisecond), decided.Reason)
+	for _, d := range nl.Cluster().State().Decisions {
 		if d.By == oldName && d.Time.After(failedAt) {
 			t.Errorf("the stopped leader decided after it stopped: %+v", d)
 		}
@@ -182,8 +159,8 @@ func TestAutoScalerFollowsTheMissRateOnTheLeaderOnly(t *testing.T) {
 	hits.halt()
 	changed := time.Now()
 	setScaling(t, nl, `{"mode":"manual"}`)
-	waitfor.True(t, 3*interval, "a decision under the new policy", func() bool {
-		ds := nl.cluster.State().Decisions
+	waitfor.True(t, testcluster.Wait, "a decision under the new policy", func() bool {
+		ds := nl.Cluster().State().Decisions
 		return len(ds) > 0 && ds[len(ds)-1].Time.After(changed) && ds[len(ds)-1].Mode == fsm.ModeManual && ds[len(ds)-1].Action == "none"
 	})
 }

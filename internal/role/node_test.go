@@ -1,4 +1,4 @@
-package node
+package role_test
 
 import (
 	"bufio"
@@ -12,10 +12,11 @@ import (
 	"time"
 
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/role"
 	"github.com/memcache/memcache/internal/waitfor"
 )
 
-// childEnv makes the test binary run a cache node service instead of the
+// childEnv makes the test binary run a cache node instead of the
 // tests: the parent kills it with SIGKILL to test a node that dies without
 // leaving.
 const childEnv = "MEMCACHE_TEST_CHILD_NODE"
@@ -29,10 +30,9 @@ func TestMain(m *testing.M) {
 }
 
 func runChildNode(join string) {
-	svc, err := Start(ServiceConfig{
-		Node:     Config{ID: "child"},
-		HTTPAddr: "127.0.0.1:0",
-		Gossip:   gossip.Config{BindAddr: "127.0.0.1:0", Join: []string{join}, Fast: true},
+	svc, err := role.StartNode(context.Background(), role.NodeConfig{
+		Name:   "child",
+		Gossip: gossip.Config{Join: []string{join}, Fast: true},
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		fmt.Println("error:", err)
@@ -42,12 +42,11 @@ func runChildNode(join string) {
 	select {} // until killed
 }
 
-func startService(t *testing.T, id string, join ...string) *Service {
+func startNode(t *testing.T, id string, join ...string) *role.Node {
 	t.Helper()
-	svc, err := Start(ServiceConfig{
-		Node:     Config{ID: id},
-		HTTPAddr: "127.0.0.1:0",
-		Gossip:   gossip.Config{BindAddr: "127.0.0.1:0", Join: join, Fast: true},
+	svc, err := role.StartNode(t.Context(), role.NodeConfig{
+		Name:   id,
+		Gossip: gossip.Config{Join: join, Fast: true},
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -91,10 +90,10 @@ func waitEvent(t *testing.T, events <-chan gossip.Event, kind gossip.EventKind, 
 }
 
 func TestNodesFormClusterAndNoticeLeaveAndDeath(t *testing.T) {
-	a := startService(t, "a")
-	b := startService(t, "b", a.Gossip().Addr())
-	c := startService(t, "c", a.Gossip().Addr())
-	for _, s := range []*Service{a, b, c} {
+	a := startNode(t, "a")
+	b := startNode(t, "b", a.Gossip().Addr())
+	c := startNode(t, "c", a.Gossip().Addr())
+	for _, s := range []*role.Node{a, b, c} {
 		waitfor.True(t, 10*time.Second, s.Node().ID()+" to see a,b,c", func() bool { return memberIDs(s.Gossip()) == "a,b,c" })
 	}
 	// Every member sees the others' metadata: role, id and HTTP address.

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bytes"
@@ -28,7 +28,9 @@ import (
 	"github.com/memcache/memcache/blob"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/pgtest"
+	"github.com/memcache/memcache/internal/role"
 	"github.com/memcache/memcache/internal/s3test"
+	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/region"
 )
@@ -51,21 +53,11 @@ func pngImage(seed uint64, kb int) []byte {
 }
 
 // admin posts to a tester admin endpoint with the admin token (unless
-// token is ""), returning the status and decoded body.
+// token is ""), retrying across an election; it returns the status and the
+// decoded body.
 func admin(t testing.TB, base, path, token string) (int, map[string]any) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", base+path, nil)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	json.NewDecoder(resp.Body).Decode(&out)
-	return resp.StatusCode, out
+	return testcluster.Admin(t, base, path, token)
 }
 
 func listKeys(t testing.TB, base string) []string {
@@ -104,20 +96,16 @@ func imageSource(t testing.TB, base, key string) ([]byte, string) {
 // runEndToEnd drives the whole tester API against 3 managers, real node
 // processes and a frontend on the given stores.
 func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
-	ms := startSystem(t, 3, 2*time.Second)
-	o := frontendOptions{id: "fe", httpAddr: "127.0.0.1:0", gossipAddr: "127.0.0.1:0",
-		join: []string{ms[0].cluster.Gossip().Addr()}, secret: sysSecret, db: db,
-		blobDir: filepath.Join(t.TempDir(), "blobs"), maxUpload: 1 << 20, hotCacheMB: 64, fastGossip: true}
+	tc := startSystem(t, 3, 2*time.Second)
+	ms := tc.Managers
+	o := role.FrontendConfig{DB: db, BlobDir: filepath.Join(t.TempDir(), "blobs"), HotCacheMB: 64}
 	if s3 != nil {
-		o.s3 = *s3
+		o.S3 = *s3
 	}
-	fe, err := startFrontend(context.Background(), o, sysLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fe.close(context.Background()) })
-	base := fe.url
-	waitfor.True(t, 10*time.Second, "the frontend to receive the pool", func() bool { return len(fe.fe.Pool().Members) == 1 })
+	started := tc.StartFrontend(o)
+	fe := started.Frontend()
+	base := started.URL()
+	waitfor.True(t, testcluster.Wait, "the frontend to receive the pool", func() bool { return len(fe.Pool().Members) == 1 })
 
 	// Upload one image per region and a few awkward keys; read them back byte-exact.
 	latest := map[string][]byte{}
@@ -150,7 +138,7 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 	if code, _ := admin(t, base, "/api/getNumNodes", ""); code != http.StatusUnauthorized {
 		t.Errorf("getNumNodes without the token: %d, want 401", code)
 	}
-	if code, out := admin(t, base, "/api/getNumNodes", sysToken); code != 200 || out["numNodes"] != 1.0 {
+	if code, out := admin(t, base, "/api/getNumNodes", testcluster.Token); code != 200 || out["numNodes"] != 1.0 {
 		t.Errorf("getNumNodes: %d %v, want 1", code, out)
 	}
 	for _, bad := range []struct{ q, msg string }{
@@ -165,22 +153,22 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 		{"maxMiss=0.2&minMiss=0.5", "min_miss_rate"},
 		{"colour=blue", "unknown parameter"},
 	} {
-		code, out := admin(t, base, "/api/configure_cache?"+bad.q, sysToken)
+		code, out := admin(t, base, "/api/configure_cache?"+bad.q, testcluster.Token)
 		e, _ := out["error"].(map[string]any)
 		if code != 400 || out["success"] != "false" || !strings.Contains(fmt.Sprint(e["message"]), bad.msg) {
 			t.Errorf("configure_cache?%s: %d %v, want 400 mentioning %q", bad.q, code, out, bad.msg)
 		}
 	}
-	if st := ms[0].cluster.State(); st.Cache != fsm.DefaultState().Cache || len(st.Members) != 1 || st.Scaling != fsm.DefaultState().Scaling {
+	if st := ms[0].Cluster().State(); st.Cache != fsm.DefaultState().Cache || len(st.Members) != 1 || st.Scaling != fsm.DefaultState().Scaling {
 		t.Fatalf("refused configure_cache calls changed the state: %+v", st)
 	}
 	resize := func(n int) {
 		t.Helper()
-		code, out := admin(t, base, fmt.Sprintf("/api/configure_cache?mode=manual&numNodes=%d&cacheSize=16&policy=LRU", n), sysToken)
+		code, out := admin(t, base, fmt.Sprintf("/api/configure_cache?mode=manual&numNodes=%d&cacheSize=16&policy=LRU", n), testcluster.Token)
 		if code != 200 || out["numNodes"] != float64(n) || out["cacheSize"] != 16.0 || out["policy"] != "LRU" || out["mode"] != "manual" {
 			t.Fatalf("configure_cache numNodes=%d: %d %v", n, code, out)
 		}
-		waitfor.True(t, 10*time.Second, fmt.Sprintf("the frontend to route by %d nodes", n), func() bool { return len(fe.fe.Pool().Members) == n })
+		waitfor.True(t, testcluster.Wait, fmt.Sprintf("the frontend to route by %d nodes", n), func() bool { return len(fe.Pool().Members) == n })
 	}
 	replaceAll := func(round uint64) {
 		t.Helper()
@@ -206,16 +194,16 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 	check("after 2 -> 4")
 
 	// Rates: reads were made, so the pool saw GETs in the last minute.
-	code, out := admin(t, base, "/api/getRate?rate=miss", sysToken)
+	code, out := admin(t, base, "/api/getRate?rate=miss", testcluster.Token)
 	if v, ok := out["value"].(float64); code != 200 || out["success"] != "true" || out["rate"] != "miss" || !ok || v < 0 || v > 1 {
 		t.Errorf("getRate miss: %d %v", code, out)
 	}
-	if code, _ := admin(t, base, "/api/getRate?rate=sideways", sysToken); code != 400 {
+	if code, _ := admin(t, base, "/api/getRate?rate=sideways", testcluster.Token); code != 400 {
 		t.Errorf("getRate with a bad rate: %d, want 400", code)
 	}
 
 	// Reads keep working while a node is killed: misses fall back to the stores.
-	st := fe.fe.Pool()
+	st := fe.Pool()
 	victim := st.Members[1].ID
 	var stop atomic.Bool
 	var failures atomic.Int64
@@ -235,16 +223,16 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 			}
 		}()
 	}
-	waitfor.True(t, 10*time.Second, "reads to start", func() bool { return reads.Load() > 20 })
+	waitfor.True(t, testcluster.Wait, "reads to start", func() bool { return reads.Load() > 20 })
 	if err := syscall.Kill(pidOf(t, victim), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitfor.True(t, 20*time.Second, "the killed node to be replaced", func() bool {
-		_, still := fe.fe.Pool().Member(victim)
-		return !still && len(fe.fe.Pool().Members) == 4
+	waitfor.True(t, testcluster.Wait, "the killed node to be replaced", func() bool {
+		_, still := fe.Pool().Member(victim)
+		return !still && len(fe.Pool().Members) == 4
 	})
 	before := reads.Load()
-	waitfor.True(t, 10*time.Second, "more reads after the replacement", func() bool { return reads.Load() > before+20 })
+	waitfor.True(t, testcluster.Wait, "more reads after the replacement", func() bool { return reads.Load() > before+20 })
 	stop.Store(true)
 	wg.Wait()
 	if n := failures.Load(); n != 0 {
@@ -256,7 +244,7 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 	if code, out := admin(t, base, "/api/delete_all", ""); code != 401 || out["success"] != "false" {
 		t.Errorf("delete_all without the token: %d %v, want 401", code, out)
 	}
-	if code, out := admin(t, base, "/api/delete_all", sysToken); code != 200 || out["success"] != "true" {
+	if code, out := admin(t, base, "/api/delete_all", testcluster.Token); code != 200 || out["success"] != "true" {
 		t.Fatalf("delete_all: %d %v", code, out)
 	}
 	if got := listKeys(t, base); len(got) != 0 {
@@ -267,18 +255,18 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 			t.Fatalf("%q after delete_all: %q, want 404", k, src)
 		}
 	}
-	for _, m := range fe.fe.Pool().Members {
+	for _, m := range fe.Pool().Members {
 		var stats struct {
 			Counters struct {
 				Items int `json:"items"`
 			} `json:"counters"`
 		}
-		waitfor.True(t, 10*time.Second, m.ID+" to clear its cache", func() bool {
-			return call(t, "GET", m.HTTP+"/stats", nil, &stats) == 200 && stats.Counters.Items == 0
+		waitfor.True(t, testcluster.Wait, m.ID+" to clear its cache", func() bool {
+			return testcluster.Call(t, "GET", m.HTTP+"/stats", nil, &stats) == 200 && stats.Counters.Items == 0
 		})
 	}
 	if s3 == nil {
-		if n := countObjects(t, o.blobDir); n != 0 {
+		if n := countObjects(t, o.BlobDir); n != 0 {
 			t.Errorf("%d objects left in the blob dir after delete_all", n)
 		}
 	}
@@ -334,14 +322,14 @@ func TestEndToEndOnPostgresAndS3(t *testing.T) {
 // TestAdminReadsSeeAcknowledgedWrites asks every replica right after a
 // resize acknowledged by another: none may answer the old pool size.
 func TestAdminReadsSeeAcknowledgedWrites(t *testing.T) {
-	ms := startSystem(t, 3, time.Hour)
+	ms := startSystem(t, 3, time.Hour).Managers
 	for n := 2; n <= 4; n++ {
-		if code, _ := admin(t, ms[(n+1)%3].url, fmt.Sprintf("/api/configure_cache?mode=manual&numNodes=%d", n), sysToken); code != 200 {
+		if code, _ := admin(t, ms[(n+1)%3].URL(), fmt.Sprintf("/api/configure_cache?mode=manual&numNodes=%d", n), testcluster.Token); code != 200 {
 			t.Fatalf("resize to %d: %d", n, code)
 		}
 		for _, m := range ms {
-			if code, out := admin(t, m.url, "/api/getNumNodes", sysToken); code != 200 || out["numNodes"] != float64(n) {
-				t.Fatalf("getNumNodes on %s right after resizing to %d: %d %v", m.cluster.Name(), n, code, out)
+			if code, out := admin(t, m.URL(), "/api/getNumNodes", testcluster.Token); code != 200 || out["numNodes"] != float64(n) {
+				t.Fatalf("getNumNodes on %s right after resizing to %d: %d %v", m.Name(), n, code, out)
 			}
 		}
 	}
@@ -351,20 +339,20 @@ func TestAdminReadsSeeAcknowledgedWrites(t *testing.T) {
 // and, right after, a policy change to another: the second must not write
 // back a stale capacity.
 func TestPartialConfigUpdatesAreNotLost(t *testing.T) {
-	ms := startSystem(t, 3, time.Hour)
+	ms := startSystem(t, 3, time.Hour).Managers
 	for i := range 6 {
 		capacity := 10 + i
 		policy := []string{"RR", "LRU"}[i%2]
-		if code := call(t, "PUT", ms[i%3].url+"/v1/config/cache", fmt.Appendf(nil, `{"capacity_mb":%d}`, capacity), nil); code != 200 {
+		if code := testcluster.Write(t, "PUT", ms[i%3].URL()+"/v1/config/cache", fmt.Appendf(nil, `{"capacity_mb":%d}`, capacity), nil); code != 200 {
 			t.Fatalf("set capacity: %d", code)
 		}
-		if code := call(t, "PUT", ms[(i+1)%3].url+"/v1/config/cache", fmt.Appendf(nil, `{"policy":%q}`, policy), nil); code != 200 {
+		if code := testcluster.Write(t, "PUT", ms[(i+1)%3].URL()+"/v1/config/cache", fmt.Appendf(nil, `{"policy":%q}`, policy), nil); code != 200 {
 			t.Fatalf("set policy: %d", code)
 		}
 		want := fsm.CacheConfig{CapacityMB: capacity, Policy: fsm.Policy(policy)}
-		waitfor.True(t, 5*time.Second, "every replica to hold both changes", func() bool {
+		waitfor.True(t, testcluster.Wait, "every replica to hold both changes", func() bool {
 			for _, m := range ms {
-				if m.cluster.State().Cache != want {
+				if m.Cluster().State().Cache != want {
 					return false
 				}
 			}

@@ -1,0 +1,279 @@
+package role
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/cluster"
+	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/metrics"
+	"github.com/memcache/memcache/scaler"
+	"github.com/memcache/memcache/web"
+)
+
+// ManagerConfig configures one manager replica.
+type ManagerConfig struct {
+	// Name is the replica's Raft server ID and gossip id. Required.
+	Name string
+	// DataDir holds the Raft log, stable store and snapshots. Required.
+	DataDir string
+	// HTTPAddr is the host:port of the HTTP API, UI and raft status. If
+	// blank, 127.0.0.1:0 (a free port).
+	HTTPAddr string
+	// AdvertiseHTTP is the base URL others use to reach the HTTP API. If
+	// blank, http://<the listener's address>.
+	AdvertiseHTTP string
+	// RaftAddr is the host:port for Raft traffic. If blank, 127.0.0.1:0.
+	RaftAddr string
+	// RaftAdvertise is the host:port others dial for Raft. If blank, the
+	// listener's address.
+	RaftAdvertise string
+	// Gossip configures the membership (bind and advertise addresses, seeds,
+	// key, fast test timings); its Meta is filled in by the cluster. If
+	// Gossip.BindAddr is blank, 127.0.0.1:0.
+	Gossip gossip.Config
+	// BootstrapExpect is how many managers that find each other by gossip
+	// form the Raft group (1 for a single manager); ignored when DataDir
+	// already holds Raft state. If zero, the replica never bootstraps and
+	// waits to be added by a leader.
+	BootstrapExpect int
+	// Timing holds the Raft timeouts. If zero, cluster.DefaultTiming().
+	Timing cluster.Timing
+	// Secret is the cluster secret every cluster-internal call carries. If
+	// blank, internal calls are not authenticated.
+	Secret string
+	// AdminToken is the bearer token of the admin API and the UI. If blank,
+	// they are open.
+	AdminToken string
+	// Provisioner builds the replica's node provisioner. If nil, Static().
+	Provisioner ProvisionerFunc
+	// InitialNodes is the pool size the leader creates when the pool is
+	// empty. If zero, 1.
+	InitialNodes int
+	// DeadGrace is how long a pool node may be missing from gossip before
+	// its regions are reassigned. If zero, 10 s.
+	DeadGrace time.Duration
+	// ScalerInterval is how often the leader's auto-scaler reads the miss
+	// rate and decides. If zero, 1 minute.
+	ScalerInterval time.Duration
+	// ScrapeInterval is the embedded metrics' scrape period. If zero, 5 s.
+	ScrapeInterval time.Duration
+	// CloudWatch, if set, makes the replica read the pool's statistics from
+	// CloudWatch (credentials and region from the AWS SDK's default chain)
+	// instead of scraping the nodes (the embedded backend).
+	CloudWatch *metrics.CloudWatchConfig
+}
+
+// Manager is a running manager replica: its Raft and gossip membership,
+// pool maintenance and auto-scaler while it leads, pool statistics, and the
+// HTTP server (admin API, UI, watch, raft status, /healthz, /readyz,
+// /metrics).
+type Manager struct {
+	cluster *cluster.Cluster
+	prov    scaler.Provisioner
+	pool    *scaler.Pool
+	reader  metrics.Reader
+	srv     *http.Server
+	url     string
+	log     *slog.Logger
+
+	cancelRequests context.CancelFunc // ends in-flight requests (long-polling watches)
+	served         chan struct{}      // closed when the HTTP server has stopped
+	stopScrape     context.CancelFunc // stops the embedded metrics' scraper
+	scraped        chan struct{}      // closed when the scraper has stopped
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// StartManager starts a manager replica: it listens, joins the cluster,
+// starts pool maintenance and the auto-scaler (both run only while the
+// replica leads), the pool statistics and the HTTP server. ctx bounds the
+// start only (it loads the AWS config for CloudWatch); Close stops the
+// replica.
+func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Manager, error) {
+	if cfg.Name == "" {
+		return nil, errNoName
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "127.0.0.1:0"
+	}
+	if cfg.RaftAddr == "" {
+		cfg.RaftAddr = "127.0.0.1:0"
+	}
+	if cfg.Gossip.BindAddr == "" {
+		cfg.Gossip.BindAddr = "127.0.0.1:0"
+	}
+	if cfg.Timing == (cluster.Timing{}) {
+		cfg.Timing = cluster.DefaultTiming()
+	}
+	if cfg.Provisioner == nil {
+		cfg.Provisioner = Static()
+	}
+	scrape := cfg.ScrapeInterval
+	if scrape <= 0 {
+		scrape = 5 * time.Second // the embedded scrape period's default
+	}
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("manager: listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	url := cfg.AdvertiseHTTP
+	if url == "" {
+		url = "http://" + ln.Addr().String()
+	}
+	// Until the replica is returned, undo holds what to stop on an error.
+	var undo []func()
+	fail := func(err error) (*Manager, error) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return nil, err
+	}
+	undo = append(undo, func() { ln.Close() })
+
+	c, err := cluster.New(cluster.Config{
+		Name: cfg.Name, DataDir: cfg.DataDir,
+		RaftAddr: cfg.RaftAddr, RaftAdvertise: cfg.RaftAdvertise,
+		HTTPURL: url, BootstrapExpect: cfg.BootstrapExpect, Secret: cfg.Secret, Timing: cfg.Timing,
+		Gossip: cfg.Gossip,
+	}, fsm.New(), log)
+	if err != nil {
+		return fail(err)
+	}
+	undo = append(undo, func() { c.Close() })
+	prov, err := cfg.Provisioner(c.Gossip(), log)
+	if err != nil {
+		return fail(err)
+	}
+	undo = append(undo, func() { prov.Close() })
+	m := &Manager{cluster: c, prov: prov, url: url, log: log, served: make(chan struct{}), scraped: make(chan struct{})}
+
+	m.pool = scaler.NewPool(scaler.PoolConfig{DeadGrace: cfg.DeadGrace, InitialNodes: cfg.InitialNodes}, c, c.Gossip(), prov, log.With("id", cfg.Name))
+	c.RunWhileLeader(m.pool.Run)
+
+	// Pool statistics: every replica keeps (or reads) the same history, so
+	// the UI on any replica and a new leader's scaler see the same figures.
+	lag := scrape
+	if cfg.CloudWatch != nil {
+		awsCfg, err := config.LoadDefaultConfig(ctx)
+		if err != nil {
+			return fail(fmt.Errorf("manager: AWS config for CloudWatch: %w", err))
+		}
+		m.reader = metrics.NewCloudWatchReader(*cfg.CloudWatch, cloudwatch.NewFromConfig(awsCfg), c.State)
+		m.stopScrape = func() {}
+		close(m.scraped)
+		lag = 0 // CloudWatch reads whole minutes
+	} else {
+		secretClient := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
+		emb := metrics.NewEmbedded(metrics.EmbeddedConfig{Interval: cfg.ScrapeInterval}, c.State, secretClient, log)
+		m.reader = emb
+		var scrapeCtx context.Context
+		scrapeCtx, m.stopScrape = context.WithCancel(context.Background())
+		go func() {
+			defer close(m.scraped)
+			emb.Run(scrapeCtx)
+		}()
+	}
+	auto := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: cfg.ScalerInterval, Name: cfg.Name, Lag: lag}, c, m.pool, m.reader, log.With("id", cfg.Name))
+	c.RunWhileLeader(auto.Run)
+
+	r := chi.NewRouter()
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if _, _, ok := c.Leader(); !ok {
+			http.Error(w, "no raft leader known yet", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	r.Handle("/metrics", promhttp.HandlerFor(managerRegistry(c), promhttp.HandlerOpts{}))
+	c.Routes(r)
+	web.New(web.Config{Secret: cfg.Secret, AdminToken: cfg.AdminToken}, c, m.pool, m.reader, log).Routes(r)
+
+	// Requests' contexts derive from base, so cancelling it ends the
+	// long-polling watches that Shutdown would otherwise wait for.
+	base, cancel := context.WithCancel(context.Background())
+	m.cancelRequests = cancel
+	m.srv = &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return base }}
+	go func() {
+		defer close(m.served)
+		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("manager http server stopped", "err", err)
+		}
+	}()
+	return m, nil
+}
+
+// managerRegistry holds the replica's Prometheus metrics.
+func managerRegistry(c *cluster.Cluster) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_manager_is_leader", Help: "1 if this replica is the Raft leader."},
+			func() float64 {
+				if c.IsLeader() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_manager_pool_nodes", Help: "Cache nodes in the pool."},
+			func() float64 { return float64(len(c.State().Members)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_manager_pool_epoch", Help: "Epoch of the pool's region map."},
+			func() float64 { return float64(c.State().Epoch) }),
+	)
+	return reg
+}
+
+// URL returns the base URL of the replica's HTTP API.
+func (m *Manager) URL() string { return m.url }
+
+// Name returns the replica's name.
+func (m *Manager) Name() string { return m.cluster.Name() }
+
+// Cluster returns the replica's Raft and gossip membership.
+func (m *Manager) Cluster() *cluster.Cluster { return m.cluster }
+
+// Gossip returns the replica's gossip membership.
+func (m *Manager) Gossip() *gossip.Gossip { return m.cluster.Gossip() }
+
+// Pool returns the replica's pool maintenance (active while it leads).
+func (m *Manager) Pool() *scaler.Pool { return m.pool }
+
+// Metrics returns the pool statistics the replica's UI and scaler read.
+func (m *Manager) Metrics() metrics.Reader { return m.reader }
+
+// Close stops serving, stops the statistics, leaves the cluster and closes
+// the provisioner (a local one stops the nodes it started), waiting for all
+// of it, or for ctx for the HTTP server's in-flight requests. Calling it
+// again returns the first call's result.
+func (m *Manager) Close(ctx context.Context) error {
+	m.closeOnce.Do(func() {
+		m.cancelRequests()
+		herr := m.srv.Shutdown(ctx)
+		<-m.served
+		m.stopScrape()
+		<-m.scraped
+		cerr := m.cluster.Close()
+		perr := m.prov.Close()
+		m.closeErr = errors.Join(herr, cerr, perr)
+	})
+	return m.closeErr
+}

@@ -1,0 +1,186 @@
+package role
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+
+	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/metrics"
+	"github.com/memcache/memcache/node"
+)
+
+// NodeConfig configures one cache node.
+type NodeConfig struct {
+	// Name is the node's id, unique in the cluster, as region maps name it.
+	// Required.
+	Name string
+	// HTTPAddr is the host:port the HTTP API listens on. If blank,
+	// 127.0.0.1:0 (a free port).
+	HTTPAddr string
+	// AdvertiseHTTP is the base URL others use to reach the API. If blank,
+	// http://<the listener's address>.
+	AdvertiseHTTP string
+	// Gossip configures the membership; its Meta is filled in by StartNode.
+	// If Gossip.BindAddr is blank, 127.0.0.1:0.
+	Gossip gossip.Config
+	// Secret is the cluster secret every cache and control request must
+	// carry. If blank, requests are not authenticated.
+	Secret string
+	// Cache is the initial cache configuration (the pool's configuration
+	// replaces it once the node follows the pool). If zero, 64 MB LRU.
+	Cache pool.CacheConfig
+	// SampleInterval is how often statistics are sampled. If zero, 5 s.
+	SampleInterval time.Duration
+	// WatchWait is how long one pool-state watch request blocks. If zero, pool.DefaultWait.
+	WatchWait time.Duration
+	// CloudWatch, if set, makes the node also publish every sample with
+	// PutMetricData (credentials and region from the AWS SDK's default
+	// chain). Its Interval, if zero, is SampleInterval.
+	CloudWatch *metrics.CloudWatchConfig
+}
+
+// Node is a running cache node: it serves its HTTP API, takes part in
+// gossip, follows the pool state from the managers and samples its
+// statistics (and publishes them to CloudWatch if so configured).
+type Node struct {
+	node   *node.Node
+	log    *slog.Logger
+	srv    *http.Server
+	url    string
+	gossip *gossip.Gossip
+
+	stop context.CancelFunc // stops the sampler, the watch and the publisher
+	bg   sync.WaitGroup     // the HTTP server, sampler, watch and publisher
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// StartNode listens, serves the node's API, starts sampling statistics,
+// joins the gossip cluster and follows the pool state from whichever
+// manager replicas gossip shows. ctx bounds the start only (it loads the
+// AWS config for CloudWatch); Close stops the node.
+func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, error) {
+	if cfg.Name == "" {
+		return nil, errNoName
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "127.0.0.1:0"
+	}
+	if cfg.Gossip.BindAddr == "" {
+		cfg.Gossip.BindAddr = "127.0.0.1:0"
+	}
+	base := log.With("id", cfg.Name)
+	log = base.With("component", "node")
+	n, err := node.New(node.Config{ID: cfg.Name, Cache: cfg.Cache, SampleInterval: cfg.SampleInterval, Secret: cfg.Secret}, log)
+	if err != nil {
+		return nil, err
+	}
+	var publisher *metrics.Publisher
+	if cfg.CloudWatch != nil {
+		awsCfg, err := config.LoadDefaultConfig(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("node: AWS config for CloudWatch: %w", err)
+		}
+		cw := *cfg.CloudWatch
+		if cw.Interval <= 0 {
+			cw.Interval = cfg.SampleInterval
+		}
+		publisher = metrics.NewPublisher(cw, cloudwatch.NewFromConfig(awsCfg), cfg.Name, n.Samples, log)
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("node: listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	url := cfg.AdvertiseHTTP
+	if url == "" {
+		url = "http://" + ln.Addr().String()
+	}
+	gcfg := cfg.Gossip
+	gcfg.Meta = gossip.Meta{Role: gossip.RoleNode, ID: cfg.Name, HTTP: url}
+	g, err := gossip.New(gcfg, base)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	s := &Node{
+		node: n, log: log, url: url, gossip: g, stop: stop,
+		srv: &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 10 * time.Second},
+	}
+	s.bg.Go(func() { n.Run(runCtx) })
+	s.bg.Go(func() {
+		client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
+		pool.Watch(runCtx, pool.WatchConfig{Managers: func() []string { return managerURLs(g) }, Client: client, Wait: cfg.WatchWait}, log, n.ApplyPool)
+	})
+	if publisher != nil {
+		s.bg.Go(func() { publisher.Run(runCtx) })
+	}
+	s.bg.Go(func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "err", err)
+		}
+	})
+	c := n.Cache()
+	log.Info("cache node started", "http", url, "gossip", g.Addr(), "capacity_mb", c.Config().CapacityMB, "policy", c.Policy())
+	return s, nil
+}
+
+// managerURLs returns the HTTP URLs of the manager replicas alive in g.
+func managerURLs(g *gossip.Gossip) []string {
+	var urls []string
+	for _, m := range g.Members() {
+		if m.Meta.Role == gossip.RoleManager && m.Meta.HTTP != "" && m.State == gossip.StateAlive {
+			urls = append(urls, m.Meta.HTTP)
+		}
+	}
+	return urls
+}
+
+// Node returns the running cache node.
+func (s *Node) Node() *node.Node { return s.node }
+
+// Name returns the node's id.
+func (s *Node) Name() string { return s.node.ID() }
+
+// URL returns the base URL of the node's HTTP API.
+func (s *Node) URL() string { return s.url }
+
+// Gossip returns the node's gossip membership.
+func (s *Node) Gossip() *gossip.Gossip { return s.gossip }
+
+// Close leaves the gossip cluster gracefully, then stops serving (waiting
+// for in-flight requests until ctx is done), following the pool, sampling
+// and publishing (a CloudWatch publisher flushes first). Calling it again
+// returns the first call's result.
+func (s *Node) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		gerr := s.gossip.Close()
+		herr := s.srv.Shutdown(ctx)
+		s.stop()
+		done := make(chan struct{})
+		go func() {
+			s.bg.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+			s.log.Info("cache node stopped")
+			s.closeErr = errors.Join(gerr, herr)
+		case <-ctx.Done():
+			s.closeErr = errors.Join(gerr, herr, ctx.Err())
+		}
+	})
+	return s.closeErr
+}

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/urfave/cli/v3"
+)
+
+// runSecret parses args for a command with the cluster-secret flags and
+// returns what secret reads.
+func runSecret(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var got string
+	var gotErr error
+	cmd := &cli.Command{
+		Name:  "x",
+		Flags: []cli.Flag{stringFlag("cluster-secret", "", ""), secretFileFlag("cluster-secret"), renamedStringFlag("name", "", "", "id")},
+		Action: func(_ context.Context, cmd *cli.Command) error {
+			got, gotErr = secret(cmd, "cluster-secret")
+			return nil
+		},
+	}
+	if err := cmd.Run(context.Background(), append([]string{"x"}, args...)); err != nil {
+		t.Fatal(err)
+	}
+	return got, gotErr
+}
+
+func TestSecretFromFlagOrFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := runSecret(t, "--cluster-secret", "plain"); err != nil || got != "plain" {
+		t.Errorf("from the flag: got %q, %v, want plain", got, err)
+	}
+	if got, err := runSecret(t, "--cluster-secret-file", file); err != nil || got != "s3cret" {
+		t.Errorf("from the file: got %q, %v, want s3cret without the newline", got, err)
+	}
+	if _, err := runSecret(t, "--cluster-secret", "plain", "--cluster-secret-file", file); err == nil || !strings.Contains(err.Error(), "both") {
+		t.Errorf("flag and file: got %v, want an error saying both are set", err)
+	}
+	if _, err := runSecret(t, "--cluster-secret-file", file+".missing"); err == nil {
+		t.Error("missing file: got no error")
+	}
+	// The old flag name still works.
+	if _, err := runSecret(t, "--id", "n1"); err != nil {
+		t.Errorf("--id alias: %v", err)
+	}
+}
+
+func TestVersionNamesGo(t *testing.T) {
+	if v := version(); !strings.Contains(v, "go1.") {
+		t.Errorf("version %q does not name the Go version", v)
+	}
+}
