@@ -51,16 +51,16 @@ const maxJSONBody = 64 << 10
 //	                     or its X-Memcache-Generation is below the node's floor (see HeaderGeneration)
 //	DELETE /cache/{key}  invalidate one key; 204
 //	DELETE /cache        clear every entry, raising the floor to X-Memcache-Generation if sent; 204
+//	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
+//	GET    /regions      the region map held; PUT /regions installs a newer one
+//	GET    /stats        cumulative counters, occupancy and recent samples (?since=RFC3339)
+//	GET    /healthz, /readyz, /metrics
 //
 // Every /cache/{key} request may carry the caller's epoch (X-Memcache-Epoch):
 // 409 if the node holds an older map than the caller (it is behind), 421 if
 // the node does not own the key's region. Both tell the caller its view or
 // the node's is behind: a GET is then a miss, and an invalidation or fill
 // must be retried against a newer view, not taken as done.
-//	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
-//	GET    /regions      the region map held; PUT /regions installs a newer one
-//	GET    /stats        cumulative counters, occupancy and recent samples (?since=RFC3339)
-//	GET    /healthz, /readyz, /metrics
 //
 // When the node has a cluster secret, every route but the last three requires it.
 // Keys are path-escaped in the URL (a key may contain '/', spaces or unicode).

@@ -59,7 +59,6 @@ func do(t *testing.T, method, u string, body []byte, hdr ...string) response {
 	return response{resp.StatusCode, b, resp.Header}
 }
 
-
 func TestHTTPPutGetRoundTripsAwkwardKeys(t *testing.T) {
 	_, srv := newTestNode(t, "n1")
 	for _, key := range []string{"plain", "a/b/c.png", "../etc/passwd", "with space", "猫.jpg", "100%", "?q=1#frag"} {
