@@ -12,8 +12,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-
-	"github.com/memcache/memcache/node"
 )
 
 // apiError writes the tester API's error shape:
@@ -41,6 +39,8 @@ func statusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError
 	}
@@ -96,7 +96,9 @@ func (f *Frontend) apiUpload(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		code := statusOf(err)
-		if code >= 500 {
+		if code == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		} else if code >= 500 {
 			f.log.Error("upload failed", "err", err)
 		}
 		apiError(w, code, "%v", err)
@@ -141,28 +143,32 @@ func (f *Frontend) apiKey(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveImage serves GET /images/{key}: the bytes with their content type
-// and ETag, or 304 when If-None-Match matches. A cache hit is streamed from
-// the node to the client without being buffered here.
+// and ETag, or 304 when If-None-Match matches. It makes one read (one GET
+// at the owner node); a cache hit too large for the hot cache is streamed
+// from the node to the client without being buffered here.
 func (f *Frontend) serveImage(w http.ResponseWriter, r *http.Request) {
 	key, err := pathKey(r, "/images/")
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if f.streamFromCache(w, r, key) {
-		f.hits.Add(1)
-		return
-	}
-	img, err := f.Get(r.Context(), key)
+	img, err := f.read(r.Context(), key, true)
 	if err != nil {
 		http.Error(w, err.Error(), statusOf(err))
 		return
 	}
-	writeImageHeaders(w, img.ContentType, img.ETag, len(img.Data), source(img))
+	defer img.close()
+	writeImageHeaders(w, img.ContentType, img.ETag, img.size, source(img.Image))
 	if notModified(w, r, img.ETag) {
 		return
 	}
-	w.Write(img.Data)
+	if img.body == nil {
+		w.Write(img.Data)
+		return
+	}
+	bufp := f.copyBufs.Get().(*[]byte)
+	defer f.copyBufs.Put(bufp)
+	io.CopyBuffer(w, img.body, *bufp) // on error the client sees a short body
 }
 
 func writeImageHeaders(w http.ResponseWriter, contentType, etag string, size int, source string) {
@@ -184,62 +190,6 @@ func notModified(w http.ResponseWriter, r *http.Request, etag string) bool {
 	delete(h, "Content-Type")
 	delete(h, "Content-Length")
 	w.WriteHeader(http.StatusNotModified)
-	return true
-}
-
-// streamFromCache serves key's image from its owner node and reports
-// whether it did; on a miss or a node failure it writes nothing and returns
-// false. A copy in the frontend's hot cache is revalidated with the node
-// (If-None-Match; a 304 moves no bytes) and served from memory; otherwise
-// the image is streamed from the node and kept in the hot cache.
-func (f *Frontend) streamFromCache(w http.ResponseWriter, r *http.Request, key string) bool {
-	base, epoch := f.owner(key)
-	if base == "" {
-		return false
-	}
-	var hdr http.Header
-	hot, inHot := f.hotGet(key)
-	if inHot {
-		hdr = http.Header{"If-None-Match": {hot.ETag}}
-	}
-	resp, err := f.nodeRequest(r.Context(), http.MethodGet, base, key, epoch, nil, hdr)
-	if err != nil {
-		f.nodeErrors.Add(1)
-		return false
-	}
-	defer resp.Body.Close()
-	if inHot && resp.StatusCode == http.StatusNotModified {
-		writeImageHeaders(w, hot.ContentType, hot.ETag, len(hot.Value), "cache")
-		if !notModified(w, r, hot.ETag) {
-			w.Write(hot.Value)
-		}
-		return true
-	}
-	size, err := strconv.Atoi(resp.Header.Get("Content-Length"))
-	if resp.StatusCode != http.StatusOK || err != nil {
-		io.Copy(io.Discard, resp.Body)
-		if f.hot != nil {
-			f.hot.Delete(key)
-		}
-		return false
-	}
-	etag, ct := resp.Header.Get("ETag"), resp.Header.Get("Content-Type")
-	writeImageHeaders(w, ct, etag, size, "cache")
-	if notModified(w, r, etag) {
-		return true
-	}
-	if f.hot == nil || int64(size) > f.hot.Capacity()/8 {
-		bufp := f.copyBufs.Get().(*[]byte)
-		defer f.copyBufs.Put(bufp)
-		io.CopyBuffer(w, resp.Body, *bufp) // on error the client sees a short body
-		return true
-	}
-	data := make([]byte, size)
-	n, err := io.ReadFull(resp.Body, data)
-	w.Write(data[:n])
-	if err == nil {
-		f.hot.Put(key, node.Item{Value: data, ContentType: ct, ETag: etag})
-	}
 	return true
 }
 

@@ -14,8 +14,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +21,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/cenkalti/backoff/v5"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/memcache/memcache/auth"
@@ -45,6 +44,11 @@ var (
 	ErrTooLarge = errors.New("file is too large")
 	// ErrNotFound is returned for a key that is not stored.
 	ErrNotFound = errors.New("key not found")
+	// ErrUnavailable is returned for an upload the frontend cannot make
+	// safely now: it holds no pool view yet, or it could not invalidate
+	// the cached copy of the image an upload replaced. The HTTP layer
+	// answers 503 with Retry-After.
+	ErrUnavailable = errors.New("temporarily unavailable")
 )
 
 // Blobs stores image bytes (implemented by the blob package's stores).
@@ -75,10 +79,21 @@ type Config struct {
 	// Secret is the cluster secret sent to cache nodes and managers.
 	Secret string
 	// Managers returns the manager replicas' base URLs (from gossip or a
-	// flag). Required for routing through the pool and the admin API.
+	// flag). Required for routing through the pool and the admin API. If
+	// nil, the frontend runs alone: from the stores only, with no pool, and
+	// ready at once. Otherwise it is not ready, reads only from the stores
+	// and accepts no upload until Run has received its first pool view.
 	Managers func() []string
-	// NodeTimeout bounds one request to a cache node. If zero, 2 s.
+	// NodeTimeout bounds one request to a cache node. If zero, node.DefaultTimeout (2 s).
 	NodeTimeout time.Duration
+	// ViewWait is how long an upload waits for the first pool view before
+	// it is refused with 503. If zero, 5 s.
+	ViewWait time.Duration
+	// InvalidateTimeout is how long an upload that replaced an image keeps
+	// trying (jittered backoff, each try against the newest view) to
+	// remove the old image from its owner's cache before it answers 503.
+	// If zero, 10 s.
+	InvalidateTimeout time.Duration
 	// WatchWait is how long one pool-state watch blocks. If zero, pool.DefaultWait.
 	WatchWait time.Duration
 	// HotCacheMB is the size of the frontend's own copy of popular images,
@@ -93,10 +108,14 @@ type Frontend struct {
 	blobs  Blobs
 	index  Index
 	log    *slog.Logger
-	client *http.Client // to nodes and managers, with the cluster secret
+	client *http.Client // to managers, with the cluster secret
+	nodes  *node.Client // to cache nodes, with the cluster secret
 	loads  singleflight.Group
-	pool   atomic.Pointer[pool.View]
+	pool   atomic.Pointer[pool.View] // nil until the first view (see Config.Managers)
 	pages  map[string]*template.Template
+
+	viewOnce  sync.Once
+	viewReady chan struct{} // closed once pool holds a view
 
 	deleteMu sync.Mutex  // serialises delete-all runs
 	copyBufs sync.Pool   // *[]byte buffers for streaming images
@@ -111,21 +130,60 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 		cfg.MaxUpload = 10 << 20
 	}
 	if cfg.NodeTimeout <= 0 {
-		cfg.NodeTimeout = 2 * time.Second
+		cfg.NodeTimeout = node.DefaultTimeout
 	}
-	if cfg.Managers == nil {
+	if cfg.ViewWait <= 0 {
+		cfg.ViewWait = 5 * time.Second
+	}
+	if cfg.InvalidateTimeout <= 0 {
+		cfg.InvalidateTimeout = 10 * time.Second
+	}
+	standalone := cfg.Managers == nil
+	if standalone {
 		cfg.Managers = func() []string { return nil }
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
+	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}
 	f := &Frontend{cfg: cfg, blobs: blobs, index: index, log: log.With("component", "frontend"),
-		client: &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}, pages: parsePages()}
+		client: client, nodes: node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: cfg.NodeTimeout}),
+		pages: parsePages(), viewReady: make(chan struct{})}
 	f.copyBufs.New = func() any { b := make([]byte, 64<<10); return &b }
 	if cfg.HotCacheMB > 0 {
 		f.hot, _ = node.NewCache(pool.CacheConfig{CapacityMB: min(cfg.HotCacheMB, pool.MaxCapacityMB), Policy: pool.LRU})
 	}
-	f.pool.Store(&pool.View{Members: []pool.Member{}})
+	if standalone {
+		f.storeView(pool.View{Members: []pool.Member{}})
+	}
 	return f
+}
+
+// storeView installs v as the view the frontend routes by; the first one
+// makes the frontend ready.
+func (f *Frontend) storeView(v pool.View) {
+	f.pool.Store(&v)
+	f.viewOnce.Do(func() { close(f.viewReady) })
+}
+
+// view returns the view the frontend routes by, or nil before the first.
+func (f *Frontend) view() *pool.View { return f.pool.Load() }
+
+// waitView returns the current view, waiting up to Config.ViewWait for
+// the first one.
+func (f *Frontend) waitView(ctx context.Context) (*pool.View, error) {
+	if v := f.view(); v != nil {
+		return v, nil
+	}
+	t := time.NewTimer(f.cfg.ViewWait)
+	defer t.Stop()
+	select {
+	case <-f.viewReady:
+		return f.view(), nil
+	case <-t.C:
+		return nil, fmt.Errorf("%w: this frontend has no pool state yet (the managers have not answered); nothing was stored", ErrUnavailable)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // Run follows the pool state pushed by the managers until ctx is done, and
@@ -135,7 +193,7 @@ func (f *Frontend) Run(ctx context.Context) {
 }
 
 func (f *Frontend) setPool(st pool.View) {
-	f.pool.Store(&st)
+	f.storeView(st)
 	f.log.Debug("pool state", "index", st.Index, "epoch", st.Epoch, "nodes", len(st.Members))
 	if st.DeleteGen > 0 {
 		// A delete-all committed through any manager (UI, API) is carried
@@ -149,8 +207,14 @@ func (f *Frontend) setPool(st pool.View) {
 	}
 }
 
-// Pool returns the pool state the frontend routes by.
-func (f *Frontend) Pool() pool.View { return *f.pool.Load() }
+// Pool returns the pool state the frontend routes by (an empty pool
+// before the first view arrives).
+func (f *Frontend) Pool() pool.View {
+	if v := f.view(); v != nil {
+		return *v
+	}
+	return pool.View{Members: []pool.Member{}}
+}
 
 // ValidateKey reports whether key is acceptable: 1..250 bytes of UTF-8
 // without control characters. Any other character, '/' and ".." included,
@@ -179,79 +243,88 @@ type Image struct {
 
 func etagOf(sha string) string { return `"` + sha + `"` }
 
-// owner returns the base URL of the node that owns key's region and the
-// pool epoch, or "" when no node owns it.
-func (f *Frontend) owner(key string) (string, uint64) {
-	st := f.pool.Load()
-	m, ok := st.Owner(key)
-	if !ok {
-		return "", st.Epoch
-	}
-	return m.HTTP, st.Epoch
+// reading is one read's answer: the image in Data, or, for a cache hit
+// streamed from the node, in body (which the caller must close).
+type reading struct {
+	Image
+	body io.ReadCloser
+	size int
 }
 
-// nodeRequest sends one request to a cache node with the key path-escaped
-// and the frontend's epoch.
-func (f *Frontend) nodeRequest(ctx context.Context, method, base, key string, epoch uint64, body []byte, hdr http.Header) (*http.Response, error) {
-	ctx, cancel := context.WithTimeout(ctx, f.cfg.NodeTimeout)
-	var rd io.Reader
-	if body != nil {
-		rd = strings.NewReader(string(body))
+// close releases a streamed body, if any.
+func (r reading) close() {
+	if r.body != nil {
+		r.body.Close()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, base+"/cache/"+url.PathEscape(key), rd)
+}
+
+// read is the one read path behind every entry point (/images, /api/key,
+// the retrieve page): it asks key's owner node once — revalidating the
+// frontend's hot copy if it has one — so a read counts exactly one GET and
+// at most one miss at the node; on a miss or a node failure the stores
+// answer and the owner is filled. Before the first pool view it reads the
+// stores only and fills nothing. With stream set, a hit too large for the
+// hot cache is left in body to stream; otherwise the image is in Data.
+func (f *Frontend) read(ctx context.Context, key string, stream bool) (reading, error) {
+	if err := ValidateKey(key); err != nil {
+		return reading{}, err
+	}
+	v := f.view()
+	if v != nil {
+		if m, ok := v.Owner(key); ok {
+			if r, ok := f.fromCache(ctx, m.HTTP, key, v.Epoch, stream); ok {
+				f.hits.Add(1)
+				return r, nil
+			}
+		}
+	}
+	f.misses.Add(1)
+	img, err := f.load(ctx, key, v)
 	if err != nil {
-		cancel()
-		return nil, err
+		return reading{}, err
 	}
-	for k, v := range hdr {
-		req.Header[k] = v
-	}
-	req.Header.Set(node.HeaderEpoch, strconv.FormatUint(epoch, 10))
-	resp, err := f.client.Do(req)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	resp.Body = cancelOnClose{resp.Body, cancel}
-	return resp, nil
+	return reading{Image: img, size: len(img.Data)}, nil
 }
 
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (c cancelOnClose) Close() error {
-	err := c.ReadCloser.Close()
-	c.cancel()
-	return err
-}
-
-// fromCache asks the owner node for key. Any failure is a miss: the stores
-// answer instead.
-func (f *Frontend) fromCache(ctx context.Context, key string) (Image, bool) {
-	base, epoch := f.owner(key)
-	if base == "" {
-		return Image{}, false
+// fromCache makes the read's one GET at the owner node base. Any failure
+// is a miss: the stores answer instead.
+func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64, stream bool) (reading, bool) {
+	hot, inHot := f.hotGet(key)
+	var opt node.GetOptions
+	if inHot {
+		opt.IfNoneMatch = hot.ETag
 	}
-	resp, err := f.nodeRequest(ctx, http.MethodGet, base, key, epoch, nil, nil)
-	if err != nil {
-		f.nodeErrors.Add(1)
-		f.log.Debug("cache node unreachable", "node", base, "err", err)
-		return Image{}, false
+	e, err := f.nodes.Get(ctx, base, key, epoch, opt)
+	if err != nil || (e.NotModified && !inHot) {
+		if err != nil && !errors.Is(err, node.ErrMiss) {
+			f.nodeErrors.Add(1)
+			f.log.Debug("cache node read failed", "node", base, "err", err)
+		}
+		if f.hot != nil {
+			f.hot.Delete(key)
+		}
+		return reading{}, false
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		io.Copy(io.Discard, resp.Body)
-		return Image{}, false
+	if e.NotModified {
+		return reading{Image: Image{Data: hot.Value, ContentType: hot.ContentType, ETag: hot.ETag, FromCache: true}, size: len(hot.Value)}, true
 	}
-	n, _ := strconv.Atoi(resp.Header.Get("Content-Length"))
-	data := make([]byte, 0, n)
+	img := Image{ContentType: e.ContentType, ETag: e.ETag, FromCache: true}
+	keepHot := f.hot != nil && e.Size >= 0 && e.Size <= f.hot.Capacity()/8
+	if stream && !keepHot && e.Size >= 0 {
+		return reading{Image: img, body: e.Body, size: int(e.Size)}, true
+	}
+	defer e.Body.Close()
+	data := make([]byte, 0, max(e.Size, 0))
 	buf := bytesBuffer{data}
-	if _, err := io.Copy(&buf, resp.Body); err != nil {
-		return Image{}, false
+	if _, err := io.Copy(&buf, e.Body); err != nil {
+		f.nodeErrors.Add(1)
+		return reading{}, false
 	}
-	return Image{Data: buf.b, ContentType: resp.Header.Get("Content-Type"), ETag: resp.Header.Get("ETag"), FromCache: true}, true
+	img.Data = buf.b
+	if keepHot {
+		f.hot.Put(key, node.Item{Value: img.Data, ContentType: img.ContentType, ETag: img.ETag})
+	}
+	return reading{Image: img, size: len(img.Data)}, true
 }
 
 // bytesBuffer appends to a preallocated slice.
@@ -262,47 +335,55 @@ func (w *bytesBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// toCache stores img under key at its owner; failures are logged, not
-// returned. A fill after a read (onlyIfAbsent) never replaces a value: an
-// upload of the same key may have stored a newer image meanwhile.
-func (f *Frontend) toCache(ctx context.Context, key string, img Image, onlyIfAbsent bool) {
-	base, epoch := f.owner(key)
-	if base == "" {
+// toCache stores img under key at its owner in v, stamped with v's epoch
+// and cache generation (v must be the view held when img was read, so a
+// node that cleared since refuses it); failures are logged, not returned.
+// A fill after a read (onlyIfAbsent) never replaces a value: an upload of
+// the same key may have stored a newer image meanwhile. With no view, it
+// does nothing.
+func (f *Frontend) toCache(ctx context.Context, key string, img Image, onlyIfAbsent bool, v *pool.View) {
+	if v == nil {
 		return
 	}
-	hdr := http.Header{"Content-Type": {img.ContentType}, "Etag": {img.ETag}}
-	if onlyIfAbsent {
-		hdr.Set("If-None-Match", "*")
+	m, ok := v.Owner(key)
+	if !ok {
+		return
 	}
-	resp, err := f.nodeRequest(ctx, http.MethodPut, base, key, epoch, img.Data, hdr)
-	if err != nil {
+	err := f.nodes.Put(ctx, m.HTTP, key, img.Data, node.PutOptions{
+		Epoch: v.Epoch, Generation: v.Generation(), ContentType: img.ContentType, ETag: img.ETag, OnlyIfAbsent: onlyIfAbsent,
+	})
+	if err != nil && !errors.Is(err, node.ErrExists) && !errors.Is(err, node.ErrTooLarge) {
 		f.nodeErrors.Add(1)
-		f.log.Debug("cache fill failed", "node", base, "err", err)
-		return
+		f.log.Debug("cache fill refused or failed", "node", m.HTTP, "err", err)
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 }
 
-// invalidate removes key from its owner's cache, retrying briefly: a
-// replaced image must not be served from the cache.
-func (f *Frontend) invalidate(ctx context.Context, key string) {
-	for attempt := range 3 {
-		base, epoch := f.owner(key)
-		if base == "" {
-			return
+// invalidate removes key from its owner's cache. A 421 or 409 means the
+// frontend's view (or the node's) is behind, and an unreachable owner
+// may come back with the copy: every failure is retried with jittered
+// backoff, each time against the newest view, for up to
+// Config.InvalidateTimeout (even if the caller gives up: the row is
+// committed). It returns the last failure if the copy could not be removed.
+func (f *Frontend) invalidate(ctx context.Context, key string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.InvalidateTimeout)
+	defer cancel()
+	b := &backoff.ExponentialBackOff{InitialInterval: 20 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Second}
+	attempt := 0
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		attempt++
+		v := f.Pool()
+		m, ok := v.Owner(key)
+		if !ok {
+			return struct{}{}, nil // no node owns the key: no cache holds it
 		}
-		resp, err := f.nodeRequest(ctx, http.MethodDelete, base, key, epoch, nil, nil)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode < 300 {
-				return
-			}
+		err := f.nodes.Invalidate(ctx, m.HTTP, key, v.Epoch)
+		if err != nil {
+			f.nodeErrors.Add(1)
+			f.log.Warn("cache invalidation failed; retrying", "node", m.ID, "epoch", v.Epoch, "attempt", attempt, "err", err)
 		}
-		f.nodeErrors.Add(1)
-		f.log.Warn("cache invalidation failed", "node", base, "attempt", attempt+1, "err", err)
-	}
+		return struct{}{}, err
+	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(f.cfg.InvalidateTimeout))
+	return err
 }
 
 // hotGet returns the hot cache's copy of key, if any.
@@ -318,15 +399,14 @@ func (f *Frontend) hotGet(key string) (node.Item, bool) {
 // it has it, otherwise from the stores, filling the cache. Concurrent
 // misses of one key load it once.
 func (f *Frontend) Get(ctx context.Context, key string) (Image, error) {
-	if err := ValidateKey(key); err != nil {
-		return Image{}, err
-	}
-	if img, ok := f.fromCache(ctx, key); ok {
-		f.hits.Add(1)
-		return img, nil
-	}
-	f.misses.Add(1)
-	v, err, _ := f.loads.Do(key, func() (any, error) {
+	r, err := f.read(ctx, key, false)
+	return r.Image, err
+}
+
+// load reads key from the stores and fills its owner in v (the view held
+// when the read began). Concurrent loads of one key are made once.
+func (f *Frontend) load(ctx context.Context, key string, v *pool.View) (Image, error) {
+	res, err, _ := f.loads.Do(key, func() (any, error) {
 		// The load outlives a caller that gives up: others may share it.
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
@@ -348,21 +428,30 @@ func (f *Frontend) Get(ctx context.Context, key string) (Image, error) {
 				return Image{}, fmt.Errorf("blob store: %w", err)
 			}
 			img := Image{Data: data, ContentType: e.ContentType, ETag: etagOf(e.SHA256)}
-			f.toCache(lctx, key, img, true)
+			f.toCache(lctx, key, img, true, v)
 			return img, nil
 		}
 	})
 	if err != nil {
 		return Image{}, err
 	}
-	return v.(Image), nil
+	return res.(Image), nil
 }
 
 // Put stores data under key: the blob first, then the row (so a row never
 // points at a missing blob), then the cache; the replaced image's blob is
 // removed after the row is committed. It returns the stored entry.
+//
+// Until the frontend holds a pool view it stores nothing (ErrUnavailable):
+// it could not remove the cached copy of an image it replaces. When the
+// row is committed but that copy cannot be removed, Put returns the entry
+// and an error wrapping ErrUnavailable.
 func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.Entry, error) {
 	if err := ValidateKey(key); err != nil {
+		return keyindex.Entry{}, err
+	}
+	v, err := f.waitView(ctx)
+	if err != nil {
 		return keyindex.Entry{}, err
 	}
 	if int64(len(data)) > f.cfg.MaxUpload {
@@ -389,31 +478,36 @@ func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.E
 		return keyindex.Entry{}, fmt.Errorf("key index: %w", err)
 	}
 	// The cache must not keep serving the image this one replaces.
+	var stale error
 	if prev != "" {
-		f.invalidate(ctx, key)
+		stale = f.invalidate(ctx, key)
 	}
-	f.toCache(ctx, key, Image{Data: data, ContentType: ct, ETag: etagOf(e.SHA256)}, false)
+	if stale == nil {
+		f.toCache(ctx, key, Image{Data: data, ContentType: ct, ETag: etagOf(e.SHA256)}, false, v)
+	}
 	if prev != "" && prev != object {
 		if err := f.blobs.Delete(context.WithoutCancel(ctx), prev); err != nil {
 			f.log.Warn("removing a replaced blob", "object", prev, "err", err)
 		}
 	}
+	if stale != nil {
+		f.log.Error("upload stored, old cached copy not invalidated", "key", key, "err", stale)
+		return e, fmt.Errorf("%w: the image was stored under %q, but the cached copy of the image it replaced could not be removed (%v) and may still be served; upload it again", ErrUnavailable, key, stale)
+	}
 	return e, nil
 }
 
-// clearCaches asks every pool member to drop its whole cache.
-func (f *Frontend) clearCaches(ctx context.Context) {
-	for _, m := range f.pool.Load().Members {
-		req, err := http.NewRequestWithContext(ctx, http.MethodDelete, m.HTTP+"/cache", nil)
-		if err != nil {
-			continue
-		}
-		resp, err := f.client.Do(req)
-		if err != nil {
+// clearCaches asks every pool member to drop its whole cache after the
+// delete-all of generation deleteGen, raising each node's floor to the
+// cache generation after it, so that a fill of what a read loaded before
+// is refused.
+func (f *Frontend) clearCaches(ctx context.Context, deleteGen uint64) {
+	v := f.Pool()
+	gen := v.ClearGen + max(v.DeleteGen, deleteGen)
+	for _, m := range v.Members {
+		if err := f.nodes.Clear(ctx, m.HTTP, gen); err != nil {
 			f.log.Warn("clearing a cache after delete-all", "node", m.ID, "err", err)
-			continue
 		}
-		resp.Body.Close()
 	}
 }
 
@@ -446,7 +540,7 @@ func (f *Frontend) deleteAllAt(ctx context.Context, gen uint64) error {
 	}
 	// The nodes cleared when they saw the generation, but a read between
 	// that and the rows' deletion may have filled them again: clear again.
-	f.clearCaches(ctx)
+	f.clearCaches(ctx, gen)
 	var failed int
 	for _, name := range names {
 		if err := f.blobs.Delete(ctx, name); err != nil {

@@ -25,7 +25,7 @@ import (
 //	POST /api/key/{key}       {"success":"true","content":BASE64}
 //	POST /api/delete_all, /api/configure_cache, /api/getNumNodes, /api/getRate
 //	                          forwarded to a manager replica (admin token required there)
-//	GET  /healthz, /readyz, /metrics
+//	GET  /healthz, /readyz, /metrics (readyz: 503 until the first pool view, or while the key index fails)
 func (f *Frontend) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -40,7 +40,7 @@ func (f *Frontend) Handler() http.Handler {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_frontend_node_errors_total", Help: "Failed requests to cache nodes."},
 			func() float64 { return float64(f.nodeErrors.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_frontend_pool_epoch", Help: "Epoch of the pool state the frontend routes by."},
-			func() float64 { return float64(f.pool.Load().Epoch) }),
+			func() float64 { return float64(f.Pool().Epoch) }),
 	)
 	r := chi.NewRouter()
 	r.Use(func(next http.Handler) http.Handler {
@@ -54,7 +54,14 @@ func (f *Frontend) Handler() http.Handler {
 	})
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		// Ready when the key index answers (every page and API call needs it).
+		// Ready once the frontend holds a pool view at least as new as the
+		// cluster's when it started (the watch's first view is a
+		// consistent read), and while the key index answers (every page
+		// and API call needs it).
+		if f.view() == nil {
+			http.Error(w, "no pool view yet: waiting for the managers", http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if _, err := f.index.Count(ctx); err != nil {

@@ -67,7 +67,11 @@ func (f *Frontend) pageUploadPost(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		code := statusOf(err)
 		msg := "Upload refused: " + err.Error()
-		if code >= 500 {
+		switch {
+		case code == http.StatusServiceUnavailable:
+			w.Header().Set("Retry-After", "1")
+			msg = "Upload not completed: " + err.Error()
+		case code >= 500:
 			f.log.Error("upload failed", "err", err)
 			msg = "Upload failed on our side; please try again."
 		}

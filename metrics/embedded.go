@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -30,7 +29,7 @@ type EmbeddedConfig struct {
 type Embedded struct {
 	cfg    EmbeddedConfig
 	pool   func() fsm.State
-	client *http.Client
+	client *node.Client // to the pool's nodes, with the cluster secret
 	log    *slog.Logger
 	now    func() time.Time // the clock; tests replace it
 
@@ -62,7 +61,7 @@ func NewEmbedded(cfg EmbeddedConfig, pool func() fsm.State, client *http.Client,
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Embedded{
-		cfg: cfg, pool: pool, client: client, log: log, now: time.Now,
+		cfg: cfg, pool: pool, client: node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: cfg.Interval}), log: log, now: time.Now,
 		nodes: make(map[string][]node.Sample),
 	}
 }
@@ -110,8 +109,7 @@ func (e *Embedded) Scrape(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for i, m := range members {
 		wg.Go(func() {
-			q := url.Values{"since": {since[i].UTC().Format(time.RFC3339Nano)}}.Encode()
-			st, err := fetch(ctx, e.client, m.HTTP+"/stats?"+q, e.cfg.Interval)
+			st, err := e.client.Stats(ctx, m.HTTP, since[i])
 			if err != nil {
 				errs[i] = fmt.Errorf("%s: %w", m.ID, err)
 				return

@@ -249,23 +249,21 @@ func startNode(t *testing.T, id string) (*node.Node, fsm.Member) {
 // drive sends one PUT and three GETs (one hit, two misses) to a node.
 func drive(t *testing.T, m fsm.Member, value string) {
 	t.Helper()
-	c := secretClient()
-	do := func(method, key, body string, want int) {
-		t.Helper()
-		req, _ := http.NewRequest(method, m.HTTP+"/cache/"+key, strings.NewReader(body))
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Fatalf("%s %s: status %d, want %d", method, key, resp.StatusCode, want)
+	c := node.NewClient(node.ClientConfig{HTTPClient: secretClient()})
+	ctx := context.Background()
+	if err := c.Put(ctx, m.HTTP, "k", []byte(value), node.PutOptions{}); err != nil {
+		t.Fatalf("PUT k: %v", err)
+	}
+	e, err := c.Get(ctx, m.HTTP, "k", 0, node.GetOptions{})
+	if err != nil {
+		t.Fatalf("GET k: %v", err)
+	}
+	e.Body.Close()
+	for _, k := range []string{"x", "y"} {
+		if _, err := c.Get(ctx, m.HTTP, k, 0, node.GetOptions{}); !errors.Is(err, node.ErrMiss) {
+			t.Fatalf("GET %s: %v, want a miss", k, err)
 		}
 	}
-	do(http.MethodPut, "k", value, http.StatusNoContent)
-	do(http.MethodGet, "k", "", http.StatusOK)
-	do(http.MethodGet, "x", "", http.StatusNotFound)
-	do(http.MethodGet, "y", "", http.StatusNotFound)
 }
 
 func TestEmbeddedWithRealNodes(t *testing.T) {

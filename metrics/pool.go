@@ -2,11 +2,8 @@ package metrics
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/url"
 	"sync"
 	"time"
 
@@ -69,13 +66,13 @@ func Window(ctx context.Context, client *http.Client, members []fsm.Member, sinc
 		t     Totals
 		errs  []error
 		wg    sync.WaitGroup
-		query = url.Values{"since": {since.UTC().Format(time.RFC3339Nano)}}.Encode()
+		nodes = node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: windowTimeout})
 	)
 	for _, m := range members {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := fetch(ctx, client, m.HTTP+"/stats?"+query, windowTimeout)
+			st, err := nodes.Stats(ctx, m.HTTP, since)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -92,29 +89,5 @@ func Window(ctx context.Context, client *http.Client, members []fsm.Member, sinc
 	return t, nil
 }
 
-// maxStatsBody bounds a node's /stats answer (30 minutes of 5-s samples
-// take about 70 KB).
-const maxStatsBody = 8 << 20
-
 // windowTimeout bounds each node's answer to Window.
 const windowTimeout = 3 * time.Second
-
-// fetch GETs a node's /stats URL u, giving up after timeout.
-func fetch(ctx context.Context, client *http.Client, u string, timeout time.Duration) (node.Stats, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return node.Stats{}, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return node.Stats{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return node.Stats{}, fmt.Errorf("stats: %s", resp.Status)
-	}
-	var st node.Stats
-	return st, json.NewDecoder(io.LimitReader(resp.Body, maxStatsBody)).Decode(&st)
-}

@@ -9,7 +9,8 @@ import (
 // ApplyPool brings the node in line with the pool view the managers serve:
 // the regions it owns (none if it is not a pool member), the cache config,
 // and the clear-caches and delete-all generations (a node that was away
-// still clears when it learns a generation moved).
+// still clears when it learns a generation moved). A clear raises the
+// node's floor to the view's Generation, fencing fills made before it.
 func (n *Node) ApplyPool(st pool.View) {
 	if st.Epoch > 0 {
 		_, err := n.SetRegions(Regions{Epoch: st.Epoch, Owners: st.Regions, Since: st.Since})
@@ -30,7 +31,7 @@ func (n *Node) ApplyPool(st pool.View) {
 	n.clearGen, n.deleteGen = max(n.clearGen, st.ClearGen), max(n.deleteGen, st.DeleteGen)
 	n.mu.Unlock()
 	if clear {
-		n.cache.Clear()
+		n.ClearAt(st.Generation())
 		n.log.Info("cache cleared", "clear_gen", st.ClearGen, "delete_gen", st.DeleteGen)
 	}
 }

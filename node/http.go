@@ -27,6 +27,15 @@ const (
 	HeaderEpoch = "X-Memcache-Epoch"
 	// HeaderETag is how a PUT passes the ETag stored beside the value.
 	HeaderETag = "ETag"
+	// HeaderGeneration carries the caller's cache generation
+	// (pool.View.Generation: clear-caches plus delete-all generations). On
+	// PUT it stamps the fill: the node refuses it (409) when it is below
+	// the newest generation the node has cleared at. On DELETE /cache it
+	// raises that floor. A PUT without it is taken as generation 0: it is
+	// accepted until the node's first clear at a generation above 0 (old
+	// callers and tools keep working on a fresh pool; every caller in this
+	// repository sends it).
+	HeaderGeneration = "X-Memcache-Generation"
 )
 
 // maxJSONBody bounds the JSON bodies of control requests.
@@ -38,13 +47,20 @@ const maxJSONBody = 64 << 10
 //	                     304 (a hit, no body) when If-None-Match is the stored ETag
 //	PUT    /cache/{key}  cache the raw body (Content-Type and ETag headers are kept); 204;
 //	                     with If-None-Match: * only if the key is not cached (412 if it is);
-//	                     409 if the caller's epoch predates the node's ownership of the region
+//	                     409 if the caller's epoch predates the node's ownership of the region,
+//	                     or its X-Memcache-Generation is below the node's floor (see HeaderGeneration)
 //	DELETE /cache/{key}  invalidate one key; 204
-//	DELETE /cache        clear every entry; 204
+//	DELETE /cache        clear every entry, raising the floor to X-Memcache-Generation if sent; 204
 //	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
 //	GET    /regions      the region map held; PUT /regions installs a newer one
 //	GET    /stats        cumulative counters, occupancy and recent samples (?since=RFC3339)
 //	GET    /healthz, /readyz, /metrics
+//
+// Every /cache/{key} request may carry the caller's epoch (X-Memcache-Epoch):
+// 409 if the node holds an older map than the caller (it is behind), 421 if
+// the node does not own the key's region. Both tell the caller its view or
+// the node's is behind: a GET is then a miss, and an invalidation or fill
+// must be retried against a newer view, not taken as done.
 //
 // When the node has a cluster secret, every route but the last three requires it.
 // Keys are path-escaped in the URL (a key may contain '/', spaces or unicode).
@@ -207,14 +223,23 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "reading value: %v", err)
 		return
 	}
+	gen, err := generation(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
 	item := Item{Value: value, ContentType: r.Header.Get("Content-Type"), ETag: r.Header.Get(HeaderETag)}
 	stored := true
-	if r.Header.Get("If-None-Match") == "*" {
-		stored, err = n.cache.Add(key, item)
-	} else {
-		err = n.cache.Put(key, item)
-	}
+	ran, floor := n.fill(gen, func() {
+		if r.Header.Get("If-None-Match") == "*" {
+			stored, err = n.cache.Add(key, item)
+		} else {
+			err = n.cache.Put(key, item)
+		}
+	})
 	switch {
+	case !ran:
+		writeError(w, http.StatusConflict, "fill of cache generation %d refused: the node cleared its cache at generation %d since (the value may predate a clear or delete-all); not cached", gen, floor)
 	case errors.Is(err, ErrTooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, "%v; not cached", err)
 	case errors.Is(err, ErrNotOwner):
@@ -245,18 +270,41 @@ func readValue(r *http.Request, limit int64) ([]byte, error) {
 	return append([]byte(nil), b...), nil
 }
 
+// generation returns the X-Memcache-Generation of r, 0 when absent.
+func generation(r *http.Request) (uint64, error) {
+	v := r.Header.Get(HeaderGeneration)
+	if v == "" {
+		return 0, nil
+	}
+	g, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s header %q is not an unsigned integer", HeaderGeneration, v)
+	}
+	return g, nil
+}
+
 func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 	key, err := cacheKey(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	// An invalidation sent to a node that is not (or not yet) the owner
+	// did not reach the copy that would be served: say so.
+	if !n.checkRoute(w, r, key) {
+		return
+	}
 	n.cache.Delete(key)
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (n *Node) handleClear(w http.ResponseWriter, _ *http.Request) {
-	n.cache.Clear()
+func (n *Node) handleClear(w http.ResponseWriter, r *http.Request) {
+	gen, err := generation(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	n.ClearAt(gen)
 	w.WriteHeader(http.StatusNoContent)
 }
 

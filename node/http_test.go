@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -59,8 +58,6 @@ func do(t *testing.T, method, u string, body []byte, hdr ...string) response {
 	}
 	return response{resp.StatusCode, b, resp.Header}
 }
-
-func keyURL(base, key string) string { return base + "/cache/" + url.PathEscape(key) }
 
 func TestHTTPPutGetRoundTripsAwkwardKeys(t *testing.T) {
 	_, srv := newTestNode(t, "n1")

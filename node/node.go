@@ -60,6 +60,13 @@ type Node struct {
 	clearGen  uint64 // the pool's clear-caches generation last acted on
 	deleteGen uint64 // the pool's delete-all generation last acted on
 
+	// genMu orders fills against clears: a PUT holds it shared from the
+	// check of its generation to the store, a clear holds it exclusively
+	// while it raises floor and empties the cache, so no fill checked
+	// against the old floor lands after the clear.
+	genMu sync.RWMutex
+	floor uint64 // the newest cache generation cleared at; guarded by genMu
+
 	registry *prometheus.Registry
 	latency  *prometheus.HistogramVec
 }
@@ -152,6 +159,36 @@ func (n *Node) regionSince(r int) uint64 {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.regions.Since[r]
+}
+
+// Floor returns the newest cache generation (pool.View.Generation) the node
+// has cleared at: it refuses fills stamped with an older one.
+func (n *Node) Floor() uint64 {
+	n.genMu.RLock()
+	defer n.genMu.RUnlock()
+	return n.floor
+}
+
+// ClearAt empties the cache and raises the node's floor to gen (if it is
+// higher): from then on a fill stamped with a generation below the floor
+// is refused, since it may carry what the clear removed.
+func (n *Node) ClearAt(gen uint64) {
+	n.genMu.Lock()
+	defer n.genMu.Unlock()
+	n.floor = max(n.floor, gen)
+	n.cache.Clear()
+}
+
+// fill runs store unless gen is below the floor, holding the floor steady
+// meanwhile. It reports whether store ran, and the floor.
+func (n *Node) fill(gen uint64, store func()) (bool, uint64) {
+	n.genMu.RLock()
+	defer n.genMu.RUnlock()
+	if gen < n.floor {
+		return false, n.floor
+	}
+	store()
+	return true, n.floor
 }
 
 // Epoch returns the epoch of the region map the node holds.

@@ -1,22 +1,23 @@
 package web_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/role"
 	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/metrics"
+	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
 	"github.com/memcache/memcache/scaler"
 )
@@ -130,32 +131,29 @@ func (s *system) traffic(prefix string, puts, gets, size int) int {
 	for _, m := range st.Members {
 		urls[m.ID] = m.HTTP
 	}
-	client := &http.Client{Transport: &auth.Transport{Secret: testSecret}, Timeout: testcluster.Wait}
-	body := strings.Repeat("x", size)
+	nodes := node.NewClient(node.ClientConfig{Secret: testSecret, Timeout: testcluster.Wait})
+	v := st.View()
+	body := []byte(strings.Repeat("x", size))
 	var (
 		mu sync.Mutex
 		ok int
 		wg sync.WaitGroup
 	)
 	do := func(method, key string) {
-		u := urls[st.Regions[region.Of(key)]] + "/cache/" + url.PathEscape(key)
-		var r io.Reader
+		ctx, base := context.Background(), urls[st.Regions[region.Of(key)]]
+		var err error
 		if method == http.MethodPut {
-			r = strings.NewReader(body)
+			err = nodes.Put(ctx, base, key, body, node.PutOptions{Epoch: v.Epoch, Generation: v.Generation(), ContentType: "image/png"})
+		} else {
+			var e *node.Entry
+			if e, err = nodes.Get(ctx, base, key, v.Epoch, node.GetOptions{}); err == nil {
+				io.Copy(io.Discard, e.Body)
+				e.Body.Close()
+			} else if errors.Is(err, node.ErrMiss) {
+				err = nil
+			}
 		}
-		req, err := http.NewRequest(method, u, r)
-		if err != nil {
-			s.t.Error(err)
-			return
-		}
-		req.Header.Set("Content-Type", "image/png")
-		resp, err := client.Do(req)
-		if err != nil {
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNotFound {
+		if err == nil {
 			mu.Lock()
 			ok++
 			mu.Unlock()

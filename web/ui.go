@@ -14,7 +14,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -51,7 +50,6 @@ const (
 	dataTimeout    = 3 * time.Second // bounds the dashboard data request
 	maxFormBody    = 64 << 10        // bytes of a form body
 	pollInterval   = 5 * time.Second // app.js refresh period, shown on the page
-	maxStatsBody   = 1 << 20         // bytes of a node's /stats answer read for the pool table
 )
 
 // doneNotices are the notices shown after a successful form, by the redirect's ?done=.
@@ -609,15 +607,9 @@ func (a *API) poolRows(ctx context.Context, st fsm.State) []poolRow {
 }
 
 func (a *API) nodeCounters(ctx context.Context, m fsm.Member) (node.Counters, error) {
-	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
-	defer cancel()
 	// The table needs only the counters: ask for no samples.
-	q := url.Values{"since": {time.Now().UTC().Format(time.RFC3339Nano)}}.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.HTTP+"/stats?"+q, nil)
-	if err != nil {
-		return node.Counters{}, err
-	}
-	resp, err := a.client.Do(req)
+	nodes := node.NewClient(node.ClientConfig{HTTPClient: a.client, Timeout: statsTimeout})
+	st, err := nodes.Stats(ctx, m.HTTP, time.Now())
 	if err != nil {
 		var uerr *url.Error
 		if errors.As(err, &uerr) {
@@ -628,13 +620,5 @@ func (a *API) nodeCounters(ctx context.Context, m fsm.Member) (node.Counters, er
 		}
 		return node.Counters{}, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return node.Counters{}, fmt.Errorf("/stats answered %s", resp.Status)
-	}
-	var s node.Stats
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatsBody)).Decode(&s); err != nil {
-		return node.Counters{}, fmt.Errorf("/stats: %v", err)
-	}
-	return s.Counters, nil
+	return st.Counters, nil
 }

@@ -1,0 +1,344 @@
+package frontend
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/internal/waitfor"
+	"github.com/memcache/memcache/node"
+)
+
+// newNode serves a real cache node and returns it with a one-member view
+// that routes every region to it.
+func newNode(t *testing.T) (*node.Node, pool.View) {
+	t.Helper()
+	n, err := node.New(node.Config{ID: "n1"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(n.Handler())
+	t.Cleanup(srv.Close)
+	v := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}, Members: []pool.Member{{ID: "n1", HTTP: srv.URL}}}
+	v.Index = 1
+	for r := range v.Regions {
+		v.Regions[r] = "n1"
+	}
+	return n, v
+}
+
+func get(t *testing.T, u string, hdr ...string) (int, http.Header, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+// TestEveryEntryPointCountsOneGetAtTheNode reads through each entry point,
+// cold, warm, and revalidating, and checks the owner node's counters: one
+// GET per read, and a miss only when the node did not have the image.
+func TestEveryEntryPointCountsOneGetAtTheNode(t *testing.T) {
+	red := mustRead(t, "red.png")
+	for _, hot := range []int{0, 8} {
+		for _, ep := range []struct {
+			name string
+			read func(t *testing.T, base, key string) int
+		}{
+			{"images", func(t *testing.T, base, key string) int {
+				code, _, _ := get(t, base+"/images/"+url.PathEscape(key))
+				return code
+			}},
+			{"api-key", func(t *testing.T, base, key string) int {
+				code, _ := post(t, base+"/api/key/"+url.PathEscape(key))
+				return code
+			}},
+			{"retrieve-page", func(t *testing.T, base, key string) int {
+				code, _, _ := get(t, base+"/retrieve?key="+url.QueryEscape(key))
+				return code
+			}},
+		} {
+			t.Run(ep.name+map[int]string{0: "", 8: "/hot-cache"}[hot], func(t *testing.T) {
+				st := newStores(t)
+				n, view := newNode(t)
+				f := New(Config{MaxUpload: 64 << 10, HotCacheMB: hot}, st.blobs, st.index, slog.New(slog.DiscardHandler))
+				f.setPool(view)
+				srv := httptest.NewServer(f.Handler())
+				defer srv.Close()
+				if _, err := f.Put(context.Background(), "k", red); err != nil {
+					t.Fatal(err)
+				}
+				n.Cache().Delete("k") // cold: only the stores have it
+				check := func(what string, gets, misses uint64) {
+					t.Helper()
+					before := n.Counters()
+					if code := ep.read(t, srv.URL, "k"); code != http.StatusOK {
+						t.Fatalf("%s read: status %d, want 200", what, code)
+					}
+					after := n.Counters()
+					if g, m := after.Gets-before.Gets, after.Misses-before.Misses; g != gets || m != misses {
+						t.Errorf("%s read: node counted %d GETs and %d misses, want %d and %d", what, g, m, gets, misses)
+					}
+				}
+				check("cold", 1, 1)
+				check("warm", 1, 0)
+				check("warm again (revalidating a hot copy if any)", 1, 0)
+				if ep.name == "images" {
+					// A client revalidating its own copy: 304, one GET.
+					_, h, _ := get(t, srv.URL+"/images/k")
+					before := n.Counters()
+					if code, _, _ := get(t, srv.URL+"/images/k", "If-None-Match", h.Get("ETag")); code != http.StatusNotModified {
+						t.Fatalf("revalidation: status %d, want 304", code)
+					}
+					if d := n.Counters().Gets - before.Gets; d != 1 {
+						t.Errorf("revalidation: node counted %d GETs, want 1", d)
+					}
+				}
+			})
+		}
+	}
+}
+
+// pauser stands in for paused manager processes: while paused, requests
+// hang until resumed or abandoned by the caller.
+type pauser struct {
+	next http.Handler
+	mu   sync.Mutex
+	gate chan struct{} // nil when running
+}
+
+func (p *pauser) pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gate == nil {
+		p.gate = make(chan struct{})
+	}
+}
+
+func (p *pauser) resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gate != nil {
+		close(p.gate)
+		p.gate = nil
+	}
+}
+
+func (p *pauser) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	g := p.gate
+	p.mu.Unlock()
+	if g != nil {
+		select {
+		case <-g:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	p.next.ServeHTTP(w, r)
+}
+
+// fsmSource serves the watch from a real FSM, as its only replica (the leader).
+type fsmSource struct{ f *fsm.FSM }
+
+func (s fsmSource) View() (pool.View, error) { return s.f.View(), nil }
+func (s fsmSource) WaitView(ctx context.Context, after uint64) (pool.View, error) {
+	return s.f.WaitView(ctx, after)
+}
+func (s fsmSource) ConsistentView(context.Context) (pool.View, error) { return s.f.View(), nil }
+
+// managers is one manager replica: a real FSM behind the real watch
+// handler, on a real HTTP server that can be paused.
+type managers struct {
+	fsm   *fsm.FSM
+	index uint64
+	p     *pauser
+	url   string
+}
+
+func newManagers(t *testing.T) *managers {
+	t.Helper()
+	m := &managers{fsm: fsm.New()}
+	m.p = &pauser{next: pool.Handler(fsmSource{m.fsm})}
+	srv := httptest.NewServer(m.p)
+	t.Cleanup(func() { m.p.resume(); srv.Close() })
+	m.url = srv.URL
+	return m
+}
+
+func (m *managers) apply(t *testing.T, cmd fsm.Command) {
+	t.Helper()
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.index++
+	if res := m.fsm.Apply(&raft.Log{Index: m.index, Term: 1, Type: raft.LogCommand, Data: data}).(fsm.Result); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+}
+
+// startFrontend starts a frontend following m, as the frontend role does.
+func startFrontend(t *testing.T, m *managers, st stores) (*Frontend, string) {
+	t.Helper()
+	f := New(Config{MaxUpload: 64 << 10, Managers: func() []string { return []string{m.url} }, WatchWait: 200 * time.Millisecond,
+		ViewWait: 300 * time.Millisecond, InvalidateTimeout: time.Second}, st.blobs, st.index, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.Run(ctx)
+	}()
+	srv := httptest.NewServer(f.Handler())
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		srv.Close()
+	})
+	return f, srv.URL
+}
+
+// TestNoCacheTrafficAndNoUploadBeforeTheFirstView replays issue 8's
+// scenario: upload v1 and read it (cached), pause the managers, restart
+// the frontend, upload v2, resume the managers: the image must be v2.
+func TestNoCacheTrafficAndNoUploadBeforeTheFirstView(t *testing.T) {
+	st := newStores(t)
+	n, view := newNode(t)
+	m := newManagers(t)
+	m.apply(t, fsm.Resize{Members: []fsm.Member{{ID: "n1", HTTP: view.Members[0].HTTP}}})
+	n.ApplyPool(m.fsm.View())
+	red, blue := mustRead(t, "red.png"), mustRead(t, "blue.png")
+
+	f1, url1 := startFrontend(t, m, st)
+	waitfor.True(t, 10*time.Second, "the first frontend to be ready", func() bool {
+		code, _, _ := get(t, url1+"/readyz")
+		return code == http.StatusOK
+	})
+	if code, out := upload(t, url1, "/api/upload", ptr("k"), red); code != 200 {
+		t.Fatalf("upload v1: %d %v", code, out)
+	}
+	if code, h, _ := get(t, url1+"/images/k"); code != 200 || h.Get("X-Memcache-Source") != "cache" {
+		t.Fatalf("read v1: %d from %q, want 200 from the cache", code, h.Get("X-Memcache-Source"))
+	}
+	_ = f1
+
+	// The managers stop answering; a frontend (re)starts.
+	m.p.pause()
+	f2, url2 := startFrontend(t, m, st)
+	if code, _, body := get(t, url2+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("readyz without a pool view: %d %q, want 503", code, body)
+	}
+	before := n.Counters()
+	beforeReq := before.Requests
+	code, h, body := get(t, url2+"/images/k")
+	if code != 200 || h.Get("X-Memcache-Source") != "store" || len(body) != len(red) {
+		t.Fatalf("read without a view: %d from %q, want 200 from the stores", code, h.Get("X-Memcache-Source"))
+	}
+	if got := n.Counters().Requests; got != beforeReq {
+		t.Fatalf("a frontend without a view sent %d requests to the node, want 0", got-beforeReq)
+	}
+	code, out := upload(t, url2, "/api/upload", ptr("k"), blue)
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("upload v2 without a view: %d %v, want 503", code, out)
+	}
+	if got := n.Counters().Requests; got != beforeReq {
+		t.Fatalf("a frontend without a view sent %d requests to the node, want 0", got-beforeReq)
+	}
+
+	m.p.resume()
+	waitfor.True(t, 10*time.Second, "the restarted frontend to be ready", func() bool {
+		code, _, _ := get(t, url2+"/readyz")
+		return code == http.StatusOK
+	})
+	if f2.Pool().Epoch != m.fsm.View().Epoch {
+		t.Fatalf("ready at epoch %d, want the cluster's %d", f2.Pool().Epoch, m.fsm.View().Epoch)
+	}
+	if code, out := upload(t, url2, "/api/upload", ptr("k"), blue); code != 200 {
+		t.Fatalf("upload v2 with a view: %d %v", code, out)
+	}
+	for _, u := range []string{url1, url2} {
+		if code, h, body := get(t, u+"/images/k"); code != 200 || string(body) != string(blue) {
+			t.Fatalf("read after v2 via %s: %d, %d bytes from %q; want v2", u, code, len(body), h.Get("X-Memcache-Source"))
+		}
+	}
+}
+
+// TestUploadAnswers503WhenTheOldCopyCannotBeInvalidated: an owner that
+// keeps answering 421 (the frontend's view is behind and no newer one
+// comes) makes the upload retry, then answer 503 saying the row is stored.
+func TestUploadAnswers503WhenTheOldCopyCannotBeInvalidated(t *testing.T) {
+	st := newStores(t)
+	n, view := newNode(t)
+	f := New(Config{MaxUpload: 64 << 10, InvalidateTimeout: 300 * time.Millisecond}, st.blobs, st.index, slog.New(slog.DiscardHandler))
+	f.setPool(view)
+	red, blue := mustRead(t, "red.png"), mustRead(t, "blue.png")
+	ctx := context.Background()
+	if _, err := f.Put(ctx, "k", red); err != nil {
+		t.Fatal(err)
+	}
+	// The node moves to a map that gives the region away; the frontend
+	// does not learn it.
+	var m node.Regions
+	m.Epoch = 5
+	for r := range m.Owners {
+		m.Owners[r], m.Since[r] = "n2", 5
+	}
+	if _, err := n.SetRegions(m); err != nil {
+		t.Fatal(err)
+	}
+	before := n.Counters().Requests
+	_, err := f.Put(ctx, "k", blue)
+	if !errors.Is(err, ErrUnavailable) || statusOf(err) != http.StatusServiceUnavailable {
+		t.Fatalf("upload whose invalidation keeps failing: %v, want ErrUnavailable (503)", err)
+	}
+	if tries := n.Counters().Requests - before; tries < 2 {
+		t.Errorf("invalidation tried %d times, want retries", tries)
+	}
+	// The row is committed: the stores serve v2.
+	if e, err := st.index.Get(ctx, "k"); err != nil || e.Size != int64(len(blue)) {
+		t.Fatalf("row after the 503: %+v %v, want v2's", e, err)
+	}
+	// A newer view arrives during the retries: the invalidation then succeeds.
+	for r := range m.Owners {
+		m.Owners[r], m.Since[r] = "n1", 6
+	}
+	m.Epoch = 6
+	f.cfg.InvalidateTimeout = 10 * time.Second
+	f.nodeErrors.Store(0)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := f.Put(ctx, "k", red)
+		errc <- err
+	}()
+	waitfor.True(t, 5*time.Second, "a failed invalidation", func() bool { return f.nodeErrors.Load() > 0 })
+	if _, err := n.SetRegions(m); err != nil {
+		t.Fatal(err)
+	}
+	v := view.Clone()
+	v.Index, v.Epoch = 2, 6
+	f.setPool(v)
+	if err := <-errc; err != nil {
+		t.Fatalf("upload whose owner moved while retrying: %v, want success", err)
+	}
+	if img, err := f.Get(ctx, "k"); err != nil || string(img.Data) != string(red) {
+		t.Fatalf("read after the upload: %v, want v3", err)
+	}
+}
