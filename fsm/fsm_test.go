@@ -363,23 +363,29 @@ func TestConfigCommands(t *testing.T) {
 	cfg := fsm.CacheConfig{CapacityMB: 1024, Policy: fsm.PolicyRR}
 	pol := fsm.ScalingPolicy{Mode: fsm.ModeAuto, MaxMissRate: 1, MinMissRate: 0, ExpandRatio: 8, ShrinkRatio: 0.01}
 
+	// view: the command changes the data plane's view, so ViewIndex moves
+	// with Index; the scaling policy and decisions leave it where it was.
 	tests := []struct {
 		cmd  fsm.Command
 		edit func(*fsm.State)
+		view bool
 	}{
-		{fsm.SetCache{Config: cfg}, func(s *fsm.State) { s.Cache = cfg }},
-		{fsm.SetScaling{Policy: pol}, func(s *fsm.State) { s.Scaling = pol }},
-		{fsm.ClearCaches{}, func(s *fsm.State) { s.ClearGen++ }},
-		{fsm.DeleteAll{}, func(s *fsm.State) { s.DeleteGen++ }},
-		{fsm.RecordDecision{Decision: decision(1)}, func(s *fsm.State) { s.Decisions = append(s.Decisions, decision(1)) }},
-		{fsm.ClearCaches{}, func(s *fsm.State) { s.ClearGen++ }},
-		{fsm.RecordDecision{Decision: decision(2)}, func(s *fsm.State) { s.Decisions = append(s.Decisions, decision(2)) }},
+		{fsm.SetCache{Config: cfg}, func(s *fsm.State) { s.Cache = cfg }, true},
+		{fsm.SetScaling{Policy: pol}, func(s *fsm.State) { s.Scaling = pol }, false},
+		{fsm.ClearCaches{}, func(s *fsm.State) { s.ClearGen++ }, true},
+		{fsm.DeleteAll{}, func(s *fsm.State) { s.DeleteGen++ }, true},
+		{fsm.RecordDecision{Decision: decision(1)}, func(s *fsm.State) { s.Decisions = append(s.Decisions, decision(1)) }, false},
+		{fsm.ClearCaches{}, func(s *fsm.State) { s.ClearGen++ }, true},
+		{fsm.RecordDecision{Decision: decision(2)}, func(s *fsm.State) { s.Decisions = append(s.Decisions, decision(2)) }, false},
 	}
 	want := base
 	for _, tt := range tests {
 		got := l.mustApply(tt.cmd)
 		tt.edit(&want)
 		want.Index = l.index
+		if tt.view {
+			want.ViewIndex = l.index
+		}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("after %#v:\ngot  %+v\nwant %+v", tt.cmd, got, want)
 		}
