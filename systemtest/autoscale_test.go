@@ -1,15 +1,15 @@
 package systemtest
 
 import (
+	"context"
+	"errors"
 	"fmt"
-	"net/http"
-	"strconv"
+	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/role"
 	"github.com/memcache/memcache/internal/testcluster"
@@ -18,38 +18,32 @@ import (
 	"github.com/memcache/memcache/region"
 )
 
-// nodeGet sends GET /cache/{key} to the key's owner in st and reports the status.
-func nodeGet(st fsm.State, key string) int {
+// nodeClient talks to the cache nodes as a frontend does.
+func nodeClient() *node.Client { return node.NewClient(node.ClientConfig{Secret: testcluster.Secret}) }
+
+// nodeGet asks key's owner in st for it and reports whether it was a hit.
+func nodeGet(nodes *node.Client, st fsm.State, key string) (hit bool, err error) {
 	m, ok := st.Member(st.Regions[region.Of(key)])
 	if !ok {
-		return 0
+		return false, fmt.Errorf("no owner")
 	}
-	req, _ := http.NewRequest("GET", m.HTTP+"/cache/"+key, nil)
-	req.Header.Set(auth.Header, testcluster.Secret)
-	req.Header.Set(node.HeaderEpoch, strconv.FormatUint(st.Epoch, 10))
-	resp, err := http.DefaultClient.Do(req)
+	e, err := nodes.Get(context.Background(), m.HTTP, key, st.Epoch, node.GetOptions{})
 	if err != nil {
-		return 0
+		return false, err
 	}
-	resp.Body.Close()
-	return resp.StatusCode
+	io.Copy(io.Discard, e.Body)
+	e.Body.Close()
+	return true, nil
 }
 
-func nodePut(st fsm.State, key string) int {
+// nodePut caches a one-byte value under key at its owner in st.
+func nodePut(nodes *node.Client, st fsm.State, key string) error {
 	m, ok := st.Member(st.Regions[region.Of(key)])
 	if !ok {
-		return 0
+		return fmt.Errorf("no owner")
 	}
-	req, _ := http.NewRequest("PUT", m.HTTP+"/cache/"+key, nil)
-	req.Body = http.NoBody
-	req.Header.Set(auth.Header, testcluster.Secret)
-	req.Header.Set(node.HeaderEpoch, strconv.FormatUint(st.Epoch, 10))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+	v := st.View()
+	return nodes.Put(context.Background(), m.HTTP, key, []byte("x"), node.PutOptions{Epoch: v.Epoch, Generation: v.Generation()})
 }
 
 // traffic runs GETs against the pool until stopped: misses (keys never
@@ -65,15 +59,16 @@ func startTraffic(t *testing.T, m *role.Manager, hits bool) *traffic {
 		tr.wg.Add(1)
 		go func() {
 			defer tr.wg.Done()
+			nodes := nodeClient()
 			for i := 0; !tr.stop.Load(); i++ {
 				st := m.Cluster().State()
 				if hits {
 					key := fmt.Sprintf("hot-%d-%d", w, i%16)
-					if nodeGet(st, key) == http.StatusNotFound {
-						nodePut(st, key)
+					if _, err := nodeGet(nodes, st, key); errors.Is(err, node.ErrMiss) {
+						nodePut(nodes, st, key)
 					}
 				} else {
-					nodeGet(st, fmt.Sprintf("cold-%d-%d", w, i))
+					nodeGet(nodes, st, fmt.Sprintf("cold-%d-%d", w, i))
 				}
 			}
 		}()

@@ -255,14 +255,11 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 			t.Fatalf("%q after delete_all: %q, want 404", k, src)
 		}
 	}
+	nodes := nodeClient()
 	for _, m := range fe.Pool().Members {
-		var stats struct {
-			Counters struct {
-				Items int `json:"items"`
-			} `json:"counters"`
-		}
 		waitfor.True(t, testcluster.Wait, m.ID+" to clear its cache", func() bool {
-			return testcluster.Call(t, "GET", m.HTTP+"/stats", nil, &stats) == 200 && stats.Counters.Items == 0
+			stats, err := nodes.Stats(context.Background(), m.HTTP, time.Time{})
+			return err == nil && stats.Counters.Items == 0
 		})
 	}
 	if s3 == nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -90,21 +91,15 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 	ms := tc.Managers
 	keys := keysByRegion()
 	prev := ms[0].Cluster().State()
+	nodes := nodeClient()
 	for _, n := range []int{4, 2, 8, 1} {
 		// Cache one key per region at its owner, at the current epoch.
 		for r, k := range keys {
 			owner := nodeURL(prev, prev.Regions[r])
-			req, _ := http.NewRequest("PUT", owner+"/cache/"+k, strings.NewReader("value-"+k))
-			req.Header.Set(auth.Header, testcluster.Secret)
-			req.Header.Set(node.HeaderEpoch, strconv.FormatUint(prev.Epoch, 10))
+			view := prev.View()
 			waitfor.True(t, testcluster.Wait, "the owner to accept "+k, func() bool {
-				resp, err := http.DefaultClient.Do(req.Clone(context.Background()))
-				if err != nil {
-					return false
-				}
-				resp.Body.Close()
-				req.Body = io.NopCloser(strings.NewReader("value-" + k))
-				return resp.StatusCode == http.StatusNoContent
+				return nodes.Put(context.Background(), owner, k, []byte("value-"+k),
+					node.PutOptions{Epoch: view.Epoch, Generation: view.Generation()}) == nil
 			})
 		}
 		var out struct {
@@ -141,7 +136,14 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 			if !alive {
 				continue // removed from the pool and stopped by the provisioner
 			}
-			code := testcluster.Call(t, "GET", u.HTTP+"/cache/"+k, nil, nil)
+			code := http.StatusOK
+			if e, err := nodes.Get(context.Background(), u.HTTP, k, st.Epoch, node.GetOptions{}); err == nil {
+				e.Body.Close()
+			} else if se := (*node.StatusError)(nil); errors.As(err, &se) {
+				code = se.Code
+			} else {
+				t.Fatalf("GET %s from %s: %v", k, oldOwner, err)
+			}
 			switch {
 			case oldOwner == newOwner && code != 200:
 				t.Fatalf("region %d stayed with %s but its key is gone: %d", r, oldOwner, code)
