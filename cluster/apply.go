@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/hashicorp/raft"
 
 	"github.com/memcache/memcache/fsm"
@@ -20,17 +21,21 @@ const applyTimeout = 10 * time.Second
 
 // errRetry marks a failure after which the command may be sent again: it
 // was not applied (no leader, not the leader), or leadership was lost
-// while it was being committed, so it may or may not have been. Sending
-// it again is safe because every command is idempotent in effect: the
-// config and resize commands set absolute values, clearing twice is
+// while it was being committed, or the leader did not answer within
+// ForwardTimeout, so it may or may not have been. Sending it again is safe
+// because every command is idempotent in effect: the config commands set
+// absolute values (a Configure patch applied twice is applied once), a
+// resize carries its epoch precondition, clearing or deleting twice is
 // harmless, and a repeated MarkFailed is refused as "not in the pool".
 var errRetry = errors.New("retry")
 
 // Apply validates cmd against this replica's state, then has the leader
 // commit it: directly when this replica leads, otherwise by forwarding it
-// to the leader's HTTP API. While no leader is known it retries until ctx
-// is done. A command the FSM refuses returns its fsm.ErrInvalidCommand
-// error and changes nothing.
+// to the leader's HTTP API, each attempt within ForwardTimeout. While no
+// leader is known, or the leader does not answer, it retries with jittered
+// exponential backoff (10 ms growing to 250 ms, ±50 %, so that replicas do
+// not retry in step) until ctx is done. A command the FSM refuses returns
+// its fsm.ErrInvalidCommand error and changes nothing.
 func (c *Cluster) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
 	if err := cmd.Validate(c.fsm.State()); err != nil {
 		return fsm.Result{}, err
@@ -39,20 +44,27 @@ func (c *Cluster) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error
 	if err != nil {
 		return fsm.Result{}, err
 	}
-	backoff := 10 * time.Millisecond
+	b := &backoff.ExponentialBackOff{
+		InitialInterval:     10 * time.Millisecond,
+		RandomizationFactor: 0.5,
+		Multiplier:          2,
+		MaxInterval:         250 * time.Millisecond,
+	}
 	for {
 		res, err := c.applyOnce(ctx, data)
 		if !errors.Is(err, errRetry) {
 			return res, err
 		}
+		t := time.NewTimer(b.NextBackOff())
 		select {
 		case <-c.stop:
+			t.Stop()
 			return fsm.Result{}, ErrClosed
 		case <-ctx.Done():
-			return fsm.Result{}, fmt.Errorf("%w: %v (%v)", ErrNoLeader, ctx.Err(), err)
-		case <-time.After(backoff):
+			t.Stop()
+			return fsm.Result{}, fmt.Errorf("%w: %w (%v)", ErrNoLeader, ctx.Err(), err)
+		case <-t.C:
 		}
-		backoff = min(2*backoff, 100*time.Millisecond)
 	}
 }
 
@@ -92,27 +104,34 @@ type applyResponse struct {
 	Retry   bool   `json:"retry,omitempty"`   // not applied: send again (to the new leader)
 }
 
-// forward sends an encoded command to the leader at url.
+// forward sends an encoded command to the leader at url, within
+// ForwardTimeout.
 func (c *Cluster) forward(ctx context.Context, url string, data []byte) (fsm.Result, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/internal/v1/apply", bytes.NewReader(data))
+	actx, cancel := context.WithTimeout(ctx, c.cfg.ForwardTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, url+"/internal/v1/apply", bytes.NewReader(data))
 	if err != nil {
 		return fsm.Result{}, err
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := c.client.Do(req)
 	if err != nil {
-		// A dial error means the leader never saw the request. Other errors
-		// (a reset, a timeout) may come after it committed; retrying those is
-		// still safe because every command is idempotent in effect (see
-		// errRetry), but only a leader that went away is worth waiting for.
-		if isDialError(err) {
-			return fsm.Result{}, fmt.Errorf("%w: %v", errRetry, err)
+		// A dial error means the leader never saw the request; a leader that
+		// did not answer within the attempt's deadline is paused or cut off
+		// (and about to be replaced). Both are worth another attempt, which
+		// is safe because every command is idempotent in effect (errRetry).
+		// Other errors (a reset) end the call.
+		if isDialError(err) || (ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded)) {
+			return fsm.Result{}, fmt.Errorf("%w: leader at %s: %v", errRetry, url, err)
 		}
 		return fsm.Result{}, fmt.Errorf("cluster: forward to leader: %w", err)
 	}
 	defer resp.Body.Close()
 	var ar applyResponse
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ar); err != nil {
+		if ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
+			return fsm.Result{}, fmt.Errorf("%w: leader at %s: %v", errRetry, url, err)
+		}
 		return fsm.Result{}, fmt.Errorf("cluster: forward to leader: %s: %w", resp.Status, err)
 	}
 	switch {

@@ -82,6 +82,15 @@ type Config struct {
 	// AddressProvider, if set, maps a peer's server ID to the address Raft
 	// dials (tests use it to route Raft traffic through cuttable proxies).
 	AddressProvider raft.ServerAddressProvider
+	// ForwardTimeout bounds one attempt to have the leader commit a command
+	// forwarded by Apply: a leader that does not answer in time (paused,
+	// cut off) is asked again, or its successor, after a jittered backoff.
+	// If zero, 15 s (the leader's own apply timeout is 10 s).
+	ForwardTimeout time.Duration
+	// ProxyTimeout bounds a request ForwardToLeader proxies to the leader;
+	// an earlier deadline of the request itself wins. If zero, 2 minutes
+	// (a resize may start nodes).
+	ProxyTimeout time.Duration
 }
 
 // Cluster is one manager replica's membership in the Raft group.
@@ -121,6 +130,12 @@ func New(cfg Config, f *fsm.FSM, log *slog.Logger) (*Cluster, error) {
 	}
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = 1024
+	}
+	if cfg.ForwardTimeout <= 0 {
+		cfg.ForwardTimeout = applyTimeout + 5*time.Second
+	}
+	if cfg.ProxyTimeout <= 0 {
+		cfg.ProxyTimeout = 2 * time.Minute
 	}
 	base := log.With("id", cfg.Name)
 	log = base.With("component", "cluster")
@@ -449,6 +464,18 @@ func (c *Cluster) Managers() []string {
 	urls := []string{c.cfg.HTTPURL}
 	for _, m := range c.gossip.Members() {
 		if m.Meta.Role == gossip.RoleManager && m.Meta.ID != c.cfg.Name && m.Meta.HTTP != "" {
+			urls = append(urls, m.Meta.HTTP)
+		}
+	}
+	return urls
+}
+
+// Frontends returns the HTTP base URLs of the frontends gossip knows alive
+// (not leaving), in gossip's order.
+func (c *Cluster) Frontends() []string {
+	var urls []string
+	for _, m := range c.gossip.Members() {
+		if m.Meta.Role == gossip.RoleFrontend && m.State == gossip.StateAlive && m.Meta.HTTP != "" {
 			urls = append(urls, m.Meta.HTTP)
 		}
 	}

@@ -129,6 +129,7 @@ type replica struct {
 type testCluster struct {
 	t        testing.TB
 	timing   Timing
+	forward  time.Duration // Config.ForwardTimeout and ProxyTimeout; 0: the defaults
 	replicas []*replica
 	mu       sync.Mutex
 	proxies  map[[2]string]*proxy // [from, to] -> proxy
@@ -140,7 +141,14 @@ func newTestCluster(t testing.TB, n int) *testCluster {
 
 func newTestClusterTiming(t testing.TB, n int, timing Timing) *testCluster {
 	t.Helper()
-	tc := &testCluster{t: t, timing: timing, proxies: map[[2]string]*proxy{}}
+	return newTestClusterForward(t, n, timing, 0)
+}
+
+// newTestClusterForward is newTestClusterTiming with the replicas' forward
+// and proxy timeouts set to forward.
+func newTestClusterForward(t testing.TB, n int, timing Timing, forward time.Duration) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t, timing: timing, forward: forward, proxies: map[[2]string]*proxy{}}
 	var seed string
 	for i := range n {
 		r := &replica{name: string(rune('a' + i)), dataDir: t.TempDir(), raftAddr: "127.0.0.1:0"}
@@ -199,6 +207,7 @@ func (tc *testCluster) start(r *replica, expect int, seed string) {
 		BootstrapExpect: expect, Secret: testSecret, Timing: tc.timing, SnapshotThreshold: 1 << 20,
 		Gossip:          gossip.Config{BindAddr: "127.0.0.1:0", Join: join, Fast: true},
 		AddressProvider: tc.addressFor(r.name),
+		ForwardTimeout:  tc.forward, ProxyTimeout: tc.forward,
 	}, fsm.New(), testLogger().With("replica", r.name))
 	if err != nil {
 		ln.Close()

@@ -161,8 +161,11 @@ func (c *Cluster) handleStatus(w http.ResponseWriter, _ *http.Request) {
 
 // ForwardToLeader returns middleware that serves a request here when this
 // replica leads and otherwise proxies it to the leader, with the cluster
-// secret. With no leader known (an election), it answers 503 with
-// Retry-After. A request already forwarded once is never forwarded again.
+// secret, within ProxyTimeout (or the request's own earlier deadline). With
+// no leader known (an election), it answers 503 with Retry-After; a leader
+// that does not answer in time gets 504, one that cannot be reached 502,
+// both with Retry-After, so that the caller moves on. A request already
+// forwarded once is never forwarded again.
 func (c *Cluster) ForwardToLeader(next http.Handler) http.Handler {
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -175,8 +178,12 @@ func (c *Cluster) ForwardToLeader(next http.Handler) http.Handler {
 				pr.Out.Header.Set(auth.Header, c.cfg.Secret)
 			}
 		},
-		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			w.Header().Set("Retry-After", "1")
+			if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+				writeError(w, http.StatusGatewayTimeout, "the leader did not answer in time: %v", err)
+				return
+			}
 			writeError(w, http.StatusBadGateway, "forwarding to the leader failed: %v", err)
 		},
 	}
@@ -196,7 +203,9 @@ func (c *Cluster) ForwardToLeader(next http.Handler) http.Handler {
 			writeError(w, http.StatusBadGateway, "leader %s advertises a bad URL %q", name, leaderURL)
 			return
 		}
-		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), leaderURLKey{}, u)))
+		ctx, cancel := context.WithTimeout(r.Context(), c.cfg.ProxyTimeout)
+		defer cancel()
+		proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, leaderURLKey{}, u)))
 	})
 }
 

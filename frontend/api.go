@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // apiError writes the tester API's error shape:
@@ -211,8 +213,43 @@ func etagMatches(header, etag string) bool {
 	return false
 }
 
-// proxyAdmin forwards an admin API request to a manager replica, trying
-// each in turn, and copies its answer. The manager checks the admin token.
+// Deadlines of one attempt to have a manager answer an admin call. A
+// manager that does not answer in time (paused, cut off), cannot be reached,
+// or answers 502/503/504 (no leader, or its leader did not answer) is left
+// for the next one. Every admin call is idempotent in effect (absolute
+// config values and pool sizes; a repeated delete-all deletes what the first
+// one did), so asking the next manager after a timeout is safe.
+const (
+	// adminReadTimeout bounds getNumNodes, getRate and configure_cache
+	// without numNodes: a manager answers them from its state or one commit.
+	adminReadTimeout = 5 * time.Second
+	// adminResizeTimeout bounds configure_cache with numNodes: a resize may
+	// start nodes (the manager's own write timeout is 90 s).
+	adminResizeTimeout = 100 * time.Second
+	// adminDeleteAllTimeout bounds delete_all: the manager commits it, then
+	// has a frontend delete every row, cached copy and object, trying each
+	// frontend for up to 30 s.
+	adminDeleteAllTimeout = 2 * time.Minute
+)
+
+// adminTimeout returns the deadline of one attempt of r with body (see
+// above). numNodes is looked for in the raw query and body: a false match
+// only gives a call the longer deadline.
+func adminTimeout(r *http.Request, body []byte) time.Duration {
+	switch {
+	case r.URL.Path == "/api/delete_all":
+		return adminDeleteAllTimeout
+	case r.URL.Path == "/api/configure_cache" &&
+		(strings.Contains(r.URL.RawQuery, "numNodes") || bytes.Contains(body, []byte("numNodes"))):
+		return adminResizeTimeout
+	}
+	return adminReadTimeout
+}
+
+// proxyAdmin forwards an admin API request to a manager replica and
+// returns its answer. It starts at the next manager in rotation and moves
+// on to the next when one does not answer within adminTimeout, cannot be
+// reached, or answers 502, 503 or 504. The manager checks the admin token.
 func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, int, bool) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 	if err != nil {
@@ -224,33 +261,51 @@ func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, i
 		apiError(w, http.StatusServiceUnavailable, "no manager replica is known to this frontend")
 		return nil, 0, false
 	}
+	timeout := adminTimeout(r, body)
+	start := int(f.adminNext.Add(1)-1) % len(managers)
 	var lastErr error
-	for _, m := range managers {
-		req, err := http.NewRequestWithContext(r.Context(), r.Method, m+r.URL.RequestURI(), bytes.NewReader(body))
-		if err != nil {
-			lastErr = err
-			continue
+	for i := range managers {
+		m := managers[(start+i)%len(managers)]
+		out, code, err := f.adminAttempt(r, m, body, timeout)
+		if err == nil && code != http.StatusBadGateway && code != http.StatusServiceUnavailable && code != http.StatusGatewayTimeout {
+			return out, code, true
 		}
-		for _, h := range []string{"Authorization", "Content-Type"} {
-			if v := r.Header.Get(h); v != "" {
-				req.Header.Set(h, v)
-			}
+		if err == nil {
+			err = fmt.Errorf("%s answered %d: %s", m, code, bytes.TrimSpace(out))
 		}
-		resp, err := f.client.Do(req)
-		if err != nil {
-			lastErr = err
-			continue
+		lastErr = err
+		if r.Context().Err() != nil {
+			break // the client went away
 		}
-		out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		return out, resp.StatusCode, true
+		f.log.Warn("admin call: manager did not answer, trying the next", "manager", m, "path", r.URL.Path, "err", err)
 	}
-	apiError(w, http.StatusBadGateway, "no manager replica answered: %v", lastErr)
+	apiError(w, http.StatusServiceUnavailable, "no manager replica answered: %v", lastErr)
 	return nil, 0, false
+}
+
+// adminAttempt sends r (with body) to manager m within timeout.
+func (f *Frontend) adminAttempt(r *http.Request, m string, body []byte, timeout time.Duration) ([]byte, int, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, r.Method, m+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, h := range []string{"Authorization", "Content-Type"} {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("manager %s: %w", m, err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, 0, fmt.Errorf("manager %s: reading the answer: %w", m, err)
+	}
+	return out, resp.StatusCode, nil
 }
 
 func copyJSON(w http.ResponseWriter, code int, body []byte) {

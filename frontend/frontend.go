@@ -122,6 +122,7 @@ type Frontend struct {
 	hot      *node.Cache // revalidated copies of images; nil when off
 
 	hits, misses, nodeErrors atomic.Uint64
+	adminNext                atomic.Uint64 // rotates the first manager an admin call tries
 }
 
 // New returns a frontend over blobs and index.

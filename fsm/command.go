@@ -21,6 +21,7 @@ const (
 	CmdClearCaches    CommandType = 5
 	CmdDeleteAll      CommandType = 6
 	CmdRecordDecision CommandType = 7
+	CmdConfigure      CommandType = 8
 )
 
 // IgnoreUnknownFlag, set in the type byte, tells a replica that does not know
@@ -48,6 +49,8 @@ func (t CommandType) String() string {
 		return "DeleteAll"
 	case CmdRecordDecision:
 		return "RecordDecision"
+	case CmdConfigure:
+		return "Configure"
 	}
 	return fmt.Sprintf("CommandType(%d)", uint8(t))
 }
@@ -105,6 +108,51 @@ type RecordDecision struct {
 	Decision Decision `json:"decision"`
 }
 
+// Configure is a partial update of the cache config and the scaling policy:
+// every field that is not nil replaces the current value, the others keep
+// the value of the state the command meets in Apply. The merged config and
+// policy must be valid (so a patch checked against a stale state is checked
+// again, against the current one, in Apply); a refused patch changes
+// nothing. Because it is merged inside Apply, two concurrent patches of
+// different fields both take effect, with no read-modify-write window and
+// no retry; sent twice, a patch has the effect of sending it once.
+// At least one field must be set.
+type Configure struct {
+	CapacityMB  *int     `json:"capacity_mb,omitempty"`
+	Policy      *string  `json:"policy,omitempty"`
+	Mode        *string  `json:"mode,omitempty"`
+	MaxMissRate *float64 `json:"max_miss_rate,omitempty"`
+	MinMissRate *float64 `json:"min_miss_rate,omitempty"`
+	ExpandRatio *float64 `json:"expand_ratio,omitempty"`
+	ShrinkRatio *float64 `json:"shrink_ratio,omitempty"`
+}
+
+// Empty reports whether c sets no field.
+func (c Configure) Empty() bool { return c == Configure{} }
+
+// Merge returns cache and scaling with c's fields replacing theirs.
+func (c Configure) Merge(cache CacheConfig, scaling ScalingPolicy) (CacheConfig, ScalingPolicy) {
+	set := func(dst *float64, v *float64) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	if c.CapacityMB != nil {
+		cache.CapacityMB = *c.CapacityMB
+	}
+	if c.Policy != nil {
+		cache.Policy = Policy(*c.Policy)
+	}
+	if c.Mode != nil {
+		scaling.Mode = *c.Mode
+	}
+	set(&scaling.MaxMissRate, c.MaxMissRate)
+	set(&scaling.MinMissRate, c.MinMissRate)
+	set(&scaling.ExpandRatio, c.ExpandRatio)
+	set(&scaling.ShrinkRatio, c.ShrinkRatio)
+	return cache, scaling
+}
+
 // Type implements Command.
 func (SetCache) Type() CommandType { return CmdSetCache }
 
@@ -125,6 +173,9 @@ func (DeleteAll) Type() CommandType { return CmdDeleteAll }
 
 // Type implements Command.
 func (RecordDecision) Type() CommandType { return CmdRecordDecision }
+
+// Type implements Command.
+func (Configure) Type() CommandType { return CmdConfigure }
 
 // Validate implements Command.
 func (c SetCache) Validate(State) error { return ValidateCache(c.Config) }
@@ -168,6 +219,19 @@ func (DeleteAll) Validate(State) error { return nil }
 // Validate implements Command.
 func (c RecordDecision) Validate(State) error { return c.Decision.Validate() }
 
+// Validate implements Command: the config and policy that c makes of s's
+// must both be valid.
+func (c Configure) Validate(s State) error {
+	if c.Empty() {
+		return invalidf("the configuration update sets nothing")
+	}
+	cache, scaling := c.Merge(s.Cache, s.Scaling)
+	if err := ValidateCache(cache); err != nil {
+		return err
+	}
+	return scaling.Validate()
+}
+
 // The apply functions, one per command. Each runs only after the command's
 // Validate passed against s, and cannot fail.
 
@@ -202,6 +266,10 @@ func (s *State) applyMarkFailed(c MarkFailed) {
 	s.setPool(members, cur)
 }
 
+func (s *State) applyConfigure(c Configure) {
+	s.Cache, s.Scaling = c.Merge(s.Cache, s.Scaling)
+}
+
 func (s *State) applyClearCaches(ClearCaches) { s.ClearGen++ }
 
 func (s *State) applyDeleteAll(DeleteAll) { s.DeleteGen++ }
@@ -231,6 +299,8 @@ func (s *State) apply(cmd Command) bool {
 		s.applyDeleteAll(c)
 	case RecordDecision:
 		s.applyRecordDecision(c)
+	case Configure:
+		s.applyConfigure(c)
 	default:
 		return false
 	}
@@ -272,6 +342,8 @@ func decoder(t CommandType) (func([]byte) (Command, error), bool) {
 		return decodeAs[DeleteAll], true
 	case CmdRecordDecision:
 		return decodeAs[RecordDecision], true
+	case CmdConfigure:
+		return decodeAs[Configure], true
 	}
 	return nil, false
 }

@@ -168,6 +168,7 @@ func allCommands() []fsm.Command {
 			Time: time.Date(2025, 3, 1, 12, 2, 0, 0, time.UTC), Mode: fsm.ModeAuto, Nodes: 4, Target: 2,
 			Gets: 7, MissRate: rate(0), Action: fsm.ActionShrink, Reason: "shrink", Error: "boom",
 		}},
+		fsm.Configure{CapacityMB: ptr(32), ShrinkRatio: ptr(0.4)},
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -57,7 +56,6 @@ type API struct {
 	cluster Cluster
 	pool    Pool
 	stats   PoolStats
-	merge   sync.Mutex     // serialises read-modify-write config changes on the leader
 	metrics metrics.Reader // the UI's charts; nil: none
 	client  *http.Client   // carries the cluster secret, for the nodes' /stats
 	key     []byte         // signs UI sessions and CSRF tokens
@@ -83,8 +81,8 @@ func New(cfg Config, c Cluster, p Pool, m metrics.Reader, log *slog.Logger) *API
 // Routes mounts the API on r:
 //
 //	GET  /v1/config           {"cache":{...},"scaling":{...}}
-//	PUT  /v1/config/cache     {"capacity_mb":N,"policy":"LRU"|"RR"} (fields optional)
-//	PUT  /v1/config/scaling   {"mode":..,"max_miss_rate":..,"min_miss_rate":..,"expand_ratio":..,"shrink_ratio":..} (fields optional)
+//	PUT  /v1/config/cache     {"capacity_mb":N,"policy":"LRU"|"RR"} (fields optional, at least one)
+//	PUT  /v1/config/scaling   {"mode":..,"max_miss_rate":..,"min_miss_rate":..,"expand_ratio":..,"shrink_ratio":..} (fields optional, at least one)
 //	POST /v1/pool/resize      {"nodes":N}  (served by the leader; followers forward it)
 //	POST /v1/pool/clear       clear every node's cache
 //
@@ -93,24 +91,15 @@ func (a *API) Routes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(auth.Require(a.cfg.Secret))
 		r.Get("/v1/config", a.handleGetConfig)
-		// Partial updates read the current config and write it whole: they
-		// run on the leader, one at a time, so none is lost.
-		r.Method(http.MethodPut, "/v1/config/cache", a.cluster.ForwardToLeader(a.serialized(a.handleSetCache)))
-		r.Method(http.MethodPut, "/v1/config/scaling", a.cluster.ForwardToLeader(a.serialized(a.handleSetScaling)))
+		// Partial updates are fsm.Configure patches, merged with the
+		// current config inside Apply: none is lost, on any replica.
+		r.Put("/v1/config/cache", a.handleSetCache)
+		r.Put("/v1/config/scaling", a.handleSetScaling)
 		r.Post("/v1/pool/clear", a.handleClear)
 		r.Method(http.MethodPost, "/v1/pool/resize", a.cluster.ForwardToLeader(http.HandlerFunc(a.handleResize)))
 	})
 	a.testerRoutes(r)
 	a.uiRoutes(r)
-}
-
-// serialized runs h under a.merge.
-func (a *API) serialized(h http.HandlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a.merge.Lock()
-		defer a.merge.Unlock()
-		h(w, r)
-	})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -175,14 +164,7 @@ func (a *API) handleSetCache(w http.ResponseWriter, r *http.Request) {
 		writeApplyError(w, err)
 		return
 	}
-	cfg := a.cluster.State().Cache
-	if body.CapacityMB != nil {
-		cfg.CapacityMB = *body.CapacityMB
-	}
-	if body.Policy != nil {
-		cfg.Policy = fsm.Policy(*body.Policy)
-	}
-	a.apply(w, r, fsm.SetCache{Config: cfg})
+	a.apply(w, r, fsm.Configure{CapacityMB: body.CapacityMB, Policy: body.Policy})
 }
 
 func (a *API) handleSetScaling(w http.ResponseWriter, r *http.Request) {
@@ -197,23 +179,8 @@ func (a *API) handleSetScaling(w http.ResponseWriter, r *http.Request) {
 		writeApplyError(w, err)
 		return
 	}
-	p := a.cluster.State().Scaling
-	if body.Mode != nil {
-		p.Mode = *body.Mode
-	}
-	if body.MaxMissRate != nil {
-		p.MaxMissRate = *body.MaxMissRate
-	}
-	if body.MinMissRate != nil {
-		p.MinMissRate = *body.MinMissRate
-	}
-	if body.ExpandRatio != nil {
-		p.ExpandRatio = *body.ExpandRatio
-	}
-	if body.ShrinkRatio != nil {
-		p.ShrinkRatio = *body.ShrinkRatio
-	}
-	a.apply(w, r, fsm.SetScaling{Policy: p})
+	a.apply(w, r, fsm.Configure{Mode: body.Mode, MaxMissRate: body.MaxMissRate, MinMissRate: body.MinMissRate,
+		ExpandRatio: body.ExpandRatio, ShrinkRatio: body.ShrinkRatio})
 }
 
 func (a *API) handleClear(w http.ResponseWriter, r *http.Request) {

@@ -5,7 +5,12 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
+	"math"
+	"mime"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,7 +54,7 @@ func (a *API) testerRoutes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(requireToken(a.cfg.AdminToken))
 		r.Post("/api/delete_all", a.apiDeleteAll)
-		r.Method(http.MethodPost, "/api/configure_cache", a.cluster.ForwardToLeader(a.serialized(a.apiConfigureCache)))
+		r.Method(http.MethodPost, "/api/configure_cache", a.cluster.ForwardToLeader(http.HandlerFunc(a.apiConfigureCache)))
 		// Reads answer from the leader, so they see every acknowledged write.
 		r.Method(http.MethodPost, "/api/getNumNodes", a.cluster.ForwardToLeader(http.HandlerFunc(a.apiGetNumNodes)))
 		r.Method(http.MethodPost, "/api/getRate", a.cluster.ForwardToLeader(http.HandlerFunc(a.apiGetRate)))
@@ -84,15 +89,17 @@ func (a *API) apiGetNumNodes(w http.ResponseWriter, _ *http.Request) {
 // apiGetRate answers the pool's miss or hit rate over the last minute, from
 // summed counts; 0 when there were no GETs (the GET count is beside it).
 func (a *API) apiGetRate(w http.ResponseWriter, r *http.Request) {
-	which := r.URL.Query().Get("rate")
+	q, err := strictParams(r, "rate")
+	if err != nil {
+		testerError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	which := q["rate"]
 	if which != "miss" && which != "hit" {
 		testerError(w, http.StatusBadRequest, "rate must be miss or hit, got %q", which)
 		return
 	}
-	var (
-		t   metrics.Totals
-		err error
-	)
+	var t metrics.Totals
 	if a.metrics != nil {
 		// The same figures the UI and the scaler read.
 		t, err = a.metrics.Totals(r.Context(), time.Now(), time.Minute)
@@ -114,40 +121,73 @@ type PoolStats interface {
 	LastMinute(ctx context.Context) (metrics.Totals, error)
 }
 
-// configureParams are the parsed query parameters of configure_cache; nil
-// means "leave as it is".
-type configureParams struct {
-	mode                                    *string
-	numNodes, cacheSize                     *int
-	policy                                  *string
-	expRatio, shrinkRatio, maxMiss, minMiss *float64
-}
+// errBadParams marks a tester request whose parameters are refused: the
+// answer is 400 and nothing changes.
+var errBadParams = errors.New("bad parameters")
 
-func parseConfigure(r *http.Request) (configureParams, error) {
-	q := r.URL.Query()
-	// The tester sends query parameters; a form body is accepted too.
-	if err := r.ParseForm(); err == nil {
-		for k, v := range r.PostForm {
-			if _, ok := q[k]; !ok {
-				q[k] = v
+// maxParamsBody bounds a form body of the tester API.
+const maxParamsBody = 64 << 10
+
+// strictParams returns the parameters of r, from its query and, if it has
+// one, its application/x-www-form-urlencoded body. Unlike r.URL.Query() and
+// r.ParseForm, which drop pairs they cannot decode, it refuses (with an
+// error wrapping errBadParams) a malformed pair, a parameter given twice
+// (in either place or both), and a name not in known.
+func strictParams(r *http.Request, known ...string) (map[string]string, error) {
+	out := map[string]string{}
+	add := func(where, raw string) error {
+		vs, err := url.ParseQuery(raw)
+		if err != nil {
+			return fmt.Errorf("%w: malformed %s: %v", errBadParams, where, err)
+		}
+		for k, v := range vs {
+			if !slices.Contains(known, k) {
+				return fmt.Errorf("%w: unknown parameter %q (known: %s)", errBadParams, k, strings.Join(known, ", "))
 			}
-		}
-	}
-	var p configureParams
-	known := map[string]bool{"mode": true, "numNodes": true, "cacheSize": true, "policy": true,
-		"expRatio": true, "shrinkRatio": true, "maxMiss": true, "minMiss": true}
-	for k := range q {
-		if !known[k] {
-			return p, fmt.Errorf("unknown parameter %q", k)
-		}
-	}
-	str := func(name string) *string {
-		if v, ok := q[name]; ok {
-			return &v[0]
+			if _, dup := out[k]; dup || len(v) > 1 {
+				return fmt.Errorf("%w: parameter %q is given more than once", errBadParams, k)
+			}
+			out[k] = v[0]
 		}
 		return nil
 	}
-	var err error
+	if err := add("query", r.URL.RawQuery); err != nil {
+		return nil, err
+	}
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct == "application/x-www-form-urlencoded" {
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxParamsBody+1))
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading the form: %v", errBadParams, err)
+		}
+		if len(body) > maxParamsBody {
+			return nil, fmt.Errorf("%w: the form is over %d bytes", errBadParams, maxParamsBody)
+		}
+		if err := add("form body", string(body)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// configureParams are the parsed parameters of configure_cache: the patch
+// of the cache config and scaling policy, and the pool size (nil: leave it).
+type configureParams struct {
+	patch    fsm.Configure
+	numNodes *int
+}
+
+func parseConfigure(r *http.Request) (configureParams, error) {
+	var p configureParams
+	q, err := strictParams(r, "mode", "numNodes", "cacheSize", "policy", "expRatio", "shrinkRatio", "maxMiss", "minMiss")
+	if err != nil {
+		return p, err
+	}
+	str := func(name string) *string {
+		if v, ok := q[name]; ok {
+			return &v
+		}
+		return nil
+	}
 	integer := func(name string) *int {
 		v := str(name)
 		if v == nil || err != nil {
@@ -155,7 +195,7 @@ func parseConfigure(r *http.Request) (configureParams, error) {
 		}
 		n, e := strconv.Atoi(*v)
 		if e != nil {
-			err = fmt.Errorf("%s %q is not a whole number", name, *v)
+			err = fmt.Errorf("%w: %s %q is not a whole number", errBadParams, name, *v)
 			return nil
 		}
 		return &n
@@ -166,21 +206,26 @@ func parseConfigure(r *http.Request) (configureParams, error) {
 			return nil
 		}
 		f, e := strconv.ParseFloat(*v, 64)
-		if e != nil {
-			err = fmt.Errorf("%s %q is not a number", name, *v)
+		if e != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			err = fmt.Errorf("%w: %s %q is not a number", errBadParams, name, *v)
 			return nil
 		}
 		return &f
 	}
-	p.mode, p.policy = str("mode"), str("policy")
-	p.numNodes, p.cacheSize = integer("numNodes"), integer("cacheSize")
-	p.expRatio, p.shrinkRatio, p.maxMiss, p.minMiss = float("expRatio"), float("shrinkRatio"), float("maxMiss"), float("minMiss")
+	p.patch = fsm.Configure{
+		Mode: str("mode"), Policy: str("policy"), CapacityMB: integer("cacheSize"),
+		ExpandRatio: float("expRatio"), ShrinkRatio: float("shrinkRatio"),
+		MaxMissRate: float("maxMiss"), MinMissRate: float("minMiss"),
+	}
+	p.numNodes = integer("numNodes")
 	return p, err
 }
 
-// apiConfigureCache validates every parameter first and changes nothing
-// unless all are valid; then it commits the cache config, the scaling
-// policy, and (in manual mode) the pool size. It runs on the leader.
+// apiConfigureCache checks every parameter first and changes nothing
+// unless all are valid; then it commits the cache config and scaling policy
+// as one fsm.Configure patch (merged with the current values inside Apply,
+// so a concurrent update of other fields is kept), and (in manual mode)
+// resizes the pool. It runs on the leader, where the Pool runs.
 func (a *API) apiConfigureCache(w http.ResponseWriter, r *http.Request) {
 	p, err := parseConfigure(r)
 	if err != nil {
@@ -188,36 +233,19 @@ func (a *API) apiConfigureCache(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := a.cluster.State()
-	cache, scaling := st.Cache, st.Scaling
-	if p.cacheSize != nil {
-		cache.CapacityMB = *p.cacheSize
-	}
-	if p.policy != nil {
-		cache.Policy = fsm.Policy(*p.policy)
-	}
-	if p.mode != nil {
-		scaling.Mode = *p.mode
-	}
-	if p.expRatio != nil {
-		scaling.ExpandRatio = *p.expRatio
-	}
-	if p.shrinkRatio != nil {
-		scaling.ShrinkRatio = *p.shrinkRatio
-	}
-	if p.maxMiss != nil {
-		scaling.MaxMissRate = *p.maxMiss
-	}
-	if p.minMiss != nil {
-		scaling.MinMissRate = *p.minMiss
-	}
-	if err := errors.Join(cache.Validate(), scaling.Validate()); err != nil {
-		testerError(w, http.StatusBadRequest, "%v", err)
-		return
+	mode := st.Scaling.Mode
+	if !p.patch.Empty() {
+		if err := p.patch.Validate(st); err != nil {
+			testerError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+		_, scaling := p.patch.Merge(st.Cache, st.Scaling)
+		mode = scaling.Mode
 	}
 	if p.numNodes != nil {
 		switch {
-		case scaling.Mode != fsm.ModeManual:
-			testerError(w, http.StatusBadRequest, "numNodes can only be set in manual mode (mode is %s)", scaling.Mode)
+		case mode != fsm.ModeManual:
+			testerError(w, http.StatusBadRequest, "numNodes can only be set in manual mode (mode is %s)", mode)
 			return
 		case *p.numNodes < fsm.MinNodes || *p.numNodes > fsm.MaxNodes:
 			testerError(w, http.StatusBadRequest, "numNodes %d is outside %d..%d", *p.numNodes, fsm.MinNodes, fsm.MaxNodes)
@@ -226,19 +254,19 @@ func (a *API) apiConfigureCache(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
 	defer cancel()
-	if cache != st.Cache {
-		if _, err := a.cluster.Apply(ctx, fsm.SetCache{Config: cache}); err != nil {
-			testerError(w, statusOfApply(err), "%v", err)
-			return
-		}
-	}
-	if scaling != st.Scaling {
-		if _, err := a.cluster.Apply(ctx, fsm.SetScaling{Policy: scaling}); err != nil {
+	if !p.patch.Empty() {
+		if _, err := a.cluster.Apply(ctx, p.patch); err != nil {
 			testerError(w, statusOfApply(err), "%v", err)
 			return
 		}
 	}
 	if p.numNodes != nil {
+		// The mode may have changed since it was checked; the Pool's own
+		// epoch precondition keeps the resize from undoing another.
+		if m := a.cluster.State().Scaling.Mode; m != fsm.ModeManual {
+			testerError(w, http.StatusConflict, "numNodes can only be set in manual mode (the mode became %s meanwhile)", m)
+			return
+		}
 		if _, err := a.pool.Resize(ctx, *p.numNodes); err != nil {
 			testerError(w, statusOfApply(err), "%v", err)
 			return

@@ -112,11 +112,11 @@ func (a *API) uiRoutes(r chi.Router) {
 			r.Group(func(r chi.Router) {
 				r.Use(a.requireCSRF)
 				r.Post("/ui/logout", a.uiLogout)
-				// These forms write the whole config from what the replica
-				// holds: they run on the leader, one at a time, so a
-				// follower's stale copy never overwrites a newer change.
-				r.Method(http.MethodPost, "/ui/config", a.cluster.ForwardToLeader(a.serialized(a.uiConfig)))
-				r.Method(http.MethodPost, "/ui/scaling", a.cluster.ForwardToLeader(a.serialized(a.uiScaling)))
+				// These forms commit fsm.Configure patches, checked again
+				// inside Apply against the current state: a follower's
+				// stale copy never overwrites a newer change.
+				r.Post("/ui/config", a.uiConfig)
+				r.Post("/ui/scaling", a.uiScaling)
 				r.Post("/ui/pool/grow", a.uiResize(+1))
 				r.Post("/ui/pool/shrink", a.uiResize(-1))
 				r.Post("/ui/clear", a.uiClear)
@@ -367,39 +367,44 @@ func (a *API) uiConfig(w http.ResponseWriter, r *http.Request) {
 	} else if capacity < fsm.MinCapacityMB || capacity > fsm.MaxCapacityMB {
 		problems = append(problems, fmt.Sprintf("Capacity %d MB is outside %d..%d MB.", capacity, fsm.MinCapacityMB, fsm.MaxCapacityMB))
 	}
-	policy := fsm.Policy(r.PostForm.Get("policy"))
-	if policy != fsm.PolicyLRU && policy != fsm.PolicyRR {
+	policy := r.PostForm.Get("policy")
+	if p := fsm.Policy(policy); p != fsm.PolicyLRU && p != fsm.PolicyRR {
 		problems = append(problems, fmt.Sprintf("Policy must be %s or %s; %q is neither.", fsm.PolicyLRU, fsm.PolicyRR, policy))
 	}
 	if len(problems) > 0 {
 		a.refuse(w, r, http.StatusBadRequest, refused, problems...)
 		return
 	}
-	a.uiApply(w, r, "config", refused, fsm.SetCache{Config: fsm.CacheConfig{CapacityMB: capacity, Policy: policy}})
+	a.uiApply(w, r, "config", refused, fsm.Configure{CapacityMB: &capacity, Policy: &policy})
 }
 
 // uiScaling sets the mode and the automatic mode's parameters; a blank
-// parameter keeps its current value.
+// parameter keeps its current value. The form is checked here against this
+// replica's state, for clear messages, and committed as an fsm.Configure
+// patch, which Apply checks again against the state it meets.
 func (a *API) uiScaling(w http.ResponseWriter, r *http.Request) {
 	const refused = "The scaling policy was not changed."
 	p := a.cluster.State().Scaling
+	var patch fsm.Configure
 	var problems []string
 	switch mode := r.PostForm.Get("mode"); mode {
 	case fsm.ModeManual, fsm.ModeAuto:
 		p.Mode = mode
+		patch.Mode = &mode
 	default:
 		problems = append(problems, fmt.Sprintf("Mode must be %s or %s; %q is neither.", fsm.ModeManual, fsm.ModeAuto, mode))
 	}
 	fields := []struct {
 		name, label string
 		dst         *float64
+		set         **float64
 		ok          func(float64) bool
 		want        string
 	}{
-		{"max_miss", "Max miss rate", &p.MaxMissRate, func(x float64) bool { return x >= 0 && x <= 1 }, "between 0 and 1"},
-		{"min_miss", "Min miss rate", &p.MinMissRate, func(x float64) bool { return x >= 0 && x <= 1 }, "between 0 and 1"},
-		{"expand_ratio", "Expand ratio", &p.ExpandRatio, func(x float64) bool { return x > 1 && x <= fsm.MaxExpandRatio }, fmt.Sprintf("above 1 and at most %d", fsm.MaxExpandRatio)},
-		{"shrink_ratio", "Shrink ratio", &p.ShrinkRatio, func(x float64) bool { return x > 0 && x < 1 }, "strictly between 0 and 1"},
+		{"max_miss", "Max miss rate", &p.MaxMissRate, &patch.MaxMissRate, func(x float64) bool { return x >= 0 && x <= 1 }, "between 0 and 1"},
+		{"min_miss", "Min miss rate", &p.MinMissRate, &patch.MinMissRate, func(x float64) bool { return x >= 0 && x <= 1 }, "between 0 and 1"},
+		{"expand_ratio", "Expand ratio", &p.ExpandRatio, &patch.ExpandRatio, func(x float64) bool { return x > 1 && x <= fsm.MaxExpandRatio }, fmt.Sprintf("above 1 and at most %d", fsm.MaxExpandRatio)},
+		{"shrink_ratio", "Shrink ratio", &p.ShrinkRatio, &patch.ShrinkRatio, func(x float64) bool { return x > 0 && x < 1 }, "strictly between 0 and 1"},
 	}
 	rangesOK := true
 	for _, f := range fields {
@@ -411,7 +416,7 @@ func (a *API) uiScaling(w http.ResponseWriter, r *http.Request) {
 		case !f.ok(x):
 			problems, rangesOK = append(problems, fmt.Sprintf("%s %g must be %s.", f.label, x, f.want)), false
 		default:
-			*f.dst = x
+			*f.dst, *f.set = x, &x
 		}
 	}
 	if rangesOK && p.MinMissRate >= p.MaxMissRate {
@@ -426,7 +431,7 @@ func (a *API) uiScaling(w http.ResponseWriter, r *http.Request) {
 		a.refuse(w, r, http.StatusBadRequest, refused, problems...)
 		return
 	}
-	a.uiApply(w, r, "scaling", refused, fsm.SetScaling{Policy: p})
+	a.uiApply(w, r, "scaling", refused, patch)
 }
 
 // resizeProblem says why the pool in st cannot change by delta, or "".

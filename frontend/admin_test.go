@@ -1,0 +1,86 @@
+package frontend
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+)
+
+// hungManager stands for a paused (SIGSTOP'd) manager: a real socket that
+// accepts connections and never answers. It returns the manager's URL.
+func hungManager(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		done  = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// TestAdminCallsMoveOnFromAManagerThatDoesNotAnswer: with one manager
+// paused and one without a leader (503), every admin call sent to the
+// frontend is answered by the manager that works, whichever it tries first.
+func TestAdminCallsMoveOnFromAManagerThatDoesNotAnswer(t *testing.T) {
+	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"success":"true","numNodes":2}`))
+	}))
+	defer good.Close()
+	noLeader := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte(`{"error":{"code":503,"message":"no leader"}}`))
+	}))
+	defer noLeader.Close()
+	managers := []string{hungManager(t), noLeader.URL, good.URL}
+	s := newStores(t)
+	f := New(Config{Managers: func() []string { return managers }}, s.blobs, s.index, slog.New(slog.DiscardHandler))
+	srv := httptest.NewServer(f.Handler())
+	defer srv.Close()
+
+	client := &http.Client{Timeout: 30 * time.Second}
+	// Three calls start at each manager in turn.
+	for i := range len(managers) {
+		start := time.Now()
+		resp, err := client.Post(srv.URL+"/api/getNumNodes", "", nil)
+		if err != nil {
+			t.Fatalf("call %d: got %v, want the working manager's answer", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("call %d: got %d, want 200", i, resp.StatusCode)
+		}
+		if d := time.Since(start); d > adminReadTimeout+5*time.Second {
+			t.Errorf("call %d took %v, want at most about one attempt's deadline (%v)", i, d, adminReadTimeout)
+		}
+	}
+}

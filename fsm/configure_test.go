@@ -1,0 +1,84 @@
+package fsm_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/memcache/memcache/fsm"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+// TestConfigurePatchesMergeInApply: two partial updates prepared against
+// the same state (as two replicas would prepare them concurrently) both take
+// effect, because each is merged with the state it meets in Apply.
+func TestConfigurePatchesMergeInApply(t *testing.T) {
+	l := newLog(t)
+	l.mustApply(fsm.Configure{CapacityMB: ptr(200)})
+	st := l.mustApply(fsm.Configure{Policy: ptr(string(fsm.PolicyRR)), Mode: ptr(fsm.ModeAuto)})
+	if st.Cache != (fsm.CacheConfig{CapacityMB: 200, Policy: fsm.PolicyRR}) {
+		t.Errorf("cache: got %+v, want 200 MB RR (neither patch lost)", st.Cache)
+	}
+	want := fsm.DefaultState().Scaling
+	want.Mode = fsm.ModeAuto
+	if st.Scaling != want {
+		t.Errorf("scaling: got %+v, want %+v", st.Scaling, want)
+	}
+	// Repeating a patch changes nothing more.
+	again := l.mustApply(fsm.Configure{Policy: ptr(string(fsm.PolicyRR)), Mode: ptr(fsm.ModeAuto)})
+	if again.Cache != st.Cache || again.Scaling != st.Scaling {
+		t.Errorf("repeat: got %+v %+v, want %+v %+v", again.Cache, again.Scaling, st.Cache, st.Scaling)
+	}
+}
+
+// TestConfigureIsValidatedAgainstTheStateItMeets: a patch valid against the
+// state it was prepared from is refused in Apply if, merged with the current
+// state, it is not valid; the refusal changes nothing.
+func TestConfigureIsValidatedAgainstTheStateItMeets(t *testing.T) {
+	l := newLog(t)
+	prepared := l.f.State() // max 0.8, min 0.2
+	lower := fsm.Configure{MaxMissRate: ptr(0.5)}
+	if err := lower.Validate(prepared); err != nil {
+		t.Fatalf("max 0.5 against min 0.2: got %v, want valid", err)
+	}
+	// Meanwhile another replica raises the minimum.
+	before := l.mustApply(fsm.Configure{MinMissRate: ptr(0.6)})
+	res := l.apply(lower)
+	if !errors.Is(res.Err, fsm.ErrInvalidCommand) || !strings.Contains(res.Err.Error(), "min_miss_rate 0.6 is above max_miss_rate 0.5") {
+		t.Fatalf("max 0.5 against min 0.6: got %v, want refused", res.Err)
+	}
+	if after := l.f.State(); after.Index != before.Index || after.Scaling != before.Scaling || after.Cache != before.Cache {
+		t.Errorf("refused patch changed the state: got %+v, want %+v", after, before)
+	}
+}
+
+func TestConfigureRefusesBadPatches(t *testing.T) {
+	tests := []struct {
+		name string
+		cmd  fsm.Configure
+		want string
+	}{
+		{"empty", fsm.Configure{}, "sets nothing"},
+		{"capacity 0", fsm.Configure{CapacityMB: ptr(0)}, "capacity_mb 0"},
+		{"capacity 1025", fsm.Configure{CapacityMB: ptr(1025), Policy: ptr(string(fsm.PolicyRR))}, "capacity_mb 1025"},
+		{"policy", fsm.Configure{Policy: ptr("FIFO")}, `policy "FIFO"`},
+		{"mode", fsm.Configure{Mode: ptr("")}, `mode ""`},
+		{"expand 1", fsm.Configure{ExpandRatio: ptr(1.0)}, "expand_ratio 1"},
+		{"shrink 1", fsm.Configure{ShrinkRatio: ptr(1.0)}, "shrink_ratio 1"},
+		{"min above default max", fsm.Configure{MinMissRate: ptr(0.9)}, "above max_miss_rate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := newLog(t)
+			before := l.f.State()
+			res := l.apply(tt.cmd)
+			if !errors.Is(res.Err, fsm.ErrInvalidCommand) || !strings.Contains(res.Err.Error(), tt.want) {
+				t.Fatalf("got %v, want an invalid command containing %q", res.Err, tt.want)
+			}
+			if after := l.f.State(); after.Index != before.Index || after.Cache != before.Cache || after.Scaling != before.Scaling {
+				t.Errorf("refused patch changed the state")
+			}
+		})
+	}
+}
