@@ -1,5 +1,9 @@
 module github.com/memcache/memcache
 
+// go 1.26.0, not 1.26: prometheus/client_golang v1.25.0 declares go 1.26.0,
+// and the go command orders 1.26 before 1.26.0, so it refuses the shorter
+// line. 1.26.0 is the lowest 1.26 release: every Go 1.26.x builds this
+// module without downloading a toolchain.
 go 1.26.0
 
 require (
