@@ -100,9 +100,12 @@ type Frontend struct {
 	pool   atomic.Pointer[fsm.State]
 	pages  map[string]*template.Template
 
-	deleteMu sync.Mutex  // serialises delete-all runs
-	copyBufs sync.Pool   // *[]byte buffers for streaming images
-	hot      *node.Cache // revalidated copies of images; nil when off
+	deleteMu   sync.Mutex    // serialises delete-all runs
+	pendingMu  sync.Mutex    // guards pendingGen
+	pendingGen uint64        // the newest delete-all generation handed to the delete worker
+	deleteWake chan struct{} // wakes the delete worker; capacity 1
+	copyBufs   sync.Pool     // *[]byte buffers for streaming images
+	hot        *node.Cache   // revalidated copies of images; nil when off
 
 	hits, misses, nodeErrors atomic.Uint64
 	adminNext                atomic.Uint64 // rotates the first manager an admin call tries
@@ -122,7 +125,8 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
 	f := &Frontend{cfg: cfg, blobs: blobs, index: index, log: log.With("component", "frontend"),
-		client: &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}, pages: parsePages()}
+		client: &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}, pages: parsePages(),
+		deleteWake: make(chan struct{}, 1)}
 	f.copyBufs.New = func() any { b := make([]byte, 64<<10); return &b }
 	if cfg.HotCacheMB > 0 {
 		f.hot, _ = node.NewCache(node.CacheConfig{CapacityMB: min(cfg.HotCacheMB, node.MaxCapacityMB), Policy: node.LRU})
@@ -133,23 +137,28 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 }
 
 // Run follows the pool state pushed by the managers until ctx is done, and
-// acts on a new delete-all generation.
+// carries out a new delete-all generation on its delete worker, which it
+// starts and, before it returns, waits for.
 func (f *Frontend) Run(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	deletes := make(chan struct{})
+	go func() {
+		defer close(deletes)
+		f.runDeletes(ctx)
+	}()
 	watch.Run(ctx, watch.Config{Managers: f.cfg.Managers, Secret: f.cfg.Secret, Wait: f.cfg.WatchWait}, f.log, f.setPool)
+	cancel()
+	<-deletes
 }
 
 func (f *Frontend) setPool(st fsm.State) {
 	f.pool.Store(&st)
 	f.log.Debug("pool state", "index", st.Index, "epoch", st.Epoch, "nodes", len(st.Members))
 	if st.DeleteGen > 0 {
-		// A delete-all committed through any manager (UI, API) is carried
-		// out by the frontends; the index remembers the last generation
-		// done, so a restarted frontend does not delete again.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if err := f.deleteAllAt(ctx, st.DeleteGen); err != nil {
-			f.log.Error("delete all", "generation", st.DeleteGen, "err", err)
-		}
+		// Backstop for a delete-all no manager could have a frontend carry
+		// out (deleteall.go): handed to the delete worker, off this loop.
+		f.handDelete(st.DeleteGen)
 	}
 }
 
@@ -409,22 +418,6 @@ func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.E
 	return e, nil
 }
 
-// clearCaches asks every pool member to drop its whole cache.
-func (f *Frontend) clearCaches(ctx context.Context) {
-	for _, m := range f.pool.Load().Members {
-		req, err := http.NewRequestWithContext(ctx, http.MethodDelete, m.HTTP+"/cache", nil)
-		if err != nil {
-			continue
-		}
-		resp, err := f.client.Do(req)
-		if err != nil {
-			f.log.Warn("clearing a cache after delete-all", "node", m.ID, "err", err)
-			continue
-		}
-		resp.Body.Close()
-	}
-}
-
 // newObjectName returns a unique blob name, never derived from user input.
 func newObjectName() string {
 	b := make([]byte, 16)
@@ -435,36 +428,4 @@ func newObjectName() string {
 // List returns every stored entry, ordered by key.
 func (f *Frontend) List(ctx context.Context) ([]keyindex.Entry, error) {
 	return f.index.List(ctx)
-}
-
-// deleteAllAt carries out the delete-all of generation gen once: it
-// removes every row (recording gen in the index in the same transaction),
-// then the objects those rows named. Objects of uploads racing with it are
-// untouched, so no row is left pointing at a missing blob. Caches are
-// cleared by the nodes themselves when they see the generation.
-func (f *Frontend) deleteAllAt(ctx context.Context, gen uint64) error {
-	f.deleteMu.Lock()
-	defer f.deleteMu.Unlock()
-	names, done, err := f.index.DeleteAllAt(ctx, gen)
-	if err != nil {
-		return fmt.Errorf("key index: %w", err)
-	}
-	if done {
-		return nil
-	}
-	// The nodes cleared when they saw the generation, but a read between
-	// that and the rows' deletion may have filled them again: clear again.
-	f.clearCaches(ctx)
-	var failed int
-	for _, name := range names {
-		if err := f.blobs.Delete(ctx, name); err != nil {
-			failed++
-			f.log.Warn("deleting an object", "object", name, "err", err)
-		}
-	}
-	f.log.Info("all data deleted", "generation", gen, "rows", len(names), "objects_failed", failed)
-	if failed > 0 {
-		return fmt.Errorf("blob store: %d of %d objects not deleted", failed, len(names))
-	}
-	return nil
 }
