@@ -70,8 +70,8 @@ func (c *fakeCluster) Wait(ctx context.Context, after uint64) (fsm.State, error)
 	return c.f.Wait(ctx, after)
 }
 func (c *fakeCluster) ForwardToLeader(next http.Handler) http.Handler { return next }
-func (c *fakeCluster) Status() cluster.Status                       { return cluster.Status{} }
-func (c *fakeCluster) Frontends() []string                          { return nil }
+func (c *fakeCluster) Status() cluster.Status                         { return cluster.Status{} }
+func (c *fakeCluster) Frontends() []string                            { return nil }
 
 // fakePool counts resizes.
 type fakePool struct {
@@ -127,7 +127,7 @@ func call(t *testing.T, method, url, contentType, body string) (int, string) {
 func TestConcurrentPartialConfigUpdatesOnTwoReplicasLoseNothing(t *testing.T) {
 	routes := []struct {
 		name, method, path, ctype string
-		first, second            string
+		first, second             string
 	}{
 		{"v1 cache", http.MethodPut, "/v1/config/cache", "application/json", `{"capacity_mb":200}`, `{"policy":"RR"}`},
 		{"configure_cache", http.MethodPost, "/api/configure_cache?", "", "cacheSize=200", "policy=RR"},

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/frontend"
+	"github.com/memcache/memcache/fsm"
 )
 
 // Deadlines of the calls a manager makes to carry out a delete-all or a

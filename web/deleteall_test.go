@@ -214,4 +214,3 @@ func TestDeleteAllWithNoFrontendIsNotReportedDone(t *testing.T) {
 		t.Errorf("delete generation: got %d, want %d", got, before+1)
 	}
 }
-
