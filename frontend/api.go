@@ -321,26 +321,11 @@ func (f *Frontend) apiAdmin(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// apiDeleteAll has a manager commit a new delete-all generation (which
-// clears every node's cache), then deletes every row and object here, so
-// that the answer comes after the data is gone.
+// apiDeleteAll forwards delete_all to a manager and copies its answer: the
+// manager commits a new generation and answers 200 only once a frontend has
+// deleted every row, cached copy and object (deleteall.go).
 func (f *Frontend) apiDeleteAll(w http.ResponseWriter, r *http.Request) {
-	body, code, ok := f.proxyAdmin(w, r)
-	if !ok {
-		return
-	}
-	if code != http.StatusOK {
+	if body, code, ok := f.proxyAdmin(w, r); ok {
 		copyJSON(w, code, body)
-		return
 	}
-	var ans struct {
-		DeleteGen uint64 `json:"delete_gen"`
-	}
-	json.Unmarshal(body, &ans)
-	if err := f.deleteAllAt(r.Context(), ans.DeleteGen); err != nil {
-		f.log.Error("delete all", "err", err)
-		apiError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	copyJSON(w, code, body)
 }

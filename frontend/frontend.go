@@ -117,9 +117,16 @@ type Frontend struct {
 	viewOnce  sync.Once
 	viewReady chan struct{} // closed once pool holds a view
 
-	deleteMu sync.Mutex  // serialises delete-all runs
-	copyBufs sync.Pool   // *[]byte buffers for streaming images
-	hot      *node.Cache // revalidated copies of images; nil when off
+	deleteMu   sync.Mutex    // serialises delete-all runs
+	pendingMu  sync.Mutex    // guards pendingGen
+	pendingGen uint64        // the newest delete-all generation handed to the delete worker
+	deleteWake chan struct{} // wakes the delete worker; capacity 1
+	copyBufs   sync.Pool     // *[]byte buffers for streaming images
+	hot        *node.Cache   // revalidated copies of images; nil when off
+
+	// deletedGen is the newest delete-all generation this frontend has seen
+	// carried out (its rows gone); see fillGeneration.
+	deletedGen atomic.Uint64
 
 	hits, misses, nodeErrors atomic.Uint64
 	adminNext                atomic.Uint64 // rotates the first manager an admin call tries
@@ -148,7 +155,7 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}
 	f := &Frontend{cfg: cfg, blobs: blobs, index: index, log: log.With("component", "frontend"),
 		client: client, nodes: node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: cfg.NodeTimeout}),
-		pages: parsePages(), viewReady: make(chan struct{})}
+		pages: parsePages(), viewReady: make(chan struct{}), deleteWake: make(chan struct{}, 1)}
 	f.copyBufs.New = func() any { b := make([]byte, 64<<10); return &b }
 	if cfg.HotCacheMB > 0 {
 		f.hot, _ = node.NewCache(pool.CacheConfig{CapacityMB: min(cfg.HotCacheMB, pool.MaxCapacityMB), Policy: pool.LRU})
@@ -188,23 +195,28 @@ func (f *Frontend) waitView(ctx context.Context) (*pool.View, error) {
 }
 
 // Run follows the pool state pushed by the managers until ctx is done, and
-// acts on a new delete-all generation.
+// carries out a new delete-all generation on its delete worker, which it
+// starts and, before it returns, waits for.
 func (f *Frontend) Run(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	deletes := make(chan struct{})
+	go func() {
+		defer close(deletes)
+		f.runDeletes(ctx)
+	}()
 	pool.Watch(ctx, pool.WatchConfig{Managers: f.cfg.Managers, Client: f.client, Wait: f.cfg.WatchWait}, f.log, f.setPool)
+	cancel()
+	<-deletes
 }
 
 func (f *Frontend) setPool(st pool.View) {
 	f.storeView(st)
 	f.log.Debug("pool state", "index", st.Index, "epoch", st.Epoch, "nodes", len(st.Members))
 	if st.DeleteGen > 0 {
-		// A delete-all committed through any manager (UI, API) is carried
-		// out by the frontends; the index remembers the last generation
-		// done, so a restarted frontend does not delete again.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if err := f.deleteAllAt(ctx, st.DeleteGen); err != nil {
-			f.log.Error("delete all", "generation", st.DeleteGen, "err", err)
-		}
+		// Backstop for a delete-all no manager could have a frontend carry
+		// out (deleteall.go): handed to the delete worker, off this loop.
+		f.handDelete(st.DeleteGen)
 	}
 }
 
@@ -280,7 +292,7 @@ func (f *Frontend) read(ctx context.Context, key string, stream bool) (reading, 
 		}
 	}
 	f.misses.Add(1)
-	img, err := f.load(ctx, key, v)
+	img, err := f.load(ctx, key, v, f.fillGeneration(v))
 	if err != nil {
 		return reading{}, err
 	}
@@ -337,12 +349,13 @@ func (w *bytesBuffer) Write(p []byte) (int, error) {
 }
 
 // toCache stores img under key at its owner in v, stamped with v's epoch
-// and cache generation (v must be the view held when img was read, so a
-// node that cleared since refuses it); failures are logged, not returned.
+// and the cache generation gen (v and gen must be taken before img was
+// read, so a node that cleared since refuses it); failures are logged, not
+// returned.
 // A fill after a read (onlyIfAbsent) never replaces a value: an upload of
 // the same key may have stored a newer image meanwhile. With no view, it
 // does nothing.
-func (f *Frontend) toCache(ctx context.Context, key string, img Image, onlyIfAbsent bool, v *pool.View) {
+func (f *Frontend) toCache(ctx context.Context, key string, img Image, onlyIfAbsent bool, v *pool.View, gen uint64) {
 	if v == nil {
 		return
 	}
@@ -351,11 +364,35 @@ func (f *Frontend) toCache(ctx context.Context, key string, img Image, onlyIfAbs
 		return
 	}
 	err := f.nodes.Put(ctx, m.HTTP, key, img.Data, node.PutOptions{
-		Epoch: v.Epoch, Generation: v.Generation(), ContentType: img.ContentType, ETag: img.ETag, OnlyIfAbsent: onlyIfAbsent,
+		Epoch: v.Epoch, Generation: gen, ContentType: img.ContentType, ETag: img.ETag, OnlyIfAbsent: onlyIfAbsent,
 	})
 	if err != nil && !errors.Is(err, node.ErrExists) && !errors.Is(err, node.ErrTooLarge) {
 		f.nodeErrors.Add(1)
 		f.log.Debug("cache fill refused or failed", "node", m.HTTP, "err", err)
+	}
+}
+
+// fillGeneration is the cache generation to stamp a cache write with,
+// taken when the read or upload behind it begins. It is v's, except that a
+// delete-all generation this frontend has not yet seen carried out does
+// not count: a read that begins after the view announces delete-all G but
+// before G's rows are gone may load an image G deletes, and the frontend
+// that carries G out clears the caches with a floor that counts G, so such
+// a fill is refused.
+func (f *Frontend) fillGeneration(v *pool.View) uint64 {
+	if v == nil {
+		return 0
+	}
+	return v.ClearGen + min(v.DeleteGen, f.deletedGen.Load())
+}
+
+// deleted records that the rows of delete-all generation gen are gone.
+func (f *Frontend) deleted(gen uint64) {
+	for {
+		cur := f.deletedGen.Load()
+		if gen <= cur || f.deletedGen.CompareAndSwap(cur, gen) {
+			return
+		}
 	}
 }
 
@@ -405,8 +442,9 @@ func (f *Frontend) Get(ctx context.Context, key string) (Image, error) {
 }
 
 // load reads key from the stores and fills its owner in v (the view held
-// when the read began). Concurrent loads of one key are made once.
-func (f *Frontend) load(ctx context.Context, key string, v *pool.View) (Image, error) {
+// when the read began), stamped with gen (fillGeneration before the row was
+// read). Concurrent loads of one key are made once.
+func (f *Frontend) load(ctx context.Context, key string, v *pool.View, gen uint64) (Image, error) {
 	res, err, _ := f.loads.Do(key, func() (any, error) {
 		// The load outlives a caller that gives up: others may share it.
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -429,7 +467,7 @@ func (f *Frontend) load(ctx context.Context, key string, v *pool.View) (Image, e
 				return Image{}, fmt.Errorf("blob store: %w", err)
 			}
 			img := Image{Data: data, ContentType: e.ContentType, ETag: etagOf(e.SHA256)}
-			f.toCache(lctx, key, img, true, v)
+			f.toCache(lctx, key, img, true, v, gen)
 			return img, nil
 		}
 	})
@@ -455,6 +493,7 @@ func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.E
 	if err != nil {
 		return keyindex.Entry{}, err
 	}
+	gen := f.fillGeneration(v) // before the row is written
 	if int64(len(data)) > f.cfg.MaxUpload {
 		return keyindex.Entry{}, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(data), f.cfg.MaxUpload)
 	}
@@ -484,7 +523,7 @@ func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.E
 		stale = f.invalidate(ctx, key)
 	}
 	if stale == nil {
-		f.toCache(ctx, key, Image{Data: data, ContentType: ct, ETag: etagOf(e.SHA256)}, false, v)
+		f.toCache(ctx, key, Image{Data: data, ContentType: ct, ETag: etagOf(e.SHA256)}, false, v, gen)
 	}
 	if prev != "" && prev != object {
 		if err := f.blobs.Delete(context.WithoutCancel(ctx), prev); err != nil {
@@ -498,20 +537,6 @@ func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.E
 	return e, nil
 }
 
-// clearCaches asks every pool member to drop its whole cache after the
-// delete-all of generation deleteGen, raising each node's floor to the
-// cache generation after it, so that a fill of what a read loaded before
-// is refused.
-func (f *Frontend) clearCaches(ctx context.Context, deleteGen uint64) {
-	v := f.Pool()
-	gen := v.ClearGen + max(v.DeleteGen, deleteGen)
-	for _, m := range v.Members {
-		if err := f.nodes.Clear(ctx, m.HTTP, gen); err != nil {
-			f.log.Warn("clearing a cache after delete-all", "node", m.ID, "err", err)
-		}
-	}
-}
-
 // newObjectName returns a unique blob name, never derived from user input.
 func newObjectName() string {
 	b := make([]byte, 16)
@@ -522,36 +547,4 @@ func newObjectName() string {
 // List returns every stored entry, ordered by key.
 func (f *Frontend) List(ctx context.Context) ([]keyindex.Entry, error) {
 	return f.index.List(ctx)
-}
-
-// deleteAllAt carries out the delete-all of generation gen once: it
-// removes every row (recording gen in the index in the same transaction),
-// then the objects those rows named. Objects of uploads racing with it are
-// untouched, so no row is left pointing at a missing blob. Caches are
-// cleared by the nodes themselves when they see the generation.
-func (f *Frontend) deleteAllAt(ctx context.Context, gen uint64) error {
-	f.deleteMu.Lock()
-	defer f.deleteMu.Unlock()
-	names, done, err := f.index.DeleteAllAt(ctx, gen)
-	if err != nil {
-		return fmt.Errorf("key index: %w", err)
-	}
-	if done {
-		return nil
-	}
-	// The nodes cleared when they saw the generation, but a read between
-	// that and the rows' deletion may have filled them again: clear again.
-	f.clearCaches(ctx, gen)
-	var failed int
-	for _, name := range names {
-		if err := f.blobs.Delete(ctx, name); err != nil {
-			failed++
-			f.log.Warn("deleting an object", "object", name, "err", err)
-		}
-	}
-	f.log.Info("all data deleted", "generation", gen, "rows", len(names), "objects_failed", failed)
-	if failed > 0 {
-		return fmt.Errorf("blob store: %d of %d objects not deleted", failed, len(names))
-	}
-	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/memcache/memcache/auth"
 )
 
 // Handler returns the frontend's HTTP API and pages:
@@ -25,6 +27,7 @@ import (
 //	POST /api/key/{key}       {"success":"true","content":BASE64}
 //	POST /api/delete_all, /api/configure_cache, /api/getNumNodes, /api/getRate
 //	                          forwarded to a manager replica (admin token required there)
+//	POST /internal/v1/delete_all  {"generation":G}: carry out a delete-all (cluster secret; deleteall.go)
 //	GET  /healthz, /readyz, /metrics (readyz: 503 until the first pool view, or while the key index fails)
 func (f *Frontend) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
@@ -82,6 +85,7 @@ func (f *Frontend) Handler() http.Handler {
 	r.Post("/api/list_keys", f.apiListKeys)
 	r.Post("/api/key/*", f.apiKey)
 	r.Post("/api/delete_all", f.apiDeleteAll)
+	r.With(auth.Require(f.cfg.Secret)).Post(DeleteAllPath, f.handleDeleteAll)
 	r.Post("/api/configure_cache", f.apiAdmin)
 	r.Post("/api/getNumNodes", f.apiAdmin)
 	r.Post("/api/getRate", f.apiAdmin)

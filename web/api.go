@@ -30,6 +30,8 @@ type Cluster interface {
 	ForwardToLeader(next http.Handler) http.Handler
 	// Status is this replica's view of the Raft group (the UI shows it).
 	Status() cluster.Status
+	// Frontends returns the HTTP base URLs of the frontends known alive.
+	Frontends() []string
 }
 
 // Pool resizes the cache-node pool; it runs on the leader (implemented by *scaler.Pool).
@@ -84,7 +86,8 @@ func New(cfg Config, c Cluster, p Pool, m metrics.Reader, log *slog.Logger) *API
 //	PUT  /v1/config/cache     {"capacity_mb":N,"policy":"LRU"|"RR"} (fields optional, at least one)
 //	PUT  /v1/config/scaling   {"mode":..,"max_miss_rate":..,"min_miss_rate":..,"expand_ratio":..,"shrink_ratio":..} (fields optional, at least one)
 //	POST /v1/pool/resize      {"nodes":N}  (served by the leader; followers forward it)
-//	POST /v1/pool/clear       clear every node's cache
+//	POST /v1/pool/clear       clear every node's cache: 200 once every member confirmed,
+//	                          503 (the clear is committed; nodes clear when they see it) otherwise
 //
 // and the tester's /api/... (tester.go) and the UI under /ui (ui.go).
 func (a *API) Routes(r chi.Router) {
@@ -184,7 +187,15 @@ func (a *API) handleSetScaling(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) handleClear(w http.ResponseWriter, r *http.Request) {
-	a.apply(w, r, fsm.ClearCaches{})
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
+	defer cancel()
+	res, err := a.clearCaches(ctx)
+	if err != nil {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, statusOfCarryOut(err), "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch})
 }
 
 func (a *API) handleResize(w http.ResponseWriter, r *http.Request) {

@@ -256,6 +256,7 @@ func waitMetrics(t *testing.T, r *replica) {
 func TestBrowser(t *testing.T) {
 	b := newBrowser(t)
 	s := startSystem(t, systemConfig{replicas: 3, nodes: 5, token: testToken})
+	startFrontend(t, s).run() // carries delete-all out
 	if got := s.traffic("warm", 30, 60, 20<<10); got != 90 {
 		t.Fatalf("traffic: %d of 90 requests answered", got)
 	}

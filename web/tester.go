@@ -61,25 +61,21 @@ func (a *API) testerRoutes(r chi.Router) {
 	})
 }
 
-// apiDeleteAll commits a new delete-all generation: every node clears its
-// cache and the frontends delete every row and object. The answer carries
-// the generation so a frontend that forwarded the call can finish the
-// deletion before it answers.
+// apiDeleteAll commits a new delete-all generation and answers 200 only
+// when a frontend has deleted every row, cached copy and object (deleteAll);
+// 503 if it could not confirm that (the generation is committed and the
+// frontends carry it out when they see it). The answer carries the
+// generation.
 func (a *API) apiDeleteAll(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
 	defer cancel()
-	res, err := a.cluster.Apply(ctx, fsm.DeleteAll{})
+	_, gen, err := a.deleteAll(ctx)
 	if err != nil {
-		testerError(w, http.StatusServiceUnavailable, "%v", err)
+		w.Header().Set("Retry-After", "1")
+		testerError(w, statusOfCarryOut(err), "%v", err)
 		return
 	}
-	// A follower answers once it has applied the command itself.
-	st, err := a.cluster.Wait(ctx, res.Index-1)
-	if err != nil {
-		testerError(w, http.StatusServiceUnavailable, "%v", err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "delete_gen": st.DeleteGen})
+	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "delete_gen": gen})
 }
 
 func (a *API) apiGetNumNodes(w http.ResponseWriter, _ *http.Request) {

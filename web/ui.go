@@ -482,7 +482,14 @@ func (a *API) uiResize(delta int) http.HandlerFunc {
 }
 
 func (a *API) uiClear(w http.ResponseWriter, r *http.Request) {
-	a.uiApply(w, r, "clear", "The caches were not cleared.", fsm.ClearCaches{})
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
+	defer cancel()
+	res, err := a.clearCaches(ctx)
+	if err != nil {
+		a.refuse(w, r, statusOfCarryOut(err), "The caches were not confirmed cleared.", err.Error())
+		return
+	}
+	written(w, r, "clear", res)
 }
 
 func (a *API) uiDeleteAll(w http.ResponseWriter, r *http.Request) {
@@ -491,7 +498,18 @@ func (a *API) uiDeleteAll(w http.ResponseWriter, r *http.Request) {
 			"Deleting all data needs the confirmation step: use the “Delete all data…” button and confirm on the page it opens.")
 		return
 	}
-	a.uiApply(w, r, "delete", "Nothing was deleted.", fsm.DeleteAll{})
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
+	defer cancel()
+	res, _, err := a.deleteAll(ctx)
+	if err != nil {
+		headline := "Nothing was deleted."
+		if errors.Is(err, errNotCarriedOut) {
+			headline = "The deletion is committed but not yet confirmed done."
+		}
+		a.refuse(w, r, statusOfCarryOut(err), headline, err.Error())
+		return
+	}
+	written(w, r, "delete", res)
 }
 
 // The dashboard's JSON (GET /ui/api/dashboard).

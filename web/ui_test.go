@@ -434,6 +434,7 @@ func TestUIOpenWithoutToken(t *testing.T) {
 // only the confirmed POST deletes.
 func TestUIDeleteAllConfirmation(t *testing.T) {
 	s := startSystem(t, systemConfig{replicas: 1, nodes: 3, token: testToken})
+	startFrontend(t, s).run() // carries the deletion out
 	c := newClient(t, s.replicas[0].url)
 	c.login(testToken)
 	if _, err := s.leader().pool.Resize(context.Background(), 2); err != nil {
@@ -517,6 +518,7 @@ func lastNonNil[T any](xs []*T) (T, bool) {
 // the region map, the decisions newest first and the raft status.
 func TestUIDashboardData(t *testing.T) {
 	s := startSystem(t, systemConfig{replicas: 1, nodes: 3, token: testToken})
+	startFrontend(t, s).run() // carries the deletion out
 	c := newClient(t, s.replicas[0].url)
 	c.login(testToken)
 	if _, err := s.leader().pool.Resize(context.Background(), 2); err != nil {

@@ -1,0 +1,238 @@
+package frontend
+
+// Delete-all, and the internal protocol by which a manager has a frontend
+// carry it out. Both halves (the handler and its only client, DeleteAll)
+// are here.
+//
+// Semantics. A delete-all is a generation G committed in the Raft log
+// (fsm.DeleteAll). A frontend carries G out with deleteAllAt: in one SQL
+// transaction it deletes every row and records G (keyindex.DeleteAllAt);
+// then it clears every pool member's cache; then it deletes the objects the
+// deleted rows named. The delete-all linearizes at that SQL commit:
+//
+//   - an upload whose row commits after it survives. In particular an upload
+//     that begins after the delete-all was answered always survives: the
+//     answer comes only after the commit (and after the caches and objects
+//     are gone), and since G is recorded in the same transaction, a later
+//     execution of G (by a lagging frontend, or one that restarts) is a
+//     no-op;
+//   - an upload concurrent with it survives or not, but never leaves a row
+//     without its blob: only the objects of the rows the transaction deleted
+//     are removed, and an upload writes its blob before its row.
+//
+// Who carries it out. The manager that committed G asks a frontend (found by
+// gossip) with DeleteAll and answers its caller only when one has done it
+// (web.API). Every frontend also runs G when its pool-state watch delivers
+// it, as a backstop for a manager that could not reach any frontend; that
+// runs on the frontend's delete worker, never on the watch loop.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// DeleteAllPath is the frontend's internal endpoint that carries out a
+// delete-all generation (cluster secret required):
+//
+//	POST /internal/v1/delete_all {"generation":G}
+//	  200 {"generation":G}     rows, cached copies and objects are gone
+//	  400                      malformed body, or generation 0
+//	  401                      missing or wrong cluster secret
+//	  500                      the stores or a cache node failed; ask again
+const DeleteAllPath = "/internal/v1/delete_all"
+
+// deleteAllBody is the request and answer body of DeleteAllPath.
+type deleteAllBody struct {
+	Generation uint64 `json:"generation"`
+}
+
+// handleDeleteAll carries out the generation in the body, synchronously.
+// A generation already done (by this or another frontend) still clears
+// every cache, so the answer always means the cached copies are gone.
+func (f *Frontend) handleDeleteAll(w http.ResponseWriter, r *http.Request) {
+	var body deleteAllBody
+	dec := json.NewDecoder(io.LimitReader(r.Body, 4<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil || dec.More() {
+		apiError(w, http.StatusBadRequest, `want a JSON body {"generation":G}`)
+		return
+	}
+	if body.Generation == 0 {
+		apiError(w, http.StatusBadRequest, "generation must be at least 1")
+		return
+	}
+	if err := f.deleteAllAt(r.Context(), body.Generation, true); err != nil {
+		f.log.Error("delete all", "generation", body.Generation, "err", err)
+		apiError(w, http.StatusInternalServerError, "delete-all generation %d: %v", body.Generation, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+// DeleteAll asks the frontend at baseURL to carry out delete-all generation
+// gen, through client (which must carry the cluster secret), and returns nil
+// only when the frontend answered that its rows, cached copies and objects
+// are gone. ctx bounds the call.
+func DeleteAll(ctx context.Context, client *http.Client, baseURL string, gen uint64) error {
+	b, err := json.Marshal(deleteAllBody{Generation: gen})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(baseURL, "/")+DeleteAllPath, bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("frontend %s: %w", baseURL, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("frontend %s: %w", baseURL, err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return fmt.Errorf("frontend %s: reading the answer: %w", baseURL, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("frontend %s: %s: %s", baseURL, resp.Status, bytes.TrimSpace(out))
+	}
+	var ans deleteAllBody
+	if err := json.Unmarshal(out, &ans); err != nil || ans.Generation != gen {
+		return fmt.Errorf("frontend %s: unexpected answer %q", baseURL, out)
+	}
+	return nil
+}
+
+// deleteAllTimeout bounds one run of the delete worker.
+const deleteAllTimeout = 2 * time.Minute
+
+// handDelete gives the delete worker generation gen, if it is newer than
+// the one it holds, and returns at once: the watch loop never waits for a
+// delete-all.
+func (f *Frontend) handDelete(gen uint64) {
+	f.pendingMu.Lock()
+	if gen > f.pendingGen {
+		f.pendingGen = gen
+	}
+	f.pendingMu.Unlock()
+	select {
+	case f.deleteWake <- struct{}{}:
+	default: // already woken; it will read the newest generation
+	}
+}
+
+// runDeletes is the delete worker: until ctx is done it carries out the
+// newest generation handed over (older ones it skipped are covered by it),
+// retrying with jittered backoff on failure.
+func (f *Frontend) runDeletes(ctx context.Context) {
+	var done uint64 // the newest generation carried out (or found done) here
+	retry := time.Duration(0)
+	for {
+		var (
+			timer <-chan time.Time
+			t     *time.Timer
+		)
+		if retry > 0 {
+			t = time.NewTimer(retry/2 + rand.N(retry))
+			timer = t.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-f.deleteWake:
+		case <-timer:
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		f.pendingMu.Lock()
+		gen := f.pendingGen
+		f.pendingMu.Unlock()
+		if gen <= done {
+			retry = 0
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, deleteAllTimeout)
+		err := f.deleteAllAt(rctx, gen, false)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			retry = min(max(2*retry, time.Second), time.Minute)
+			f.log.Error("delete all (from the pool state); will retry", "generation", gen, "retry_in", retry, "err", err)
+			continue
+		}
+		done, retry = gen, 0
+	}
+}
+
+// deleteAllAt carries out the delete-all of generation gen once (see the
+// semantics at the top of this file): it removes every row, recording gen
+// in the index in the same transaction, then clears every pool member's
+// cache, then removes the objects those rows named. If gen was already done
+// it changes nothing, but with clearIfDone still clears the caches. Runs are
+// serialised.
+func (f *Frontend) deleteAllAt(ctx context.Context, gen uint64, clearIfDone bool) error {
+	f.deleteMu.Lock()
+	defer f.deleteMu.Unlock()
+	names, done, err := f.index.DeleteAllAt(ctx, gen)
+	if err != nil {
+		return fmt.Errorf("key index: %w", err)
+	}
+	f.deleted(gen)
+	if done && !clearIfDone {
+		return nil
+	}
+	// The nodes clear when they see the generation, but a read between that
+	// and the rows' deletion may have filled them again: clear again.
+	if err := f.clearCaches(ctx, gen); err != nil {
+		return err
+	}
+	if done {
+		return nil
+	}
+	var failed int
+	for _, name := range names {
+		if err := f.blobs.Delete(ctx, name); err != nil {
+			failed++
+			f.log.Warn("deleting an object", "object", name, "err", err)
+		}
+	}
+	f.log.Info("all data deleted", "generation", gen, "rows", len(names), "objects_failed", failed)
+	if failed > 0 {
+		return fmt.Errorf("blob store: %d of %d objects not deleted", failed, len(names))
+	}
+	return nil
+}
+
+// clearCaches asks every pool member to drop its whole cache after the
+// delete-all of generation deleteGen, each within the node client's
+// deadline, raising each node's floor to the cache generation after it so
+// that a fill of what a read loaded before is refused.
+func (f *Frontend) clearCaches(ctx context.Context, deleteGen uint64) error {
+	v := f.view()
+	if v == nil {
+		return fmt.Errorf("clearing caches: %w: no pool view yet", ErrUnavailable)
+	}
+	gen := v.ClearGen + max(v.DeleteGen, deleteGen)
+	var errs []error
+	for _, m := range v.Members {
+		if err := f.nodes.Clear(ctx, m.HTTP, gen); err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", m.ID, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("clearing caches: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,219 @@
+package frontend
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/internal/waitfor"
+)
+
+// blockingBlobs holds every Delete until release is closed.
+type blockingBlobs struct {
+	Blobs
+	deleting chan struct{} // receives once per Delete that starts
+	release  chan struct{}
+}
+
+func (b *blockingBlobs) Delete(ctx context.Context, name string) error {
+	select {
+	case b.deleting <- struct{}{}:
+	default:
+	}
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return b.Blobs.Delete(ctx, name)
+}
+
+// TestWatchDeliveredDeleteAllRunsOffTheWatchLoop: a delete-all generation
+// delivered by the pool-state watch is handed to the delete worker; the
+// watch's callback returns at once even while the deletion is stuck, and
+// the generations delivered meanwhile are coalesced into the newest.
+func TestWatchDeliveredDeleteAllRunsOffTheWatchLoop(t *testing.T) {
+	s := newStores(t)
+	blk := &blockingBlobs{Blobs: s.blobs, deleting: make(chan struct{}, 1), release: make(chan struct{})}
+	f := New(Config{}, blk, s.index, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		f.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-ran // Run waits for its delete worker
+	}()
+	if _, err := f.Put(ctx, "a", mustRead(t, "red.png")); err != nil {
+		t.Fatal(err)
+	}
+
+	for gen := uint64(1); gen <= 3; gen++ {
+		st := pool.View{Members: []pool.Member{}, Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}, DeleteGen: gen}
+		var returned atomic.Bool
+		go func() { f.setPool(st); returned.Store(true) }()
+		waitfor.True(t, 5*time.Second, "the watch callback to return while the deletion is stuck", returned.Load)
+		if gen == 1 {
+			select {
+			case <-blk.deleting:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the delete worker did not start generation 1")
+			}
+		}
+	}
+	close(blk.release)
+	waitfor.True(t, 10*time.Second, "generation 3 recorded (2 and 3 coalesced)", func() bool {
+		_, done, err := s.index.DeleteAllAt(ctx, 3)
+		return err == nil && done
+	})
+	if n, _ := s.index.Count(ctx); n != 0 {
+		t.Errorf("rows after the delete-all: got %d, want 0", n)
+	}
+}
+
+// TestDeleteAllEndpointAnswersWhenDone: POST /internal/v1/delete_all needs
+// the cluster secret and a generation; it answers 200 only once the rows,
+// the objects and every member's cache are gone; a repeat of a generation
+// deletes nothing uploaded since, and still clears the caches.
+func TestDeleteAllEndpointAnswersWhenDone(t *testing.T) {
+	var clears atomic.Int32
+	failClear := atomic.Bool{}
+	nodeSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodDelete && r.URL.Path == "/cache" && r.Header.Get(auth.Header) == "sec" {
+			if failClear.Load() {
+				http.Error(w, "broken", http.StatusInternalServerError)
+				return
+			}
+			clears.Add(1)
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer nodeSrv.Close()
+	s := newStores(t)
+	f := New(Config{Secret: "sec"}, s.blobs, s.index, slog.New(slog.DiscardHandler))
+	st := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}, Members: []pool.Member{{ID: "n1", HTTP: nodeSrv.URL}}}
+	f.setPool(st)
+	srv := httptest.NewServer(f.Handler())
+	defer srv.Close()
+	ctx := context.Background()
+	img := mustRead(t, "red.png")
+	for _, k := range []string{"a", "b"} {
+		if _, err := f.Put(ctx, k, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret := &http.Client{Transport: &auth.Transport{Secret: "sec"}}
+
+	for _, tt := range []struct {
+		name, body string
+		client     *http.Client
+		want       int
+	}{
+		{"no secret", `{"generation":1}`, http.DefaultClient, http.StatusUnauthorized},
+		{"not JSON", `generation=1`, secret, http.StatusBadRequest},
+		{"unknown field", `{"generation":1,"all":true}`, secret, http.StatusBadRequest},
+		{"generation 0", `{"generation":0}`, secret, http.StatusBadRequest},
+		{"negative", `{"generation":-1}`, secret, http.StatusBadRequest},
+	} {
+		resp, err := tt.client.Post(srv.URL+DeleteAllPath, "application/json", strings.NewReader(tt.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("%s: got %d, want %d", tt.name, resp.StatusCode, tt.want)
+		}
+	}
+	if n, _ := s.index.Count(ctx); n != 2 || clears.Load() != 0 {
+		t.Fatalf("refused calls changed something: %d rows, %d clears; want 2, 0", n, clears.Load())
+	}
+
+	if err := DeleteAll(ctx, secret, srv.URL, 1); err != nil {
+		t.Fatalf("DeleteAll(1): %v", err)
+	}
+	if n, _ := s.index.Count(ctx); n != 0 || countFiles(t, s.dir) != 0 || clears.Load() != 1 {
+		t.Errorf("after DeleteAll(1): %d rows, %d objects, %d clears; want 0, 0, 1", n, countFiles(t, s.dir), clears.Load())
+	}
+	if _, err := f.Put(ctx, "after", img); err != nil {
+		t.Fatal(err)
+	}
+	if err := DeleteAll(ctx, secret, srv.URL, 1); err != nil {
+		t.Fatalf("repeated DeleteAll(1): %v", err)
+	}
+	if n, _ := s.index.Count(ctx); n != 1 || clears.Load() != 2 {
+		t.Errorf("after a repeat of generation 1: %d rows, %d clears; want 1 (the later upload), 2", n, clears.Load())
+	}
+	failClear.Store(true)
+	if err := DeleteAll(ctx, secret, srv.URL, 2); err == nil || !strings.Contains(err.Error(), "500") {
+		t.Errorf("DeleteAll(2) with a node that cannot clear: got %v, want a 500 error", err)
+	}
+}
+
+// slowReads holds every Get, after it has read the bytes, until release.
+type slowReads struct {
+	Blobs
+	reading chan struct{} // receives once per Get that has read its bytes
+	release chan struct{}
+}
+
+func (b *slowReads) Get(ctx context.Context, name string) ([]byte, error) {
+	data, err := b.Blobs.Get(ctx, name)
+	b.reading <- struct{}{}
+	<-b.release
+	return data, err
+}
+
+// TestAReadBeforeTheRowsAreGoneCannotRefillAfterTheDeleteAll: the view has
+// announced delete-all 1 but its rows are not gone yet when a read loads
+// an image; the delete-all runs (rows, caches cleared, objects); the read's
+// fill then arrives. The node must refuse it, or the deleted image would be
+// served from the cache after the delete-all answered.
+func TestAReadBeforeTheRowsAreGoneCannotRefillAfterTheDeleteAll(t *testing.T) {
+	n, v := newNode(t)
+	s := newStores(t)
+	slow := &slowReads{Blobs: s.blobs, reading: make(chan struct{}, 1), release: make(chan struct{})}
+	f := New(Config{}, slow, s.index, slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+
+	empty := v
+	empty.Members, empty.Regions = []pool.Member{}, [16]string{}
+	f.setPool(empty) // the upload stores a row, nothing in a cache
+	if _, err := f.Put(ctx, "k", mustRead(t, "red.png")); err != nil {
+		t.Fatal(err)
+	}
+	announced := v
+	announced.Index, announced.DeleteGen = 2, 1
+	f.setPool(announced) // no delete worker runs in this test
+
+	read := make(chan error, 1)
+	go func() {
+		_, err := f.Get(ctx, "k")
+		read <- err
+	}()
+	<-slow.reading // the read has the image's bytes; its fill is still to come
+	if err := f.deleteAllAt(ctx, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	close(slow.release)
+	if err := <-read; err != nil {
+		t.Fatalf("the concurrent read: %v, want the image (it began before the delete-all)", err)
+	}
+	if items := n.Cache().Len(); items != 0 {
+		t.Errorf("node holds %d items after the delete-all, want 0: a late fill was accepted", items)
+	}
+	if _, err := f.Get(ctx, "k"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a read after the delete-all: got %v, want ErrNotFound", err)
+	}
+}
