@@ -22,6 +22,7 @@ import (
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/internal/stall"
 	"github.com/memcache/memcache/internal/waitfor"
 )
 
@@ -677,32 +678,12 @@ func TestDecisionsDoNotWakeTheDataPlane(t *testing.T) {
 func TestWatchLeavesAReplicaThatStopsAnswering(t *testing.T) {
 	tc := newTestCluster(t, 3)
 	l := tc.leader()
-	paused, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	held := make(chan net.Conn, 16)
-	go func() {
-		for {
-			c, err := paused.Accept()
-			if err != nil {
-				return
-			}
-			held <- c // accepted, never read or answered
-		}
-	}()
-	t.Cleanup(func() {
-		paused.Close()
-		close(held)
-		for c := range held {
-			c.Close()
-		}
-	})
+	paused := stall.Listen(t, "127.0.0.1:0")
 	w := &watcher{at: map[uint64]time.Time{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	managers := func() []string {
-		urls := []string{"http://" + paused.Addr().String()}
+		urls := []string{"http://" + paused}
 		for _, r := range tc.running() {
 			urls = append(urls, r.url)
 		}

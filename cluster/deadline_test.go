@@ -2,58 +2,21 @@ package cluster
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/stall"
 )
-
-// hang stands for a paused (SIGSTOP'd) process on addr: a real socket that
-// accepts connections and never answers. It is closed at the end of the test.
-func hang(t *testing.T, addr string) {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatalf("listening on %s: %v", addr, err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		done  = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-}
 
 // pauseHTTP makes r's HTTP API stop answering, as if its process were paused.
 func pauseHTTP(t *testing.T, r *replica) {
 	t.Helper()
 	addr := r.url[len("http://"):]
 	r.srv.Close()
-	hang(t, addr)
+	stall.Listen(t, addr)
 }
 
 // TestApplyOnAFollowerMovesOnFromAPausedLeader: the leader stops answering

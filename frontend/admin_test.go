@@ -2,50 +2,13 @@ package frontend
 
 import (
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
-)
 
-// hungManager stands for a paused (SIGSTOP'd) manager: a real socket that
-// accepts connections and never answers. It returns the manager's URL.
-func hungManager(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		done  = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return "http://" + ln.Addr().String()
-}
+	"github.com/memcache/memcache/internal/stall"
+)
 
 // TestAdminCallsMoveOnFromAManagerThatDoesNotAnswer: with one manager
 // paused and one without a leader (503), every admin call sent to the
@@ -61,7 +24,7 @@ func TestAdminCallsMoveOnFromAManagerThatDoesNotAnswer(t *testing.T) {
 		w.Write([]byte(`{"error":{"code":503,"message":"no leader"}}`))
 	}))
 	defer noLeader.Close()
-	managers := []string{hungManager(t), noLeader.URL, good.URL}
+	managers := []string{"http://" + stall.Listen(t, "127.0.0.1:0"), noLeader.URL, good.URL}
 	s := newStores(t)
 	f := New(Config{Managers: func() []string { return managers }}, s.blobs, s.index, slog.New(slog.DiscardHandler))
 	srv := httptest.NewServer(f.Handler())
