@@ -13,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/scaler"
@@ -272,6 +273,18 @@ func TestBrowser(t *testing.T) {
 			// pool is in automatic mode: the miss rate (30 of 60 GETs)
 			// is above 0.3, so it grows the pool.
 			whileAuto: func() {
+				// The static provisioner grows the pool from nodes the
+				// leader's gossip shows alive and idle: on a busy machine
+				// gossip may take a while to show them all.
+				waitfor.True(t, testcluster.Wait, "an idle cache node alive in the leader's gossip", func() bool {
+					st := l.cluster.State()
+					for _, m := range l.cluster.Gossip().Members() {
+						if _, inPool := st.Member(m.Meta.ID); m.Meta.Role == gossip.RoleNode && m.State == gossip.StateAlive && !inPool {
+							return true
+						}
+					}
+					return false
+				})
 				as := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: time.Minute}, l.cluster, l.pool, l.metrics, testLogger())
 				if d := as.Tick(context.Background()); d.Action != fsm.ActionGrow || !d.Applied {
 					t.Fatalf("auto-scaler round: got %+v, want an applied grow", d)
