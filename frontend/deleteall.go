@@ -37,6 +37,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/memcache/memcache/internal/pool"
 )
 
 // DeleteAllPath is the frontend's internal endpoint that carries out a
@@ -46,6 +48,8 @@ import (
 //	  200 {"generation":G}     rows, cached copies and objects are gone
 //	  400                      malformed body, or generation 0
 //	  401                      missing or wrong cluster secret
+//	  403                      the frontend has no cluster secret: the route is off
+//	  409                      G is not committed (checked against the managers)
 //	  500                      the stores or a cache node failed; ask again
 const DeleteAllPath = "/internal/v1/delete_all"
 
@@ -69,12 +73,40 @@ func (f *Frontend) handleDeleteAll(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, "generation must be at least 1")
 		return
 	}
+	// A generation above the cluster's would be recorded as done and make
+	// every real delete-all up to it a no-op: carry out only a committed one.
+	if err := f.checkCommitted(r.Context(), body.Generation); err != nil {
+		apiError(w, http.StatusConflict, "%v", err)
+		return
+	}
 	if err := f.deleteAllAt(r.Context(), body.Generation, true); err != nil {
 		f.log.Error("delete all", "generation", body.Generation, "err", err)
 		apiError(w, http.StatusInternalServerError, "delete-all generation %d: %v", body.Generation, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+// checkCommitted reports whether delete-all generation gen is committed:
+// the frontend's view says so, or else a consistent read from a manager
+// replica (each within its deadline, then the next) does.
+func (f *Frontend) checkCommitted(ctx context.Context, gen uint64) error {
+	if v := f.view(); v != nil && gen <= v.DeleteGen {
+		return nil
+	}
+	var errs []error
+	for _, m := range f.cfg.Managers() {
+		v, err := pool.Current(ctx, f.client, m)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if gen <= v.DeleteGen {
+			return nil
+		}
+		return fmt.Errorf("delete-all generation %d is not committed: the cluster is at %d", gen, v.DeleteGen)
+	}
+	return fmt.Errorf("delete-all generation %d could not be checked against the managers: %w", gen, errors.Join(append(errs, errors.New("no manager answered"))...))
 }
 
 // DeleteAll asks the frontend at baseURL to carry out delete-all generation

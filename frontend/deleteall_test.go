@@ -103,7 +103,8 @@ func TestDeleteAllEndpointAnswersWhenDone(t *testing.T) {
 	defer nodeSrv.Close()
 	s := newStores(t)
 	f := New(Config{Secret: "sec"}, s.blobs, s.index, slog.New(slog.DiscardHandler))
-	st := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}, Members: []pool.Member{{ID: "n1", HTTP: nodeSrv.URL}}}
+	// Generations 1 and 2 are committed; 3 is not.
+	st := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}, Members: []pool.Member{{ID: "n1", HTTP: nodeSrv.URL}}, DeleteGen: 2}
 	f.setPool(st)
 	srv := httptest.NewServer(f.Handler())
 	defer srv.Close()
@@ -126,6 +127,7 @@ func TestDeleteAllEndpointAnswersWhenDone(t *testing.T) {
 		{"unknown field", `{"generation":1,"all":true}`, secret, http.StatusBadRequest},
 		{"generation 0", `{"generation":0}`, secret, http.StatusBadRequest},
 		{"negative", `{"generation":-1}`, secret, http.StatusBadRequest},
+		{"not committed", `{"generation":3}`, secret, http.StatusConflict},
 	} {
 		resp, err := tt.client.Post(srv.URL+DeleteAllPath, "application/json", strings.NewReader(tt.body))
 		if err != nil {
@@ -215,5 +217,25 @@ func TestAReadBeforeTheRowsAreGoneCannotRefillAfterTheDeleteAll(t *testing.T) {
 	}
 	if _, err := f.Get(ctx, "k"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("a read after the delete-all: got %v, want ErrNotFound", err)
+	}
+}
+
+// TestDeleteAllEndpointIsOffWithoutASecret: a frontend with no cluster
+// secret must not let whoever reaches its public port delete everything.
+func TestDeleteAllEndpointIsOffWithoutASecret(t *testing.T) {
+	s := newStores(t)
+	f := New(Config{}, s.blobs, s.index, slog.New(slog.DiscardHandler))
+	if _, err := f.Put(context.Background(), "a", mustRead(t, "red.png")); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(f.Handler())
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+DeleteAllPath, "application/json", strings.NewReader(`{"generation":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if n, _ := s.index.Count(context.Background()); resp.StatusCode != http.StatusForbidden || n != 1 {
+		t.Errorf("delete-all on a frontend without a secret: got %d and %d rows, want 403 and 1", resp.StatusCode, n)
 	}
 }

@@ -85,7 +85,15 @@ func (f *Frontend) Handler() http.Handler {
 	r.Post("/api/list_keys", f.apiListKeys)
 	r.Post("/api/key/*", f.apiKey)
 	r.Post("/api/delete_all", f.apiDeleteAll)
-	r.With(auth.Require(f.cfg.Secret)).Post(DeleteAllPath, f.handleDeleteAll)
+	if f.cfg.Secret != "" {
+		r.With(auth.Require(f.cfg.Secret)).Post(DeleteAllPath, f.handleDeleteAll)
+	} else {
+		// Without a cluster secret anyone who reaches the public port could
+		// call it: the route is off, and managers fall back to the watch.
+		r.Post(DeleteAllPath, func(w http.ResponseWriter, _ *http.Request) {
+			apiError(w, http.StatusForbidden, "this frontend has no cluster secret: it carries out delete-all only from its pool-state watch")
+		})
+	}
 	r.Post("/api/configure_cache", f.apiAdmin)
 	r.Post("/api/getNumNodes", f.apiAdmin)
 	r.Post("/api/getRate", f.apiAdmin)

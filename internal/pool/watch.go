@@ -216,6 +216,13 @@ func pause(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// Current asks the replica at base for a consistent view (served by the
+// leader after a barrier): at least as new as every change committed
+// before the call. It gives the replica the default slack to answer.
+func Current(ctx context.Context, client *http.Client, base string) (View, error) {
+	return poll(ctx, client, base, 0, 0, true)
+}
+
 // poll makes one blocking request for the view after index.
 func poll(ctx context.Context, client *http.Client, base string, index uint64, wait time.Duration, consistent bool) (View, error) {
 	ctx, cancel := context.WithTimeout(ctx, wait+slack)
