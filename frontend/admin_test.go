@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,5 +46,35 @@ func TestAdminCallsMoveOnFromAManagerThatDoesNotAnswer(t *testing.T) {
 		if d := time.Since(start); d > adminReadTimeout+5*time.Second {
 			t.Errorf("call %d took %v, want at most about one attempt's deadline (%v)", i, d, adminReadTimeout)
 		}
+	}
+}
+
+// TestACommittedDeleteAllIsNotSentToAnotherManager: a manager that
+// committed a delete-all but could not confirm it carried out answers 503
+// with HeaderCommitted; sending the call on to the next manager would
+// commit another generation, so the frontend answers with it instead.
+func TestACommittedDeleteAllIsNotSentToAnotherManager(t *testing.T) {
+	var calls atomic.Int32
+	committed := func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.Header().Set(HeaderCommitted, "7")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte(`{"success":"false","error":{"code":503,"message":"committed, not yet carried out"}}`))
+	}
+	a, b := httptest.NewServer(http.HandlerFunc(committed)), httptest.NewServer(http.HandlerFunc(committed))
+	defer a.Close()
+	defer b.Close()
+	s := newStores(t)
+	f := New(Config{Managers: func() []string { return []string{a.URL, b.URL} }}, s.blobs, s.index, slog.New(slog.DiscardHandler))
+	srv := httptest.NewServer(f.Handler())
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/api/delete_all", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(HeaderCommitted) != "7" || calls.Load() != 1 {
+		t.Errorf("got %d, %s %q, %d manager calls; want 503, the header \"7\", 1 call",
+			resp.StatusCode, HeaderCommitted, resp.Header.Get(HeaderCommitted), calls.Load())
 	}
 }

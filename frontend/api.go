@@ -249,7 +249,9 @@ func adminTimeout(r *http.Request, body []byte) time.Duration {
 // proxyAdmin forwards an admin API request to a manager replica and
 // returns its answer. It starts at the next manager in rotation and moves
 // on to the next when one does not answer within adminTimeout, cannot be
-// reached, or answers 502, 503 or 504. The manager checks the admin token.
+// reached, or answers 502, 503 or 504 — except a 503 that says the command
+// is committed (HeaderCommitted), which is the answer. The manager checks
+// the admin token.
 func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, int, bool) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 	if err != nil {
@@ -266,7 +268,13 @@ func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, i
 	var lastErr error
 	for i := range managers {
 		m := managers[(start+i)%len(managers)]
-		out, code, err := f.adminAttempt(r, m, body, timeout)
+		out, code, committed, err := f.adminAttempt(r, m, body, timeout)
+		if committed != "" {
+			// Committed but not yet carried out: sending it to another
+			// manager would commit it again. The caller decides.
+			w.Header().Set(HeaderCommitted, committed)
+			return out, code, true
+		}
 		if err == nil && code != http.StatusBadGateway && code != http.StatusServiceUnavailable && code != http.StatusGatewayTimeout {
 			return out, code, true
 		}
@@ -283,13 +291,14 @@ func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, i
 	return nil, 0, false
 }
 
-// adminAttempt sends r (with body) to manager m within timeout.
-func (f *Frontend) adminAttempt(r *http.Request, m string, body []byte, timeout time.Duration) ([]byte, int, error) {
+// adminAttempt sends r (with body) to manager m within timeout. committed
+// is the manager's HeaderCommitted, if it answered one.
+func (f *Frontend) adminAttempt(r *http.Request, m string, body []byte, timeout time.Duration) (out []byte, code int, committed string, err error) {
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, r.Method, m+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
 	for _, h := range []string{"Authorization", "Content-Type"} {
 		if v := r.Header.Get(h); v != "" {
@@ -298,14 +307,14 @@ func (f *Frontend) adminAttempt(r *http.Request, m string, body []byte, timeout 
 	}
 	resp, err := f.client.Do(req)
 	if err != nil {
-		return nil, 0, fmt.Errorf("manager %s: %w", m, err)
+		return nil, 0, "", fmt.Errorf("manager %s: %w", m, err)
 	}
 	defer resp.Body.Close()
-	out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	out, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return nil, 0, fmt.Errorf("manager %s: reading the answer: %w", m, err)
+		return nil, 0, "", fmt.Errorf("manager %s: reading the answer: %w", m, err)
 	}
-	return out, resp.StatusCode, nil
+	return out, resp.StatusCode, resp.Header.Get(HeaderCommitted), nil
 }
 
 func copyJSON(w http.ResponseWriter, code int, body []byte) {

@@ -53,6 +53,13 @@ import (
 //	  500                      the stores or a cache node failed; ask again
 const DeleteAllPath = "/internal/v1/delete_all"
 
+// HeaderCommitted is set, with the command's Raft index, on a manager's 503 answer
+// to delete_all or clear_caches when the command is committed but was not
+// confirmed carried out (the data plane carries it out when its watch
+// delivers it). Such an answer must not be sent to another manager: that
+// would commit the command again.
+const HeaderCommitted = "X-Memcache-Committed"
+
 // deleteAllBody is the request and answer body of DeleteAllPath.
 type deleteAllBody struct {
 	Generation uint64 `json:"generation"`

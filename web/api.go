@@ -191,7 +191,7 @@ func (a *API) handleClear(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	res, err := a.clearCaches(ctx)
 	if err != nil {
-		w.Header().Set("Retry-After", "1")
+		markCommitted(w, err, res)
 		writeError(w, statusOfCarryOut(err), "%v", err)
 		return
 	}

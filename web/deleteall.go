@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -111,6 +112,19 @@ func (a *API) clearMembers(ctx context.Context, v pool.View) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// markCommitted sets the headers of an answer that carries err from
+// deleteAll or clearCaches: a command committed but not confirmed carried
+// out gets frontend.HeaderCommitted with its Raft index, so a proxy does
+// not send it to another manager (committing it again); any other failure
+// may be retried.
+func markCommitted(w http.ResponseWriter, err error, res fsm.Result) {
+	if errors.Is(err, errNotCarriedOut) {
+		w.Header().Set(frontend.HeaderCommitted, strconv.FormatUint(res.Index, 10))
+		return
+	}
+	w.Header().Set("Retry-After", "1")
 }
 
 // statusOfCarryOut maps an error of deleteAll or clearCaches to a status:

@@ -69,9 +69,9 @@ func (a *API) testerRoutes(r chi.Router) {
 func (a *API) apiDeleteAll(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
 	defer cancel()
-	_, gen, err := a.deleteAll(ctx)
+	res, gen, err := a.deleteAll(ctx)
 	if err != nil {
-		w.Header().Set("Retry-After", "1")
+		markCommitted(w, err, res)
 		testerError(w, statusOfCarryOut(err), "%v", err)
 		return
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
+	"github.com/memcache/memcache/frontend"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/internal/role"
@@ -423,7 +424,7 @@ func (c *Cluster) nodeNamed(id string) *role.Node {
 // status, failing the test if the request cannot be sent.
 func Call(t testing.TB, method, url string, body []byte, out any) int {
 	t.Helper()
-	code, err := call(method, url, body, out, map[string]string{auth.Header: Secret})
+	code, _, err := call(method, url, body, out, map[string]string{auth.Header: Secret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -465,22 +466,25 @@ func retry(t testing.TB, method, url string, body []byte, out any, header map[st
 		code int
 		err  error
 	)
-	waitfor.True(t, Wait, fmt.Sprintf("%s %s to be answered by other than 503", method, url), func() bool {
-		code, err = call(method, url, body, out, header)
+	waitfor.True(t, Wait, fmt.Sprintf("%s %s to be answered by other than a retryable 503", method, url), func() bool {
+		var hdr http.Header
+		code, hdr, err = call(method, url, body, out, header)
 		if err != nil && code != 0 {
 			t.Fatal(err) // sent and answered, but the answer is malformed
 		}
-		return err == nil && code != http.StatusServiceUnavailable
+		// A 503 that says the command is committed is an answer: sending it
+		// again would commit it again.
+		return err == nil && (code != http.StatusServiceUnavailable || hdr.Get(frontend.HeaderCommitted) != "")
 	})
 	return code
 }
 
 // call sends one request; out receives the JSON body of a 2xx answer, or
 // of any answer if out is a *map[string]any (to read tester errors).
-func call(method, url string, body []byte, out any, header map[string]string) (int, error) {
+func call(method, url string, body []byte, out any, header map[string]string) (int, http.Header, error) {
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	for k, v := range header {
 		req.Header.Set(k, v)
@@ -488,20 +492,20 @@ func call(method, url string, body []byte, out any, header map[string]string) (i
 	client := &http.Client{Timeout: Wait}
 	resp, err := client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	_, anyStatus := out.(*map[string]any)
 	if out != nil && len(b) > 0 && (resp.StatusCode < 300 || anyStatus) {
 		if err := json.Unmarshal(b, out); err != nil && resp.StatusCode < 300 {
-			return resp.StatusCode, fmt.Errorf("%s %s: %v in %s", method, url, err, b)
+			return resp.StatusCode, resp.Header, fmt.Errorf("%s %s: %v in %s", method, url, err, b)
 		}
 	}
-	return resp.StatusCode, nil
+	return resp.StatusCode, resp.Header, nil
 }
 
 func lastLines(s string, n int) string {
