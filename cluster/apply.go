@@ -20,14 +20,19 @@ import (
 const applyTimeout = 10 * time.Second
 
 // errRetry marks a failure after which the command may be sent again: it
-// was not applied (no leader, not the leader), or leadership was lost
-// while it was being committed, or the leader did not answer within
-// ForwardTimeout, so it may or may not have been. Sending it again is safe
-// because every command is idempotent in effect: the config commands set
-// absolute values (a Configure patch applied twice is applied once), a
-// resize carries its epoch precondition, clearing or deleting twice is
-// harmless, and a repeated MarkFailed is refused as "not in the pool".
-var errRetry = errors.New("retry")
+// was not applied (no leader, not the leader), or — errMaybeApplied too —
+// leadership was lost while it was being committed, or the leader did not
+// answer within ForwardTimeout, so it may or may not have been.
+//
+// Sending it again is safe: the config commands set absolute values (a
+// Configure patch applied twice is applied once), and clearing or deleting
+// twice is harmless. A Resize (epoch precondition) or MarkFailed sent again
+// after it was applied is refused; Apply then finds its effect already in
+// the state (fsm.Settled) and reports success.
+var (
+	errRetry        = errors.New("retry")
+	errMaybeApplied = errors.New("may have been applied")
+)
 
 // Apply validates cmd against this replica's state, then has the leader
 // commit it: directly when this replica leads, otherwise by forwarding it
@@ -50,11 +55,16 @@ func (c *Cluster) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error
 		Multiplier:          2,
 		MaxInterval:         250 * time.Millisecond,
 	}
+	maybeApplied := false // an earlier attempt may have committed cmd
 	for {
 		res, err := c.applyOnce(ctx, data)
+		if maybeApplied && errors.Is(err, fsm.ErrInvalidCommand) {
+			return c.settled(ctx, cmd, res, err)
+		}
 		if !errors.Is(err, errRetry) {
 			return res, err
 		}
+		maybeApplied = maybeApplied || errors.Is(err, errMaybeApplied)
 		t := time.NewTimer(b.NextBackOff())
 		select {
 		case <-c.stop:
@@ -66,6 +76,29 @@ func (c *Cluster) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error
 		case <-t.C:
 		}
 	}
+}
+
+// settled decides a command refused after an earlier attempt may have
+// committed it: once this replica has applied what the leader had when it
+// refused (res.Index), a command whose effect the state already holds
+// (fsm.Settled) succeeded; anything else keeps its refusal.
+func (c *Cluster) settled(ctx context.Context, cmd fsm.Command, res fsm.Result, refusal error) (fsm.Result, error) {
+	s, ok := cmd.(fsm.Settled)
+	if !ok {
+		return res, refusal
+	}
+	st := c.fsm.State()
+	if res.Index > 0 {
+		var err error
+		if st, err = c.fsm.Wait(ctx, res.Index-1); err != nil {
+			return res, refusal
+		}
+	}
+	if !s.SettledIn(st) {
+		return res, refusal
+	}
+	c.log.Info("a command retried after an uncertain attempt was already applied", "command", cmd.Type())
+	return fsm.Result{Index: st.Index, Epoch: st.Epoch}, nil
 }
 
 func (c *Cluster) applyOnce(ctx context.Context, data []byte) (fsm.Result, error) {
@@ -83,7 +116,10 @@ func (c *Cluster) applyOnce(ctx context.Context, data []byte) (fsm.Result, error
 func (c *Cluster) applyLocal(data []byte) (fsm.Result, error) {
 	f := c.raft.Apply(data, applyTimeout)
 	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrLeadershipLost) {
+		if errors.Is(err, raft.ErrLeadershipLost) {
+			return fsm.Result{}, fmt.Errorf("%w: %w: %v", errRetry, errMaybeApplied, err)
+		}
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) {
 			return fsm.Result{}, fmt.Errorf("%w: %v", errRetry, err)
 		}
 		return fsm.Result{}, fmt.Errorf("cluster: apply: %w", err)
@@ -101,7 +137,10 @@ type applyResponse struct {
 	Epoch   uint64 `json:"epoch"`
 	Refused string `json:"refused,omitempty"` // the FSM's domain error
 	Error   string `json:"error,omitempty"`   // any other failure
-	Retry   bool   `json:"retry,omitempty"`   // not applied: send again (to the new leader)
+	Retry   bool   `json:"retry,omitempty"`   // send again (to the new leader)
+	// MaybeApplied: with Retry, leadership was lost while the command was
+	// being committed, so it may have been applied.
+	MaybeApplied bool `json:"maybe_applied,omitempty"`
 }
 
 // forward sends an encoded command to the leader at url, within
@@ -119,10 +158,13 @@ func (c *Cluster) forward(ctx context.Context, url string, data []byte) (fsm.Res
 		// A dial error means the leader never saw the request; a leader that
 		// did not answer within the attempt's deadline is paused or cut off
 		// (and about to be replaced). Both are worth another attempt, which
-		// is safe because every command is idempotent in effect (errRetry).
+		// is safe (errRetry); after a timeout it may have been applied.
 		// Other errors (a reset) end the call.
-		if isDialError(err) || (ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded)) {
+		if isDialError(err) {
 			return fsm.Result{}, fmt.Errorf("%w: leader at %s: %v", errRetry, url, err)
+		}
+		if ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
+			return fsm.Result{}, fmt.Errorf("%w: %w: leader at %s: %v", errRetry, errMaybeApplied, url, err)
 		}
 		return fsm.Result{}, fmt.Errorf("cluster: forward to leader: %w", err)
 	}
@@ -130,11 +172,13 @@ func (c *Cluster) forward(ctx context.Context, url string, data []byte) (fsm.Res
 	var ar applyResponse
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ar); err != nil {
 		if ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
-			return fsm.Result{}, fmt.Errorf("%w: leader at %s: %v", errRetry, url, err)
+			return fsm.Result{}, fmt.Errorf("%w: %w: leader at %s: %v", errRetry, errMaybeApplied, url, err)
 		}
 		return fsm.Result{}, fmt.Errorf("cluster: forward to leader: %s: %w", resp.Status, err)
 	}
 	switch {
+	case ar.Retry && ar.MaybeApplied:
+		return fsm.Result{}, fmt.Errorf("%w: %w: %s", errRetry, errMaybeApplied, ar.Error)
 	case ar.Retry:
 		return fsm.Result{}, fmt.Errorf("%w: %s", errRetry, ar.Error)
 	case ar.Refused != "":
@@ -158,14 +202,16 @@ func (c *Cluster) handleApply(w http.ResponseWriter, r *http.Request) {
 	} else if cmd, err := fsm.Decode(data); err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
-	} else if err := cmd.Validate(c.fsm.State()); err != nil {
-		ar.Refused = unwrapInvalid(err)
+	} else if st := c.fsm.State(); cmd.Validate(st) != nil {
+		// The state's index lets a proposer that retried after an uncertain
+		// attempt wait for it and see whether its command was applied.
+		ar.Index, ar.Epoch, ar.Refused = st.Index, st.Epoch, unwrapInvalid(cmd.Validate(st))
 	} else {
 		res, err := c.applyLocal(data)
 		ar.Index, ar.Epoch = res.Index, res.Epoch
 		switch {
 		case errors.Is(err, errRetry):
-			ar.Retry, ar.Error = true, err.Error()
+			ar.Retry, ar.MaybeApplied, ar.Error = true, errors.Is(err, errMaybeApplied), err.Error()
 		case errors.Is(err, fsm.ErrInvalidCommand):
 			ar.Refused = unwrapInvalid(err)
 		case err != nil:

@@ -194,6 +194,31 @@ func (c Resize) Validate(s State) error {
 	return validateMembers(c.Members)
 }
 
+// Settled is implemented by a command that is not idempotent on the wire
+// (sent again after it was applied, it is refused) but whose effect can be
+// recognised in the state: a proposer that retried after an attempt that
+// may have been committed asks SettledIn before it reports the refusal.
+type Settled interface {
+	// SettledIn reports whether s already holds the command's effect.
+	SettledIn(s State) bool
+}
+
+// SettledIn implements Settled: the pool is exactly c.Members.
+func (c Resize) SettledIn(s State) bool { return slices.Equal(s.Members, c.Members) }
+
+// SettledIn implements Settled: c.ID is out of the pool, and its
+// replacement, if any, is in it.
+func (c MarkFailed) SettledIn(s State) bool {
+	if _, in := s.Member(c.ID); in {
+		return false
+	}
+	if c.Replacement != nil {
+		m, in := s.Member(c.Replacement.ID)
+		return in && m == *c.Replacement
+	}
+	return true
+}
+
 // Validate implements Command.
 func (c MarkFailed) Validate(s State) error {
 	if _, ok := s.Member(c.ID); !ok {

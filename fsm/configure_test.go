@@ -82,3 +82,32 @@ func TestConfigureRefusesBadPatches(t *testing.T) {
 		})
 	}
 }
+
+// TestSettledRecognisesAnAppliedResizeAndMarkFailed: a Resize or MarkFailed
+// sent again after it was applied is refused; SettledIn tells the proposer
+// that its effect already holds, and only then.
+func TestSettledRecognisesAnAppliedResizeAndMarkFailed(t *testing.T) {
+	l := newLog(t)
+	st := l.mustApply(fsm.Resize{Members: pool(3)})
+	grow := fsm.Resize{Members: pool(4), Epoch: st.Epoch}
+	if grow.SettledIn(st) {
+		t.Fatal("a resize to 4 is settled in a pool of 3")
+	}
+	st = l.mustApply(grow)
+	if err := grow.Validate(st); err == nil || !grow.SettledIn(st) {
+		t.Errorf("resize sent again: Validate %v, SettledIn %v; want refused and settled", err, grow.SettledIn(st))
+	}
+	repl := fsm.Member{ID: "r1", HTTP: "http://r1.test:7000"}
+	fail := fsm.MarkFailed{ID: st.Members[1].ID, Replacement: &repl}
+	if fail.SettledIn(st) {
+		t.Fatal("MarkFailed settled before it was applied")
+	}
+	st = l.mustApply(fail)
+	if err := fail.Validate(st); err == nil || !fail.SettledIn(st) {
+		t.Errorf("MarkFailed sent again: Validate %v, SettledIn %v; want refused and settled", err, fail.SettledIn(st))
+	}
+	other := fsm.MarkFailed{ID: st.Members[0].ID}
+	if other.SettledIn(st) {
+		t.Error("MarkFailed of a member still in the pool reported settled")
+	}
+}
