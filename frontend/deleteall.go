@@ -33,10 +33,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/cenkalti/backoff/v5"
 
 	"github.com/memcache/memcache/internal/pool"
 )
@@ -172,32 +173,20 @@ func (f *Frontend) handDelete(gen uint64) {
 // retrying with jittered backoff on failure.
 func (f *Frontend) runDeletes(ctx context.Context) {
 	var done uint64 // the newest generation carried out (or found done) here
-	retry := time.Duration(0)
+	b := &backoff.ExponentialBackOff{InitialInterval: time.Second, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Minute}
+	var retry <-chan time.Time // set while a failed run waits to be retried
 	for {
-		var (
-			timer <-chan time.Time
-			t     *time.Timer
-		)
-		if retry > 0 {
-			t = time.NewTimer(retry/2 + rand.N(retry))
-			timer = t.C
-		}
 		select {
 		case <-ctx.Done():
-		case <-f.deleteWake:
-		case <-timer:
-		}
-		if t != nil {
-			t.Stop()
-		}
-		if ctx.Err() != nil {
 			return
+		case <-f.deleteWake:
+		case <-retry:
 		}
+		retry = nil
 		f.pendingMu.Lock()
 		gen := f.pendingGen
 		f.pendingMu.Unlock()
 		if gen <= done {
-			retry = 0
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, deleteAllTimeout)
@@ -207,11 +196,13 @@ func (f *Frontend) runDeletes(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			retry = min(max(2*retry, time.Second), time.Minute)
-			f.log.Error("delete all (from the pool state); will retry", "generation", gen, "retry_in", retry, "err", err)
+			wait := b.NextBackOff()
+			f.log.Error("delete all (from the pool state); will retry", "generation", gen, "retry_in", wait, "err", err)
+			retry = time.After(wait)
 			continue
 		}
-		done, retry = gen, 0
+		done = gen
+		b.Reset()
 	}
 }
 
