@@ -472,15 +472,7 @@ func (c *Cluster) Managers() []string {
 
 // Frontends returns the HTTP base URLs of the frontends gossip knows alive
 // (not leaving), in gossip's order.
-func (c *Cluster) Frontends() []string {
-	var urls []string
-	for _, m := range c.gossip.Members() {
-		if m.Meta.Role == gossip.RoleFrontend && m.State == gossip.StateAlive && m.Meta.HTTP != "" {
-			urls = append(urls, m.Meta.HTTP)
-		}
-	}
-	return urls
-}
+func (c *Cluster) Frontends() []string { return c.gossip.HTTPURLs(gossip.RoleFrontend) }
 
 // Close leaves gossip, stops leader work, shuts Raft down and closes its
 // stores. It does not remove the replica from the Raft configuration.

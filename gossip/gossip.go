@@ -270,6 +270,18 @@ func (g *Gossip) Members() []Member {
 	return out
 }
 
+// HTTPURLs returns the HTTP base URLs of the alive (not leaving) members
+// with role, in Members' order.
+func (g *Gossip) HTTPURLs(role Role) []string {
+	var urls []string
+	for _, m := range g.Members() {
+		if m.Meta.Role == role && m.State == StateAlive && m.Meta.HTTP != "" {
+			urls = append(urls, m.Meta.HTTP)
+		}
+	}
+	return urls
+}
+
 // Subscribe returns a channel that receives, in order, every membership
 // event observed after the call, and a cancel function that stops delivery
 // and closes the channel. The channel is also closed by Close.

@@ -191,6 +191,11 @@ func TestClusterForms(t *testing.T) {
 		if got := g.Members(); !slices.Equal(got, want) {
 			t.Errorf("%s: Members() = %+v, want %+v", g.Addr(), got, want)
 		}
+		for role, url := range map[Role]string{RoleNode: "http://127.0.0.1:8001", RoleManager: "http://127.0.0.1:8002", RoleFrontend: "http://127.0.0.1:8003"} {
+			if got := g.HTTPURLs(role); !slices.Equal(got, []string{url}) {
+				t.Errorf("%s: HTTPURLs(%s) = %v, want [%s]", g.Addr(), role, got, url)
+			}
+		}
 	}
 }
 

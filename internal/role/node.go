@@ -122,7 +122,7 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	s.bg.Go(func() { n.Run(runCtx) })
 	s.bg.Go(func() {
 		client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
-		pool.Watch(runCtx, pool.WatchConfig{Managers: func() []string { return managerURLs(g) }, Client: client, Wait: cfg.WatchWait}, log, n.ApplyPool)
+		pool.Watch(runCtx, pool.WatchConfig{Managers: func() []string { return g.HTTPURLs(gossip.RoleManager) }, Client: client, Wait: cfg.WatchWait}, log, n.ApplyPool)
 	})
 	if publisher != nil {
 		s.bg.Go(func() { publisher.Run(runCtx) })
@@ -135,17 +135,6 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	c := n.Cache()
 	log.Info("cache node started", "http", url, "gossip", g.Addr(), "capacity_mb", c.Config().CapacityMB, "policy", c.Policy())
 	return s, nil
-}
-
-// managerURLs returns the HTTP URLs of the manager replicas alive in g.
-func managerURLs(g *gossip.Gossip) []string {
-	var urls []string
-	for _, m := range g.Members() {
-		if m.Meta.Role == gossip.RoleManager && m.Meta.HTTP != "" && m.State == gossip.StateAlive {
-			urls = append(urls, m.Meta.HTTP)
-		}
-	}
-	return urls
 }
 
 // Node returns the running cache node.
