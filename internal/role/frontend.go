@@ -125,7 +125,9 @@ func StartFrontend(ctx context.Context, cfg FrontendConfig, log *slog.Logger) (*
 		index.Close()
 		return nil, err
 	}
-	managers := func() []string { return append(append([]string(nil), cfg.Managers...), g.HTTPURLs(gossip.RoleManager)...) }
+	managers := func() []string {
+		return append(append([]string(nil), cfg.Managers...), g.HTTPURLs(gossip.RoleManager)...)
+	}
 	fe := frontend.New(frontend.Config{MaxUpload: cfg.MaxUpload, Secret: cfg.Secret, Managers: managers,
 		HotCacheMB: cfg.HotCacheMB, WatchWait: cfg.WatchWait}, blobs, index, log)
 	runCtx, stop := context.WithCancel(context.Background())
