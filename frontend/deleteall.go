@@ -37,6 +37,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/memcache/memcache/internal/jsonhttp"
 )
 
 // DeleteAllPath is the frontend's internal endpoint that carries out a
@@ -62,19 +64,19 @@ func (f *Frontend) handleDeleteAll(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 4<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil || dec.More() {
-		apiError(w, http.StatusBadRequest, `want a JSON body {"generation":G}`)
+		jsonhttp.TesterError(w, http.StatusBadRequest, `want a JSON body {"generation":G}`)
 		return
 	}
 	if body.Generation == 0 {
-		apiError(w, http.StatusBadRequest, "generation must be at least 1")
+		jsonhttp.TesterError(w, http.StatusBadRequest, "generation must be at least 1")
 		return
 	}
 	if err := f.deleteAllAt(r.Context(), body.Generation, true); err != nil {
 		f.log.Error("delete all", "generation", body.Generation, "err", err)
-		apiError(w, http.StatusInternalServerError, "delete-all generation %d: %v", body.Generation, err)
+		jsonhttp.TesterError(w, http.StatusInternalServerError, "delete-all generation %d: %v", body.Generation, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, body)
+	jsonhttp.Write(w, http.StatusOK, body)
 }
 
 // DeleteAll asks the frontend at baseURL to carry out delete-all generation

@@ -31,6 +31,7 @@ import (
 
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
@@ -150,7 +151,7 @@ func (a *API) requireSession(next http.Handler) http.Handler {
 			s = newSession(true, time.Now())
 			a.setSession(w, r, s)
 		case strings.HasPrefix(r.URL.Path, "/ui/api/"):
-			writeError(w, http.StatusUnauthorized, "log in at /ui/login")
+			jsonhttp.Error(w, http.StatusUnauthorized, "log in at /ui/login")
 			return
 		default:
 			http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
@@ -603,7 +604,7 @@ func (a *API) uiDashboardData(w http.ResponseWriter, r *http.Request) {
 	wg.Go(func() { d.Pool = a.poolRows(ctx, st) })
 	wg.Wait()
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, d)
+	jsonhttp.Write(w, http.StatusOK, d)
 }
 
 // poolRows asks every member for its counters, concurrently, each within
