@@ -20,6 +20,7 @@ import (
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/metrics"
+	"github.com/memcache/memcache/node"
 )
 
 // Cluster is what the API needs of the Raft replica (implemented by *cluster.Cluster).
@@ -60,10 +61,14 @@ type API struct {
 	pool    Pool
 	stats   PoolStats
 	metrics metrics.Reader // the UI's charts; nil: none
-	client  *http.Client   // carries the cluster secret, for the nodes' /stats
-	key     []byte         // signs UI sessions and CSRF tokens
-	pages   map[string]*template.Template
-	log     *slog.Logger
+	client  *http.Client   // carries the cluster secret, for the frontends' delete-all
+	// nodes calls the pool's nodes, with the cluster secret. Its Timeout is
+	// the longest use's (nodeClearTimeout); shorter uses (statsTimeout, the
+	// tester's rate window) bound their call's context.
+	nodes *node.Client
+	key   []byte // signs UI sessions and CSRF tokens
+	pages map[string]*template.Template
+	log   *slog.Logger
 }
 
 // New returns the admin API and UI. m feeds the UI's charts (if nil, the
@@ -77,7 +82,8 @@ func New(cfg Config, c Cluster, p Pool, m metrics.Reader, log *slog.Logger) *API
 		log.Warn("no admin token: the admin API is open to anyone who can reach this replica")
 	}
 	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
-	return &API{cfg: cfg, cluster: c, pool: p, stats: memberStats{c, client}, metrics: m, client: client,
+	nodes := node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: nodeClearTimeout})
+	return &API{cfg: cfg, cluster: c, pool: p, stats: memberStats{c, nodes}, metrics: m, client: client, nodes: nodes,
 		key: deriveKey(cfg.AdminToken, cfg.Secret), pages: parsePages(), log: log}
 }
 

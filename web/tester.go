@@ -20,6 +20,7 @@ import (
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/metrics"
+	"github.com/memcache/memcache/node"
 )
 
 // The course tester's admin API (DESIGN §9), on every replica. Answers are
@@ -277,9 +278,9 @@ func statusOfApply(err error) int {
 // memberStats is the PoolStats that asks the pool's nodes directly.
 type memberStats struct {
 	cluster Cluster
-	client  *http.Client
+	nodes   *node.Client
 }
 
 func (m memberStats) LastMinute(ctx context.Context) (metrics.Totals, error) {
-	return metrics.Window(ctx, m.client, m.cluster.State().Members, time.Now().Add(-time.Minute))
+	return metrics.Window(ctx, m.nodes, m.cluster.State().Members, time.Now().Add(-time.Minute))
 }

@@ -665,8 +665,9 @@ func (a *API) poolRows(ctx context.Context, st fsm.State) []poolRow {
 
 func (a *API) nodeCounters(ctx context.Context, m fsm.Member) (node.Counters, error) {
 	// The table needs only the counters: ask for no samples.
-	nodes := node.NewClient(node.ClientConfig{HTTPClient: a.client, Timeout: statsTimeout})
-	st, err := nodes.Stats(ctx, m.HTTP, time.Now())
+	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
+	defer cancel()
+	st, err := a.nodes.Stats(ctx, m.HTTP, time.Now())
 	if err != nil {
 		var uerr *url.Error
 		if errors.As(err, &uerr) {
