@@ -4,8 +4,9 @@ package auth
 
 import (
 	"crypto/subtle"
-	"encoding/json"
 	"net/http"
+
+	"github.com/memcache/memcache/internal/jsonhttp"
 )
 
 // Header carries the cluster secret on cluster-internal HTTP calls.
@@ -25,11 +26,7 @@ func Require(secret string) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if !Valid(r, secret) {
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(http.StatusUnauthorized)
-				json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
-					"code": http.StatusUnauthorized, "message": "missing or wrong cluster secret (" + Header + ")",
-				}})
+				jsonhttp.Error(w, http.StatusUnauthorized, "missing or wrong cluster secret (%s)", Header)
 				return
 			}
 			next.ServeHTTP(w, r)

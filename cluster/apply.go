@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/jsonhttp"
 )
 
 // applyTimeout bounds one raft.Apply on the leader.
@@ -193,14 +194,14 @@ func (c *Cluster) forward(ctx context.Context, url string, data []byte) (fsm.Res
 func (c *Cluster) handleApply(w http.ResponseWriter, r *http.Request) {
 	data, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "reading command: %v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "reading command: %v", err)
 		return
 	}
 	var ar applyResponse
 	if !c.IsLeader() {
 		ar.Retry, ar.Error = true, "not the leader"
 	} else if cmd, err := fsm.Decode(data); err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	} else if st := c.fsm.State(); cmd.Validate(st) != nil {
 		// The state's index lets a proposer that retried after an uncertain
@@ -218,7 +219,7 @@ func (c *Cluster) handleApply(w http.ResponseWriter, r *http.Request) {
 			ar.Error = err.Error()
 		}
 	}
-	writeJSON(w, http.StatusOK, ar)
+	jsonhttp.Write(w, http.StatusOK, ar)
 }
 
 // unwrapInvalid returns err's message without the sentinel's prefix, so the

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -16,21 +15,12 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/internal/pool"
 )
 
 // headerForwarded marks a request a replica has forwarded to the leader.
 const headerForwarded = "X-Memcache-Forwarded-By"
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]any{"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)}})
-}
 
 func isDialError(err error) bool {
 	var op *net.OpError
@@ -156,7 +146,7 @@ func (c *Cluster) Status() Status {
 }
 
 func (c *Cluster) handleStatus(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, c.Status())
+	jsonhttp.Write(w, http.StatusOK, c.Status())
 }
 
 // ForwardToLeader returns middleware that serves a request here when this
@@ -181,10 +171,10 @@ func (c *Cluster) ForwardToLeader(next http.Handler) http.Handler {
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			w.Header().Set("Retry-After", "1")
 			if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
-				writeError(w, http.StatusGatewayTimeout, "the leader did not answer in time: %v", err)
+				jsonhttp.Error(w, http.StatusGatewayTimeout, "the leader did not answer in time: %v", err)
 				return
 			}
-			writeError(w, http.StatusBadGateway, "forwarding to the leader failed: %v", err)
+			jsonhttp.Error(w, http.StatusBadGateway, "forwarding to the leader failed: %v", err)
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -195,12 +185,12 @@ func (c *Cluster) ForwardToLeader(next http.Handler) http.Handler {
 		name, leaderURL, ok := c.Leader()
 		if !ok || r.Header.Get(headerForwarded) != "" {
 			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusServiceUnavailable, "no leader is known to replica %s yet; retry", c.cfg.Name)
+			jsonhttp.Error(w, http.StatusServiceUnavailable, "no leader is known to replica %s yet; retry", c.cfg.Name)
 			return
 		}
 		u, err := url.Parse(leaderURL)
 		if err != nil {
-			writeError(w, http.StatusBadGateway, "leader %s advertises a bad URL %q", name, leaderURL)
+			jsonhttp.Error(w, http.StatusBadGateway, "leader %s advertises a bad URL %q", name, leaderURL)
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), c.cfg.ProxyTimeout)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,22 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/memcache/memcache/internal/jsonhttp"
 )
-
-// apiError writes the tester API's error shape:
-// {"success":"false","error":{"code":N,"message":"..."}}.
-func apiError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]any{
-		"success": "false",
-		"error":   map[string]any{"code": code, "message": fmt.Sprintf(format, args...)},
-	})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
 
 // statusOf maps an error of the read and write paths to an HTTP status.
 func statusOf(err error) int {
@@ -103,23 +89,23 @@ func (f *Frontend) apiUpload(w http.ResponseWriter, r *http.Request) {
 		} else if code >= 500 {
 			f.log.Error("upload failed", "err", err)
 		}
-		apiError(w, code, "%v", err)
+		jsonhttp.TesterError(w, code, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "key": key})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "key": key})
 }
 
 func (f *Frontend) apiListKeys(w http.ResponseWriter, r *http.Request) {
 	entries, err := f.List(r.Context())
 	if err != nil {
-		apiError(w, http.StatusInternalServerError, "%v", err)
+		jsonhttp.TesterError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	keys := make([]string, 0, len(entries))
 	for _, e := range entries {
 		keys = append(keys, e.Key)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "keys": keys})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "keys": keys})
 }
 
 // pathKey returns the unescaped key after prefix in r's escaped path.
@@ -137,11 +123,11 @@ func (f *Frontend) apiKey(w http.ResponseWriter, r *http.Request) {
 		var img Image
 		img, err = f.Get(r.Context(), key)
 		if err == nil {
-			writeJSON(w, http.StatusOK, map[string]any{"success": "true", "content": base64.StdEncoding.EncodeToString(img.Data)})
+			jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "content": base64.StdEncoding.EncodeToString(img.Data)})
 			return
 		}
 	}
-	apiError(w, statusOf(err), "%v", err)
+	jsonhttp.TesterError(w, statusOf(err), "%v", err)
 }
 
 // serveImage serves GET /images/{key}: the bytes with their content type
@@ -255,12 +241,12 @@ func adminTimeout(r *http.Request, body []byte) time.Duration {
 func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, int, bool) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 	if err != nil {
-		apiError(w, http.StatusBadRequest, "reading request: %v", err)
+		jsonhttp.TesterError(w, http.StatusBadRequest, "reading request: %v", err)
 		return nil, 0, false
 	}
 	managers := f.cfg.Managers()
 	if len(managers) == 0 {
-		apiError(w, http.StatusServiceUnavailable, "no manager replica is known to this frontend")
+		jsonhttp.TesterError(w, http.StatusServiceUnavailable, "no manager replica is known to this frontend")
 		return nil, 0, false
 	}
 	timeout := adminTimeout(r, body)
@@ -287,7 +273,7 @@ func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, i
 		}
 		f.log.Warn("admin call: manager did not answer, trying the next", "manager", m, "path", r.URL.Path, "err", err)
 	}
-	apiError(w, http.StatusServiceUnavailable, "no manager replica answered: %v", lastErr)
+	jsonhttp.TesterError(w, http.StatusServiceUnavailable, "no manager replica answered: %v", lastErr)
 	return nil, 0, false
 }
 

@@ -39,6 +39,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 
+	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/internal/pool"
 )
 
@@ -74,25 +75,25 @@ func (f *Frontend) handleDeleteAll(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 4<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil || dec.More() {
-		apiError(w, http.StatusBadRequest, `want a JSON body {"generation":G}`)
+		jsonhttp.TesterError(w, http.StatusBadRequest, `want a JSON body {"generation":G}`)
 		return
 	}
 	if body.Generation == 0 {
-		apiError(w, http.StatusBadRequest, "generation must be at least 1")
+		jsonhttp.TesterError(w, http.StatusBadRequest, "generation must be at least 1")
 		return
 	}
 	// A generation above the cluster's would be recorded as done and make
 	// every real delete-all up to it a no-op: carry out only a committed one.
 	if err := f.checkCommitted(r.Context(), body.Generation); err != nil {
-		apiError(w, http.StatusConflict, "%v", err)
+		jsonhttp.TesterError(w, http.StatusConflict, "%v", err)
 		return
 	}
 	if err := f.deleteAllAt(r.Context(), body.Generation, true); err != nil {
 		f.log.Error("delete all", "generation", body.Generation, "err", err)
-		apiError(w, http.StatusInternalServerError, "delete-all generation %d: %v", body.Generation, err)
+		jsonhttp.TesterError(w, http.StatusInternalServerError, "delete-all generation %d: %v", body.Generation, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, body)
+	jsonhttp.Write(w, http.StatusOK, body)
 }
 
 // checkCommitted reports whether delete-all generation gen is committed:

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/internal/jsonhttp"
 )
 
 // Handler returns the frontend's HTTP API and pages:
@@ -91,7 +92,7 @@ func (f *Frontend) Handler() http.Handler {
 		// Without a cluster secret anyone who reaches the public port could
 		// call it: the route is off, and managers fall back to the watch.
 		r.Post(DeleteAllPath, func(w http.ResponseWriter, _ *http.Request) {
-			apiError(w, http.StatusForbidden, "this frontend has no cluster secret: it carries out delete-all only from its pool-state watch")
+			jsonhttp.TesterError(w, http.StatusForbidden, "this frontend has no cluster secret: it carries out delete-all only from its pool-state watch")
 		})
 	}
 	r.Post("/api/configure_cache", f.apiAdmin)

@@ -245,16 +245,14 @@ func (DeleteAll) Validate(State) error { return nil }
 func (c RecordDecision) Validate(State) error { return c.Decision.Validate() }
 
 // Validate implements Command: the config and policy that c makes of s's
-// must both be valid.
+// must both be valid. A refusal wraps a FieldErrors naming every refused
+// field of both, unless c sets nothing.
 func (c Configure) Validate(s State) error {
 	if c.Empty() {
 		return invalidf("the configuration update sets nothing")
 	}
 	cache, scaling := c.Merge(s.Cache, s.Scaling)
-	if err := ValidateCache(cache); err != nil {
-		return err
-	}
-	return scaling.Validate()
+	return invalidFields(append(cache.Problems(), scaling.problems()...))
 }
 
 // The apply functions, one per command. Each runs only after the command's

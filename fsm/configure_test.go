@@ -111,3 +111,37 @@ func TestSettledRecognisesAnAppliedResizeAndMarkFailed(t *testing.T) {
 		t.Error("MarkFailed of a member still in the pool reported settled")
 	}
 }
+
+// TestConfigureNamesEveryRefusedField: a refusal carries one FieldError per
+// refused field of the cache config and the policy, with the bounds it
+// broke, so that a caller can word it (the web UI does) without re-coding
+// the bounds.
+func TestConfigureNamesEveryRefusedField(t *testing.T) {
+	patch := fsm.Configure{CapacityMB: ptr(2000), Policy: ptr("LFU"), MinMissRate: ptr(0.9), ShrinkRatio: ptr(1.0)}
+	err := patch.Validate(fsm.DefaultState()) // max miss rate 0.8
+	var fes fsm.FieldErrors
+	if !errors.Is(err, fsm.ErrInvalidCommand) || !errors.As(err, &fes) {
+		t.Fatalf("got %v, want an invalid command wrapping FieldErrors", err)
+	}
+	want := []fsm.FieldError{
+		{Field: "capacity_mb", Value: 2000, Min: fsm.MinCapacityMB, Max: fsm.MaxCapacityMB},
+		{Field: "policy", Value: "LFU", OneOf: []string{"LRU", "RR"}},
+		{Field: "min_miss_rate", Value: 0.9, Below: "max_miss_rate", Limit: 0.8},
+		{Field: "shrink_ratio", Value: 1.0, Min: 0, MinOpen: true, Max: 1, MaxOpen: true},
+	}
+	if len(fes) != len(want) {
+		t.Fatalf("got %d refused fields (%v), want %d", len(fes), err, len(want))
+	}
+	for i, fe := range fes {
+		if fe.Field != want[i].Field || fe.Value != want[i].Value || strings.Join(fe.OneOf, ",") != strings.Join(want[i].OneOf, ",") ||
+			fe.Below != want[i].Below || fe.Limit != want[i].Limit ||
+			fe.Min != want[i].Min || fe.Max != want[i].Max || fe.MinOpen != want[i].MinOpen || fe.MaxOpen != want[i].MaxOpen {
+			t.Errorf("field %d: got %+v, want %+v", i, *fe, want[i])
+		}
+	}
+	const msg = `capacity_mb 2000 is outside 1..1024; policy "LFU" is not LRU or RR; ` +
+		`min_miss_rate 0.9 is above max_miss_rate 0.8; shrink_ratio 1 must be between 0 and 1`
+	if !strings.HasSuffix(err.Error(), msg) {
+		t.Errorf("message: got %q, want it to end with %q", err, msg)
+	}
+}

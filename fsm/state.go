@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/memcache/memcache/internal/pool"
@@ -91,12 +90,26 @@ var (
 // plane's own type, so the FSM and the nodes share one vocabulary.
 type CacheConfig = pool.CacheConfig
 
-// ValidateCache reports, wrapping ErrInvalidCommand, what is wrong with c.
-func ValidateCache(c CacheConfig) error {
-	if err := c.Validate(); err != nil {
-		return invalidf("%s", strings.TrimPrefix(err.Error(), pool.ErrBadConfig.Error()+": "))
+// ValidateCache reports, wrapping ErrInvalidCommand and a FieldErrors,
+// what is wrong with c; the bounds are the data plane's
+// (pool.CacheConfig.Problems).
+func ValidateCache(c CacheConfig) error { return invalidFields(c.Problems()) }
+
+// FieldError is one refused field of the cache config or the scaling policy,
+// with the bounds it broke; FieldErrors is all of them. A validation error
+// of this package wraps a FieldErrors when the fault is in those fields, so
+// that a caller can word the refusal itself (errors.As).
+type (
+	FieldError  = pool.FieldError
+	FieldErrors = pool.FieldErrors
+)
+
+// invalidFields wraps fes in ErrInvalidCommand, or returns nil if it is empty.
+func invalidFields(fes FieldErrors) error {
+	if len(fes) == 0 {
+		return nil
 	}
-	return nil
+	return fmt.Errorf("%w: %w", ErrInvalidCommand, fes)
 }
 
 // ScalingPolicy says how the leader's scaler sizes the pool (DESIGN.md §7).
@@ -108,28 +121,35 @@ type ScalingPolicy struct {
 	ShrinkRatio float64 `json:"shrink_ratio"`  // strictly between 0 and 1
 }
 
-// Validate reports, wrapping ErrInvalidCommand, what is wrong with p.
-// The comparisons are written so that NaN fails them.
-func (p ScalingPolicy) Validate() error {
-	switch {
-	case p.Mode != ModeManual && p.Mode != ModeAuto:
-		return invalidf("mode %q is not %s or %s", p.Mode, ModeManual, ModeAuto)
-	case !(p.MaxMissRate >= 0 && p.MaxMissRate <= 1):
-		return invalidf("max_miss_rate %g is outside 0..1", p.MaxMissRate)
-	case !(p.MinMissRate >= 0 && p.MinMissRate <= 1):
-		return invalidf("min_miss_rate %g is outside 0..1", p.MinMissRate)
-	case p.MinMissRate > p.MaxMissRate:
-		return invalidf("min_miss_rate %g is above max_miss_rate %g", p.MinMissRate, p.MaxMissRate)
-	case p.MinMissRate == p.MaxMissRate:
-		return invalidf("min_miss_rate %g equals max_miss_rate %g; it must be below", p.MinMissRate, p.MaxMissRate)
-	case !(p.ExpandRatio > 1):
-		return invalidf("expand_ratio %g must be greater than 1", p.ExpandRatio)
-	case !(p.ExpandRatio <= MaxExpandRatio):
-		return invalidf("expand_ratio %g must be at most %d", p.ExpandRatio, MaxExpandRatio)
-	case !(p.ShrinkRatio > 0 && p.ShrinkRatio < 1):
-		return invalidf("shrink_ratio %g must be between 0 and 1", p.ShrinkRatio)
+// Validate reports, wrapping ErrInvalidCommand and a FieldErrors with one
+// entry per refused field, what is wrong with p.
+func (p ScalingPolicy) Validate() error { return invalidFields(p.problems()) }
+
+// problems returns the refused fields of p. The comparisons are written so
+// that NaN fails them.
+func (p ScalingPolicy) problems() FieldErrors {
+	var fes FieldErrors
+	if p.Mode != ModeManual && p.Mode != ModeAuto {
+		fes = append(fes, &FieldError{Field: "mode", Value: p.Mode, OneOf: []string{ModeManual, ModeAuto}})
 	}
-	return nil
+	maxOK := p.MaxMissRate >= 0 && p.MaxMissRate <= 1
+	if !maxOK {
+		fes = append(fes, &FieldError{Field: "max_miss_rate", Value: p.MaxMissRate, Min: 0, Max: 1})
+	}
+	minOK := p.MinMissRate >= 0 && p.MinMissRate <= 1
+	if !minOK {
+		fes = append(fes, &FieldError{Field: "min_miss_rate", Value: p.MinMissRate, Min: 0, Max: 1})
+	}
+	if minOK && maxOK && !(p.MinMissRate < p.MaxMissRate) {
+		fes = append(fes, &FieldError{Field: "min_miss_rate", Value: p.MinMissRate, Below: "max_miss_rate", Limit: p.MaxMissRate})
+	}
+	if !(p.ExpandRatio > 1 && p.ExpandRatio <= MaxExpandRatio) {
+		fes = append(fes, &FieldError{Field: "expand_ratio", Value: p.ExpandRatio, Min: 1, MinOpen: true, Max: MaxExpandRatio})
+	}
+	if !(p.ShrinkRatio > 0 && p.ShrinkRatio < 1) {
+		fes = append(fes, &FieldError{Field: "shrink_ratio", Value: p.ShrinkRatio, Min: 0, MinOpen: true, Max: 1, MaxOpen: true})
+	}
+	return fes
 }
 
 // Decision is one round of the leader's scaler (DESIGN.md §7): a resize it

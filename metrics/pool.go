@@ -3,7 +3,6 @@ package metrics
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
@@ -57,16 +56,18 @@ func (t *Totals) Add(samples []node.Sample) {
 	t.Nodes++
 }
 
-// Window asks every member's /stats for the samples that ended after since
-// and sums them. Members that do not answer are left out (and reported in
-// err, which is informational: the totals of the others are still valid).
-func Window(ctx context.Context, client *http.Client, members []fsm.Member, since time.Time) (Totals, error) {
+// Window asks every member's /stats, through nodes, for the samples that
+// ended after since and sums them; each node has windowTimeout to answer.
+// Members that do not answer are left out (and reported in err, which is
+// informational: the totals of the others are still valid).
+func Window(ctx context.Context, nodes *node.Client, members []fsm.Member, since time.Time) (Totals, error) {
+	ctx, cancel := context.WithTimeout(ctx, windowTimeout)
+	defer cancel()
 	var (
-		mu    sync.Mutex
-		t     Totals
-		errs  []error
-		wg    sync.WaitGroup
-		nodes = node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: windowTimeout})
+		mu   sync.Mutex
+		t    Totals
+		errs []error
+		wg   sync.WaitGroup
 	)
 	for _, m := range members {
 		wg.Add(1)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/region"
 )
@@ -99,20 +100,6 @@ func (n *Node) timed(op string, h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// writeError writes the API's JSON error shape.
-func writeError(w http.ResponseWriter, code int, format string, args ...any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]any{
-		"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)},
-	})
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
-}
-
 // cacheKey returns the unescaped key from a /cache/{key} URL.
 func cacheKey(r *http.Request) (string, error) {
 	raw := strings.TrimPrefix(r.URL.EscapedPath(), "/cache/")
@@ -134,11 +121,11 @@ func (n *Node) checkRoute(w http.ResponseWriter, r *http.Request, key string) bo
 	if v := r.Header.Get(HeaderEpoch); v != "" {
 		callerEpoch, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "%s header %q is not an unsigned integer", HeaderEpoch, v)
+			jsonhttp.Error(w, http.StatusBadRequest, "%s header %q is not an unsigned integer", HeaderEpoch, v)
 			return false
 		}
 		if held := n.epoch.Load(); callerEpoch > held {
-			writeError(w, http.StatusConflict, "node holds region map epoch %d, older than the caller's %d", held, callerEpoch)
+			jsonhttp.Error(w, http.StatusConflict, "node holds region map epoch %d, older than the caller's %d", held, callerEpoch)
 			return false
 		}
 		// A write from a caller that routed by a map older than the node's
@@ -147,13 +134,13 @@ func (n *Node) checkRoute(w http.ResponseWriter, r *http.Request, key string) bo
 		// meanwhile): refuse it.
 		if r.Method == http.MethodPut {
 			if since := n.regionSince(region.Of(key)); callerEpoch < since {
-				writeError(w, http.StatusConflict, "caller's region map epoch %d is older than this node's ownership of the region (since epoch %d)", callerEpoch, since)
+				jsonhttp.Error(w, http.StatusConflict, "caller's region map epoch %d is older than this node's ownership of the region (since epoch %d)", callerEpoch, since)
 				return false
 			}
 		}
 	}
 	if rg := region.Of(key); !n.cache.Owns(rg) {
-		writeError(w, http.StatusMisdirectedRequest, "region %d of key is not owned by node %s at epoch %d", rg, n.id, n.epoch.Load())
+		jsonhttp.Error(w, http.StatusMisdirectedRequest, "region %d of key is not owned by node %s at epoch %d", rg, n.id, n.epoch.Load())
 		return false
 	}
 	return true
@@ -162,7 +149,7 @@ func (n *Node) checkRoute(w http.ResponseWriter, r *http.Request, key string) bo
 func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 	key, err := cacheKey(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	if !n.checkRoute(w, r, key) {
@@ -171,13 +158,13 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 	item, ok, err := n.cache.Get(key)
 	switch {
 	case errors.Is(err, ErrNotOwner):
-		writeError(w, http.StatusMisdirectedRequest, "region of key is not owned by node %s", n.id)
+		jsonhttp.Error(w, http.StatusMisdirectedRequest, "region of key is not owned by node %s", n.id)
 		return
 	case err != nil:
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	case !ok:
-		writeError(w, http.StatusNotFound, "key is not cached")
+		jsonhttp.Error(w, http.StatusNotFound, "key is not cached")
 		return
 	}
 	h := w.Header()
@@ -202,7 +189,7 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 	key, err := cacheKey(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	if !n.checkRoute(w, r, key) {
@@ -210,22 +197,22 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 	}
 	capacity := n.cache.Capacity()
 	if r.ContentLength > capacity {
-		writeError(w, http.StatusRequestEntityTooLarge, "value of %d bytes exceeds the cache capacity of %d bytes; not cached", r.ContentLength, capacity)
+		jsonhttp.Error(w, http.StatusRequestEntityTooLarge, "value of %d bytes exceeds the cache capacity of %d bytes; not cached", r.ContentLength, capacity)
 		return
 	}
 	value, err := readValue(r, capacity)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			writeError(w, http.StatusRequestEntityTooLarge, "value exceeds the cache capacity of %d bytes; not cached", capacity)
+			jsonhttp.Error(w, http.StatusRequestEntityTooLarge, "value exceeds the cache capacity of %d bytes; not cached", capacity)
 			return
 		}
-		writeError(w, http.StatusBadRequest, "reading value: %v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "reading value: %v", err)
 		return
 	}
 	gen, err := generation(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	item := Item{Value: value, ContentType: r.Header.Get("Content-Type"), ETag: r.Header.Get(HeaderETag)}
@@ -239,15 +226,15 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 	})
 	switch {
 	case !ran:
-		writeError(w, http.StatusConflict, "fill of cache generation %d refused: the node cleared its cache at generation %d since (the value may predate a clear or delete-all); not cached", gen, floor)
+		jsonhttp.Error(w, http.StatusConflict, "fill of cache generation %d refused: the node cleared its cache at generation %d since (the value may predate a clear or delete-all); not cached", gen, floor)
 	case errors.Is(err, ErrTooLarge):
-		writeError(w, http.StatusRequestEntityTooLarge, "%v; not cached", err)
+		jsonhttp.Error(w, http.StatusRequestEntityTooLarge, "%v; not cached", err)
 	case errors.Is(err, ErrNotOwner):
-		writeError(w, http.StatusMisdirectedRequest, "region of key is not owned by node %s", n.id)
+		jsonhttp.Error(w, http.StatusMisdirectedRequest, "region of key is not owned by node %s", n.id)
 	case err != nil:
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 	case !stored:
-		writeError(w, http.StatusPreconditionFailed, "key is already cached (If-None-Match: *)")
+		jsonhttp.Error(w, http.StatusPreconditionFailed, "key is already cached (If-None-Match: *)")
 	default:
 		w.WriteHeader(http.StatusNoContent)
 	}
@@ -286,7 +273,7 @@ func generation(r *http.Request) (uint64, error) {
 func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 	key, err := cacheKey(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	// An invalidation sent to a node that is not (or not yet) the owner
@@ -301,7 +288,7 @@ func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 func (n *Node) handleClear(w http.ResponseWriter, r *http.Request) {
 	gen, err := generation(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	n.ClearAt(gen)
@@ -309,7 +296,7 @@ func (n *Node) handleClear(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) handleGetConfig(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, n.cache.Config())
+	jsonhttp.Write(w, http.StatusOK, n.cache.Config())
 }
 
 // decodeJSON decodes a bounded JSON body into v, refusing unknown fields and
@@ -332,7 +319,7 @@ func (n *Node) handlePutConfig(w http.ResponseWriter, r *http.Request) {
 		Policy     *pool.Policy `json:"policy"`
 	}
 	if err := decodeJSON(r, &body); err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	cfg := n.cache.Config()
@@ -343,29 +330,29 @@ func (n *Node) handlePutConfig(w http.ResponseWriter, r *http.Request) {
 		cfg.Policy = *body.Policy
 	}
 	if err := n.cache.SetConfig(cfg); err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	n.log.Info("cache config applied", "capacity_mb", cfg.CapacityMB, "policy", cfg.Policy)
-	writeJSON(w, cfg)
+	jsonhttp.Write(w, http.StatusOK, cfg)
 }
 
 func (n *Node) handleGetRegions(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, n.Regions())
+	jsonhttp.Write(w, http.StatusOK, n.Regions())
 }
 
 func (n *Node) handlePutRegions(w http.ResponseWriter, r *http.Request) {
 	var m Regions
 	if err := decodeJSON(r, &m); err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	dropped, err := n.SetRegions(m)
 	if err != nil {
-		writeError(w, http.StatusConflict, "%v", err)
+		jsonhttp.Error(w, http.StatusConflict, "%v", err)
 		return
 	}
-	writeJSON(w, map[string]any{"epoch": m.Epoch, "owned": m.Owners.Owned(n.id), "dropped": dropped})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"epoch": m.Epoch, "owned": m.Owners.Owned(n.id), "dropped": dropped})
 }
 
 // Stats is the body of GET /stats.
@@ -383,12 +370,12 @@ func (n *Node) handleStats(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "since %q is not an RFC 3339 time", v)
+			jsonhttp.Error(w, http.StatusBadRequest, "since %q is not an RFC 3339 time", v)
 			return
 		}
 		since = t
 	}
-	writeJSON(w, Stats{
+	jsonhttp.Write(w, http.StatusOK, Stats{
 		ID: n.id, Epoch: n.Epoch(), Config: n.cache.Config(),
 		Counters: n.Counters(), Samples: n.Samples(since), Time: time.Now(),
 	})

@@ -18,7 +18,9 @@ import (
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/metrics"
+	"github.com/memcache/memcache/node"
 )
 
 // Cluster is what the API needs of the Raft replica (implemented by *cluster.Cluster).
@@ -59,10 +61,14 @@ type API struct {
 	pool    Pool
 	stats   PoolStats
 	metrics metrics.Reader // the UI's charts; nil: none
-	client  *http.Client   // carries the cluster secret, for the nodes' /stats
-	key     []byte         // signs UI sessions and CSRF tokens
-	pages   map[string]*template.Template
-	log     *slog.Logger
+	client  *http.Client   // carries the cluster secret, for the frontends' delete-all
+	// nodes calls the pool's nodes, with the cluster secret. Its Timeout is
+	// the longest use's (nodeClearTimeout); shorter uses (statsTimeout, the
+	// tester's rate window) bound their call's context.
+	nodes *node.Client
+	key   []byte // signs UI sessions and CSRF tokens
+	pages map[string]*template.Template
+	log   *slog.Logger
 }
 
 // New returns the admin API and UI. m feeds the UI's charts (if nil, the
@@ -76,7 +82,8 @@ func New(cfg Config, c Cluster, p Pool, m metrics.Reader, log *slog.Logger) *API
 		log.Warn("no admin token: the admin API is open to anyone who can reach this replica")
 	}
 	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
-	return &API{cfg: cfg, cluster: c, pool: p, stats: memberStats{c, client}, metrics: m, client: client,
+	nodes := node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: nodeClearTimeout})
+	return &API{cfg: cfg, cluster: c, pool: p, stats: memberStats{c, nodes}, metrics: m, client: client, nodes: nodes,
 		key: deriveKey(cfg.AdminToken, cfg.Secret), pages: parsePages(), log: log}
 }
 
@@ -105,25 +112,15 @@ func (a *API) Routes(r chi.Router) {
 	a.uiRoutes(r)
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]any{"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)}})
-}
-
 // writeApplyError maps a failed write to its status: refused input is the
 // caller's fault (400), no leader or no nodes is the cluster's (503).
 func writeApplyError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, fsm.ErrInvalidCommand), errors.Is(err, errInvalidBody):
-		writeError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 	default:
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "%v", err)
+		jsonhttp.Error(w, http.StatusServiceUnavailable, "%v", err)
 	}
 }
 
@@ -150,12 +147,12 @@ func (a *API) apply(w http.ResponseWriter, r *http.Request, cmd fsm.Command) {
 		writeApplyError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch})
 }
 
 func (a *API) handleGetConfig(w http.ResponseWriter, _ *http.Request) {
 	st := a.cluster.State()
-	writeJSON(w, http.StatusOK, map[string]any{"cache": st.Cache, "scaling": st.Scaling})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"cache": st.Cache, "scaling": st.Scaling})
 }
 
 func (a *API) handleSetCache(w http.ResponseWriter, r *http.Request) {
@@ -192,10 +189,10 @@ func (a *API) handleClear(w http.ResponseWriter, r *http.Request) {
 	res, err := a.clearCaches(ctx)
 	if err != nil {
 		markCommitted(w, err, res)
-		writeError(w, statusOfCarryOut(err), "%v", err)
+		jsonhttp.Error(w, statusOfCarryOut(err), "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch})
 }
 
 func (a *API) handleResize(w http.ResponseWriter, r *http.Request) {
@@ -207,11 +204,11 @@ func (a *API) handleResize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if body.Nodes == nil {
-		writeError(w, http.StatusBadRequest, "nodes is required")
+		jsonhttp.Error(w, http.StatusBadRequest, "nodes is required")
 		return
 	}
 	if *body.Nodes < fsm.MinNodes || *body.Nodes > fsm.MaxNodes {
-		writeError(w, http.StatusBadRequest, "%d nodes is outside %d..%d", *body.Nodes, fsm.MinNodes, fsm.MaxNodes)
+		jsonhttp.Error(w, http.StatusBadRequest, "%d nodes is outside %d..%d", *body.Nodes, fsm.MinNodes, fsm.MaxNodes)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
@@ -222,5 +219,5 @@ func (a *API) handleResize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := a.cluster.State()
-	writeJSON(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch, "nodes": len(st.Members), "members": st.Members})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch, "nodes": len(st.Members), "members": st.Members})
 }

@@ -13,7 +13,6 @@ import (
 	"github.com/memcache/memcache/frontend"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/pool"
-	"github.com/memcache/memcache/node"
 )
 
 // Deadlines of the calls a manager makes to carry out a delete-all or a
@@ -100,12 +99,13 @@ func (a *API) clearCaches(ctx context.Context) (fsm.Result, error) {
 // no fill stamped older is accepted afterwards), and reports those that did
 // not confirm.
 func (a *API) clearMembers(ctx context.Context, v pool.View) error {
-	nodes := node.NewClient(node.ClientConfig{HTTPClient: a.client, Timeout: nodeClearTimeout})
 	errs := make([]error, len(v.Members))
 	var wg sync.WaitGroup
 	for i, m := range v.Members {
 		wg.Go(func() {
-			if err := nodes.Clear(ctx, m.HTTP, v.Generation()); err != nil {
+			ctx, cancel := context.WithTimeout(ctx, nodeClearTimeout)
+			defer cancel()
+			if err := a.nodes.Clear(ctx, m.HTTP, v.Generation()); err != nil {
 				errs[i] = fmt.Errorf("node %s: %w", m.ID, err)
 			}
 		})

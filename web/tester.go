@@ -18,19 +18,14 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/metrics"
+	"github.com/memcache/memcache/node"
 )
 
 // The course tester's admin API (DESIGN §9), on every replica. Answers are
 // JSON with "success" as the string "true" or "false"; errors are
-// {"success":"false","error":{"code":N,"message":"..."}}.
-
-func testerError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]any{
-		"success": "false",
-		"error":   map[string]any{"code": code, "message": fmt.Sprintf(format, args...)},
-	})
-}
+// {"success":"false","error":{"code":N,"message":"..."}} (jsonhttp.TesterError).
 
 // requireToken refuses requests without "Authorization: Bearer <token>".
 // An empty token leaves the admin API open (a warning is logged at start).
@@ -40,7 +35,7 @@ func requireToken(token string) func(http.Handler) http.Handler {
 			if token != "" {
 				got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 				if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-					testerError(w, http.StatusUnauthorized, "missing or wrong admin token (Authorization: Bearer <token>)")
+					jsonhttp.TesterError(w, http.StatusUnauthorized, "missing or wrong admin token (Authorization: Bearer <token>)")
 					return
 				}
 			}
@@ -72,14 +67,14 @@ func (a *API) apiDeleteAll(w http.ResponseWriter, r *http.Request) {
 	res, gen, err := a.deleteAll(ctx)
 	if err != nil {
 		markCommitted(w, err, res)
-		testerError(w, statusOfCarryOut(err), "%v", err)
+		jsonhttp.TesterError(w, statusOfCarryOut(err), "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "delete_gen": gen})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "delete_gen": gen})
 }
 
 func (a *API) apiGetNumNodes(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "numNodes": len(a.cluster.State().Members)})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "numNodes": len(a.cluster.State().Members)})
 }
 
 // apiGetRate answers the pool's miss or hit rate over the last minute, from
@@ -87,12 +82,12 @@ func (a *API) apiGetNumNodes(w http.ResponseWriter, _ *http.Request) {
 func (a *API) apiGetRate(w http.ResponseWriter, r *http.Request) {
 	q, err := strictParams(r, "rate")
 	if err != nil {
-		testerError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.TesterError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	which := q["rate"]
 	if which != "miss" && which != "hit" {
-		testerError(w, http.StatusBadRequest, "rate must be miss or hit, got %q", which)
+		jsonhttp.TesterError(w, http.StatusBadRequest, "rate must be miss or hit, got %q", which)
 		return
 	}
 	var t metrics.Totals
@@ -109,7 +104,7 @@ func (a *API) apiGetRate(w http.ResponseWriter, r *http.Request) {
 	if which == "hit" {
 		rate, _ = t.HitRate()
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "rate": which, "value": rate, "gets": t.Gets})
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "rate": which, "value": rate, "gets": t.Gets})
 }
 
 // PoolStats reports the pool's activity.
@@ -225,14 +220,14 @@ func parseConfigure(r *http.Request) (configureParams, error) {
 func (a *API) apiConfigureCache(w http.ResponseWriter, r *http.Request) {
 	p, err := parseConfigure(r)
 	if err != nil {
-		testerError(w, http.StatusBadRequest, "%v", err)
+		jsonhttp.TesterError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	st := a.cluster.State()
 	mode := st.Scaling.Mode
 	if !p.patch.Empty() {
 		if err := p.patch.Validate(st); err != nil {
-			testerError(w, http.StatusBadRequest, "%v", err)
+			jsonhttp.TesterError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
 		_, scaling := p.patch.Merge(st.Cache, st.Scaling)
@@ -241,10 +236,10 @@ func (a *API) apiConfigureCache(w http.ResponseWriter, r *http.Request) {
 	if p.numNodes != nil {
 		switch {
 		case mode != fsm.ModeManual:
-			testerError(w, http.StatusBadRequest, "numNodes can only be set in manual mode (mode is %s)", mode)
+			jsonhttp.TesterError(w, http.StatusBadRequest, "numNodes can only be set in manual mode (mode is %s)", mode)
 			return
 		case *p.numNodes < fsm.MinNodes || *p.numNodes > fsm.MaxNodes:
-			testerError(w, http.StatusBadRequest, "numNodes %d is outside %d..%d", *p.numNodes, fsm.MinNodes, fsm.MaxNodes)
+			jsonhttp.TesterError(w, http.StatusBadRequest, "numNodes %d is outside %d..%d", *p.numNodes, fsm.MinNodes, fsm.MaxNodes)
 			return
 		}
 	}
@@ -252,7 +247,7 @@ func (a *API) apiConfigureCache(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if !p.patch.Empty() {
 		if _, err := a.cluster.Apply(ctx, p.patch); err != nil {
-			testerError(w, statusOfApply(err), "%v", err)
+			jsonhttp.TesterError(w, statusOfApply(err), "%v", err)
 			return
 		}
 	}
@@ -260,16 +255,16 @@ func (a *API) apiConfigureCache(w http.ResponseWriter, r *http.Request) {
 		// The mode may have changed since it was checked; the Pool's own
 		// epoch precondition keeps the resize from undoing another.
 		if m := a.cluster.State().Scaling.Mode; m != fsm.ModeManual {
-			testerError(w, http.StatusConflict, "numNodes can only be set in manual mode (the mode became %s meanwhile)", m)
+			jsonhttp.TesterError(w, http.StatusConflict, "numNodes can only be set in manual mode (the mode became %s meanwhile)", m)
 			return
 		}
 		if _, err := a.pool.Resize(ctx, *p.numNodes); err != nil {
-			testerError(w, statusOfApply(err), "%v", err)
+			jsonhttp.TesterError(w, statusOfApply(err), "%v", err)
 			return
 		}
 	}
 	st = a.cluster.State()
-	writeJSON(w, http.StatusOK, map[string]any{"success": "true", "mode": st.Scaling.Mode,
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "mode": st.Scaling.Mode,
 		"numNodes": len(st.Members), "cacheSize": st.Cache.CapacityMB, "policy": st.Cache.Policy})
 }
 
@@ -283,9 +278,9 @@ func statusOfApply(err error) int {
 // memberStats is the PoolStats that asks the pool's nodes directly.
 type memberStats struct {
 	cluster Cluster
-	client  *http.Client
+	nodes   *node.Client
 }
 
 func (m memberStats) LastMinute(ctx context.Context) (metrics.Totals, error) {
-	return metrics.Window(ctx, m.client, m.cluster.State().Members, time.Now().Add(-time.Minute))
+	return metrics.Window(ctx, m.nodes, m.cluster.State().Members, time.Now().Add(-time.Minute))
 }

@@ -31,6 +31,7 @@ import (
 
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/region"
@@ -150,7 +151,7 @@ func (a *API) requireSession(next http.Handler) http.Handler {
 			s = newSession(true, time.Now())
 			a.setSession(w, r, s)
 		case strings.HasPrefix(r.URL.Path, "/ui/api/"):
-			writeError(w, http.StatusUnauthorized, "log in at /ui/login")
+			jsonhttp.Error(w, http.StatusUnauthorized, "log in at /ui/login")
 			return
 		default:
 			http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
@@ -358,80 +359,113 @@ func formFloat(f url.Values, name, label string) (x float64, ok bool, problem st
 	return x, true, ""
 }
 
+// uiConfig sets the cache capacity and policy. The form handlers parse the
+// fields here and leave every bound to fsm.Configure.Validate, whose refused
+// fields formProblems words for the page; Apply checks the patch again
+// against the state it meets.
 func (a *API) uiConfig(w http.ResponseWriter, r *http.Request) {
 	const refused = "The cache configuration was not changed."
+	var patch fsm.Configure
 	var problems []string
-	capacity, p := formInt(r.PostForm, "capacity_mb", "Capacity")
-	if p != "" {
+	if capacity, p := formInt(r.PostForm, "capacity_mb", "Capacity"); p != "" {
 		problems = append(problems, p)
-	} else if capacity < fsm.MinCapacityMB || capacity > fsm.MaxCapacityMB {
-		problems = append(problems, fmt.Sprintf("Capacity %d MB is outside %d..%d MB.", capacity, fsm.MinCapacityMB, fsm.MaxCapacityMB))
+	} else {
+		patch.CapacityMB = &capacity
 	}
 	policy := r.PostForm.Get("policy")
-	if p := fsm.Policy(policy); p != fsm.PolicyLRU && p != fsm.PolicyRR {
-		problems = append(problems, fmt.Sprintf("Policy must be %s or %s; %q is neither.", fsm.PolicyLRU, fsm.PolicyRR, policy))
-	}
-	if len(problems) > 0 {
-		a.refuse(w, r, http.StatusBadRequest, refused, problems...)
-		return
-	}
-	a.uiApply(w, r, "config", refused, fsm.Configure{CapacityMB: &capacity, Policy: &policy})
+	patch.Policy = &policy
+	a.uiConfigure(w, r, "config", refused, patch, problems)
 }
 
 // uiScaling sets the mode and the automatic mode's parameters; a blank
-// parameter keeps its current value. The form is checked here against this
-// replica's state, for clear messages, and committed as an fsm.Configure
-// patch, which Apply checks again against the state it meets.
+// parameter keeps its current value.
 func (a *API) uiScaling(w http.ResponseWriter, r *http.Request) {
 	const refused = "The scaling policy was not changed."
-	p := a.cluster.State().Scaling
 	var patch fsm.Configure
 	var problems []string
-	switch mode := r.PostForm.Get("mode"); mode {
-	case fsm.ModeManual, fsm.ModeAuto:
-		p.Mode = mode
-		patch.Mode = &mode
-	default:
-		problems = append(problems, fmt.Sprintf("Mode must be %s or %s; %q is neither.", fsm.ModeManual, fsm.ModeAuto, mode))
-	}
-	fields := []struct {
+	mode := r.PostForm.Get("mode")
+	patch.Mode = &mode
+	for _, f := range []struct {
 		name, label string
-		dst         *float64
 		set         **float64
-		ok          func(float64) bool
-		want        string
 	}{
-		{"max_miss", "Max miss rate", &p.MaxMissRate, &patch.MaxMissRate, func(x float64) bool { return x >= 0 && x <= 1 }, "between 0 and 1"},
-		{"min_miss", "Min miss rate", &p.MinMissRate, &patch.MinMissRate, func(x float64) bool { return x >= 0 && x <= 1 }, "between 0 and 1"},
-		{"expand_ratio", "Expand ratio", &p.ExpandRatio, &patch.ExpandRatio, func(x float64) bool { return x > 1 && x <= fsm.MaxExpandRatio }, fmt.Sprintf("above 1 and at most %d", fsm.MaxExpandRatio)},
-		{"shrink_ratio", "Shrink ratio", &p.ShrinkRatio, &patch.ShrinkRatio, func(x float64) bool { return x > 0 && x < 1 }, "strictly between 0 and 1"},
-	}
-	rangesOK := true
-	for _, f := range fields {
-		x, set, prob := formFloat(r.PostForm, f.name, f.label)
-		switch {
-		case prob != "":
-			problems, rangesOK = append(problems, prob), false
-		case !set:
-		case !f.ok(x):
-			problems, rangesOK = append(problems, fmt.Sprintf("%s %g must be %s.", f.label, x, f.want)), false
-		default:
-			*f.dst, *f.set = x, &x
+		{"max_miss", "Max miss rate", &patch.MaxMissRate},
+		{"min_miss", "Min miss rate", &patch.MinMissRate},
+		{"expand_ratio", "Expand ratio", &patch.ExpandRatio},
+		{"shrink_ratio", "Shrink ratio", &patch.ShrinkRatio},
+	} {
+		switch x, set, p := formFloat(r.PostForm, f.name, f.label); {
+		case p != "":
+			problems = append(problems, p)
+		case set:
+			*f.set = &x
 		}
 	}
-	if rangesOK && p.MinMissRate >= p.MaxMissRate {
-		problems = append(problems, fmt.Sprintf("Min miss rate %g must be below max miss rate %g.", p.MinMissRate, p.MaxMissRate))
-	}
-	if len(problems) == 0 {
-		if err := p.Validate(); err != nil {
+	a.uiConfigure(w, r, "scaling", refused, patch, problems)
+}
+
+// uiConfigure checks patch against this replica's state, for clear messages
+// beside the form's own problems, and commits it if there are none.
+func (a *API) uiConfigure(w http.ResponseWriter, r *http.Request, what, refused string, patch fsm.Configure, problems []string) {
+	if err := patch.Validate(a.cluster.State()); err != nil {
+		var fes fsm.FieldErrors
+		if !errors.As(err, &fes) {
 			problems = append(problems, err.Error())
+		}
+		for _, fe := range fes {
+			problems = append(problems, formProblem(fe))
 		}
 	}
 	if len(problems) > 0 {
 		a.refuse(w, r, http.StatusBadRequest, refused, problems...)
 		return
 	}
-	a.uiApply(w, r, "scaling", refused, patch)
+	a.uiApply(w, r, what, refused, patch)
+}
+
+// formLabels names the forms' fields by their JSON names, which the FSM's
+// validation reports; unit follows a value that has one.
+var formLabels = map[string]struct{ label, unit string }{
+	"capacity_mb":   {"Capacity", "MB"},
+	"policy":        {"Policy", ""},
+	"mode":          {"Mode", ""},
+	"max_miss_rate": {"Max miss rate", ""},
+	"min_miss_rate": {"Min miss rate", ""},
+	"expand_ratio":  {"Expand ratio", ""},
+	"shrink_ratio":  {"Shrink ratio", ""},
+}
+
+// formProblem words a field the FSM refused for the page, such as
+// "Capacity 0 MB is outside 1..1024 MB."; the bounds are the FSM's.
+func formProblem(e *fsm.FieldError) string {
+	l, ok := formLabels[e.Field]
+	if !ok {
+		l.label = e.Field
+	}
+	switch {
+	case e.OneOf != nil:
+		return fmt.Sprintf("%s must be %s; %q is neither.", l.label, strings.Join(e.OneOf, " or "), e.Value)
+	case e.Below != "":
+		below := formLabels[e.Below].label
+		if below == "" {
+			below = e.Below
+		}
+		return fmt.Sprintf("%s %v must be below %s %v.", l.label, e.Value, strings.ToLower(below), e.Limit)
+	case l.unit != "" && !e.MinOpen && !e.MaxOpen:
+		return fmt.Sprintf("%s %v %s is outside %v..%v %s.", l.label, e.Value, l.unit, e.Min, e.Max, l.unit)
+	}
+	var want string
+	switch {
+	case e.MinOpen && e.MaxOpen:
+		want = "strictly between %v and %v"
+	case e.MinOpen:
+		want = "above %v and at most %v"
+	case e.MaxOpen:
+		want = "at least %v and below %v"
+	default:
+		want = "between %v and %v"
+	}
+	return fmt.Sprintf("%s %v must be "+want+".", l.label, e.Value, e.Min, e.Max)
 }
 
 // resizeProblem says why the pool in st cannot change by delta, or "".
@@ -603,7 +637,7 @@ func (a *API) uiDashboardData(w http.ResponseWriter, r *http.Request) {
 	wg.Go(func() { d.Pool = a.poolRows(ctx, st) })
 	wg.Wait()
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, d)
+	jsonhttp.Write(w, http.StatusOK, d)
 }
 
 // poolRows asks every member for its counters, concurrently, each within
@@ -631,8 +665,9 @@ func (a *API) poolRows(ctx context.Context, st fsm.State) []poolRow {
 
 func (a *API) nodeCounters(ctx context.Context, m fsm.Member) (node.Counters, error) {
 	// The table needs only the counters: ask for no samples.
-	nodes := node.NewClient(node.ClientConfig{HTTPClient: a.client, Timeout: statsTimeout})
-	st, err := nodes.Stats(ctx, m.HTTP, time.Now())
+	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
+	defer cancel()
+	st, err := a.nodes.Stats(ctx, m.HTTP, time.Now())
 	if err != nil {
 		var uerr *url.Error
 		if errors.As(err, &uerr) {

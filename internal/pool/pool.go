@@ -12,6 +12,7 @@ package pool
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/memcache/memcache/region"
 )
@@ -42,15 +43,93 @@ type CacheConfig struct {
 	Policy     Policy `json:"policy"`      // LRU or RR
 }
 
-// Validate reports, wrapping ErrBadConfig, what is wrong with c.
+// Validate reports, wrapping ErrBadConfig and c.Problems(), what is wrong
+// with c.
 func (c CacheConfig) Validate() error {
-	if c.CapacityMB < MinCapacityMB || c.CapacityMB > MaxCapacityMB {
-		return fmt.Errorf("%w: capacity_mb %d is outside %d..%d", ErrBadConfig, c.CapacityMB, MinCapacityMB, MaxCapacityMB)
-	}
-	if c.Policy != LRU && c.Policy != RR {
-		return fmt.Errorf("%w: policy %q is not %s or %s", ErrBadConfig, c.Policy, LRU, RR)
+	if fes := c.Problems(); len(fes) > 0 {
+		return fmt.Errorf("%w: %w", ErrBadConfig, fes)
 	}
 	return nil
+}
+
+// Problems returns the refused fields of c, none if c is valid.
+func (c CacheConfig) Problems() FieldErrors {
+	var fes FieldErrors
+	if c.CapacityMB < MinCapacityMB || c.CapacityMB > MaxCapacityMB {
+		fes = append(fes, &FieldError{Field: "capacity_mb", Value: c.CapacityMB, Min: MinCapacityMB, Max: MaxCapacityMB})
+	}
+	if c.Policy != LRU && c.Policy != RR {
+		fes = append(fes, &FieldError{Field: "policy", Value: string(c.Policy), OneOf: []string{string(LRU), string(RR)}})
+	}
+	return fes
+}
+
+// A FieldError is one refused field of a configuration, with the rule it
+// broke, so that a caller (the web UI) can word the refusal for its own
+// readers while the bounds stay where they are checked. Exactly one rule
+// applies: OneOf if it is set, else Below if it is set, else the range
+// Min..Max.
+type FieldError struct {
+	Field string // the field's JSON name, such as "capacity_mb"
+	Value any    // the refused value: an int, a float64 or a string
+
+	OneOf []string // the values the field may take
+
+	Below string  // the field this one must be below...
+	Limit float64 // ...and that field's value
+
+	Min, Max         float64 // the range of the field
+	MinOpen, MaxOpen bool    // whether Min, Max themselves are refused
+}
+
+// Error says what is wrong, in the APIs' words, such as
+// "capacity_mb 0 is outside 1..1024" or `policy "LFU" is not LRU or RR`.
+func (e *FieldError) Error() string {
+	x, _ := e.Value.(float64)
+	if i, ok := e.Value.(int); ok {
+		x = float64(i)
+	}
+	switch {
+	case e.OneOf != nil:
+		return fmt.Sprintf("%s %q is not %s", e.Field, e.Value, strings.Join(e.OneOf, " or "))
+	case e.Below != "" && x == e.Limit:
+		return fmt.Sprintf("%s %v equals %s %v; it must be below", e.Field, e.Value, e.Below, e.Limit)
+	case e.Below != "":
+		return fmt.Sprintf("%s %v is above %s %v", e.Field, e.Value, e.Below, e.Limit)
+	case !e.MinOpen && !e.MaxOpen:
+		return fmt.Sprintf("%s %v is outside %v..%v", e.Field, e.Value, e.Min, e.Max)
+	case e.MinOpen && e.MaxOpen:
+		return fmt.Sprintf("%s %v must be between %v and %v", e.Field, e.Value, e.Min, e.Max)
+	case e.MinOpen && !(x > e.Min):
+		return fmt.Sprintf("%s %v must be greater than %v", e.Field, e.Value, e.Min)
+	case !(x >= e.Min):
+		return fmt.Sprintf("%s %v must be at least %v", e.Field, e.Value, e.Min)
+	case e.MaxOpen:
+		return fmt.Sprintf("%s %v must be below %v", e.Field, e.Value, e.Max)
+	default:
+		return fmt.Sprintf("%s %v must be at most %v", e.Field, e.Value, e.Max)
+	}
+}
+
+// FieldErrors is every refused field of one configuration, in field order.
+type FieldErrors []*FieldError
+
+// Error joins the fields' errors with "; ".
+func (es FieldErrors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// Unwrap returns the fields' errors, for errors.As.
+func (es FieldErrors) Unwrap() []error {
+	errs := make([]error, len(es))
+	for i, e := range es {
+		errs[i] = e
+	}
+	return errs
 }
 
 // Member is one cache node of the pool.

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"github.com/memcache/memcache/internal/jsonhttp"
 )
 
 // HeaderIndex carries the view's Index on watch responses.
@@ -67,7 +68,7 @@ func Handler(src Source) http.Handler {
 		if v := q.Get("index"); v != "" {
 			i, err := strconv.ParseUint(v, 10, 64)
 			if err != nil {
-				writeError(w, http.StatusBadRequest, "index %q is not an unsigned integer", v)
+				jsonhttp.Error(w, http.StatusBadRequest, "index %q is not an unsigned integer", v)
 				return
 			}
 			index = i
@@ -76,7 +77,7 @@ func Handler(src Source) http.Handler {
 		if v := q.Get("wait"); v != "" {
 			d, err := time.ParseDuration(v)
 			if err != nil || d < 0 {
-				writeError(w, http.StatusBadRequest, "wait %q is not a duration such as 4s", v)
+				jsonhttp.Error(w, http.StatusBadRequest, "wait %q is not a duration such as 4s", v)
 				return
 			}
 			wait = min(d, MaxWait)
@@ -93,7 +94,7 @@ func Handler(src Source) http.Handler {
 		}
 		if err != nil {
 			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusServiceUnavailable, "%v; ask another replica", err)
+			jsonhttp.Error(w, http.StatusServiceUnavailable, "%v; ask another replica", err)
 			return
 		}
 		if !consistent && v.Index <= index && wait > 0 {
@@ -106,15 +107,8 @@ func Handler(src Source) http.Handler {
 			}
 		}
 		w.Header().Set(HeaderIndex, strconv.FormatUint(v.Index, 10))
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(v)
+		jsonhttp.Write(w, http.StatusOK, v)
 	})
-}
-
-func writeError(w http.ResponseWriter, code int, format string, args ...any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)}})
 }
 
 // WatchConfig configures Watch.
