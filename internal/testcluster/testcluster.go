@@ -52,14 +52,6 @@ const (
 	StartWait = 60 * time.Second
 )
 
-// FastTiming is the Raft timing of every test cluster: short enough that a
-// leader is elected, or replaced, within about a second on loopback, and
-// long enough that a busy machine running the race detector does not miss
-// heartbeats and hold spurious elections.
-func FastTiming() cluster.Timing {
-	return cluster.Timing{Heartbeat: 400 * time.Millisecond, Election: 400 * time.Millisecond,
-		LeaderLease: 200 * time.Millisecond, Commit: 10 * time.Millisecond}
-}
 
 // Logger discards logs unless MEMCACHE_TEST_LOG is set, then logs at debug
 // level to stderr.
@@ -172,7 +164,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 		m, err := role.StartManager(context.Background(), role.ManagerConfig{
 			Name: name, DataDir: t.TempDir(),
 			Gossip:          gossip.Config{Join: join, Fast: true},
-			BootstrapExpect: opts.Managers, Timing: FastTiming(),
+			BootstrapExpect: opts.Managers, Timing: cluster.FastTiming(),
 			Secret: Secret, AdminToken: opts.AdminToken, Provisioner: prov,
 			InitialNodes: opts.InitialNodes, DeadGrace: opts.DeadGrace,
 			ScalerInterval: opts.ScalerInterval, ScrapeInterval: opts.ScrapeInterval,
