@@ -18,7 +18,7 @@ func runSecret(t *testing.T, args ...string) (string, error) {
 	var gotErr error
 	cmd := &cli.Command{
 		Name:  "x",
-		Flags: []cli.Flag{stringFlag("cluster-secret", "", ""), secretFileFlag("cluster-secret"), renamedStringFlag("name", "", "", "id")},
+		Flags: []cli.Flag{stringFlag("cluster-secret", "", ""), secretFileFlag("cluster-secret")},
 		Action: func(_ context.Context, cmd *cli.Command) error {
 			got, gotErr = secret(cmd, "cluster-secret")
 			return nil
@@ -47,9 +47,33 @@ func TestSecretFromFlagOrFile(t *testing.T) {
 	if _, err := runSecret(t, "--cluster-secret-file", file+".missing"); err == nil {
 		t.Error("missing file: got no error")
 	}
-	// The old flag name still works.
-	if _, err := runSecret(t, "--id", "n1"); err != nil {
-		t.Errorf("--id alias: %v", err)
+}
+
+// TestRenamedFlagKeepsItsOldName: --id, the old name of --name, sets it,
+// and so does its old environment variable.
+func TestRenamedFlagKeepsItsOldName(t *testing.T) {
+	name := func(args ...string) string {
+		t.Helper()
+		var got string
+		cmd := &cli.Command{
+			Name:   "x",
+			Flags:  []cli.Flag{renamedStringFlag("name", "", "", "id")},
+			Action: func(_ context.Context, cmd *cli.Command) error { got = cmd.String("name"); return nil },
+		}
+		if err := cmd.Run(context.Background(), append([]string{"x"}, args...)); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := name("--id", "n1"); got != "n1" {
+		t.Errorf("--id n1: name is %q, want n1", got)
+	}
+	if got := name("--name", "n2"); got != "n2" {
+		t.Errorf("--name n2: name is %q, want n2", got)
+	}
+	t.Setenv("MEMCACHE_ID", "n3")
+	if got := name(); got != "n3" {
+		t.Errorf("MEMCACHE_ID=n3: name is %q, want n3", got)
 	}
 }
 

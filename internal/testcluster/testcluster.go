@@ -52,7 +52,6 @@ const (
 	StartWait = 60 * time.Second
 )
 
-
 // Logger discards logs unless MEMCACHE_TEST_LOG is set, then logs at debug
 // level to stderr.
 func Logger() *slog.Logger {
