@@ -107,7 +107,7 @@ func processSetup(cmd *cli.Command, addrFlag string) (*slog.Logger, []byte, stri
 	}
 	id := cmd.String("name")
 	if id == "" {
-		if id, err = defaultID(cmd.String(addrFlag)); err != nil {
+		if id, err = defaultID(addrFlag, cmd.String(addrFlag)); err != nil {
 			return nil, nil, "", err
 		}
 	}
@@ -126,15 +126,16 @@ func gossipKey(s string) ([]byte, error) {
 	return key, nil
 }
 
-// defaultID names a process after its host and HTTP port.
-func defaultID(httpAddr string) (string, error) {
+// defaultID names a process after its host and the port of addr, the
+// value of --flag.
+func defaultID(flag, addr string) (string, error) {
 	host, err := os.Hostname()
 	if err != nil {
 		return "", err
 	}
-	_, port, err := net.SplitHostPort(httpAddr)
+	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", fmt.Errorf("--http-addr %q: %w", httpAddr, err)
+		return "", fmt.Errorf("--%s %q: %w", flag, addr, err)
 	}
 	return host + "-" + port, nil
 }

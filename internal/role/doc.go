@@ -3,7 +3,7 @@
 // through it.
 //
 // Each Start… function wires one role from its packages (cluster, scaler,
-// metrics, web; node and watch; frontend, blob and keyindex) in a straight
+// metrics, web; node and the pool watch; frontend, blob and keyindex) in a straight
 // sequence and returns a handle whose Close stops what it started in the
 // reverse order and waits for every goroutine it started. A role's config
 // carries every knob, with its default documented beside it; there is no

@@ -51,7 +51,7 @@ type FrontendConfig struct {
 	// HotCacheMB is the size of the frontend's revalidated copy of popular
 	// images. 0 turns it off.
 	HotCacheMB int
-	// WatchWait is how long one pool-state watch request blocks. If zero, 30 s.
+	// WatchWait is how long one pool-state watch request blocks. If zero, pool.DefaultWait.
 	WatchWait time.Duration
 }
 
