@@ -162,7 +162,14 @@ func (c *Client) Get(ctx context.Context, base, key string, epoch uint64, opt Ge
 	if err != nil {
 		return nil, err
 	}
-	if !ok(resp) {
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		// The common miss of every cold read: its JSON message says
+		// nothing the status does not.
+		serr := &StatusError{Code: http.StatusNotFound, Message: ErrMiss.Error(), Epoch: epochOf(resp)}
+		drain(resp, d)
+		return nil, serr
+	case !ok(resp):
 		return nil, statusError(resp, d)
 	}
 	e := &Entry{ETag: resp.Header.Get("ETag"), ContentType: resp.Header.Get("Content-Type"), Size: resp.ContentLength}
