@@ -4,6 +4,7 @@
 package frontend
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -122,6 +123,7 @@ type Frontend struct {
 	pendingGen uint64        // the newest delete-all generation handed to the delete worker
 	deleteWake chan struct{} // wakes the delete worker; capacity 1
 	copyBufs   sync.Pool     // *[]byte buffers for streaming images
+	readBufs   sync.Pool     // *bytes.Buffer for node values of unknown size
 	hot        *node.Cache   // revalidated copies of images; nil when off
 
 	// deletedGen is the newest delete-all generation this frontend has seen
@@ -157,6 +159,7 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 		client: client, nodes: node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: cfg.NodeTimeout}),
 		pages: parsePages(), viewReady: make(chan struct{}), deleteWake: make(chan struct{}, 1)}
 	f.copyBufs.New = func() any { b := make([]byte, 64<<10); return &b }
+	f.readBufs.New = func() any { return new(bytes.Buffer) }
 	if cfg.HotCacheMB > 0 {
 		f.hot, _ = node.NewCache(pool.CacheConfig{CapacityMB: min(cfg.HotCacheMB, pool.MaxCapacityMB), Policy: pool.LRU})
 	}
@@ -327,26 +330,47 @@ func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64
 		return reading{Image: img, body: e.Body, size: int(e.Size)}, true
 	}
 	defer e.Body.Close()
-	data := make([]byte, 0, max(e.Size, 0))
-	buf := bytesBuffer{data}
-	if _, err := io.Copy(&buf, e.Body); err != nil {
+	data, err := f.readValue(e.Body, e.Size)
+	if err != nil {
 		f.nodeErrors.Add(1)
+		f.log.Debug("cache node read failed", "node", base, "err", err)
 		return reading{}, false
 	}
-	img.Data = buf.b
+	img.Data = data
 	if keepHot {
 		f.hot.Put(key, node.Item{Value: img.Data, ContentType: img.ContentType, ETag: img.ETag})
 	}
 	return reading{Image: img, size: len(img.Data)}, true
 }
 
-// bytesBuffer appends to a preallocated slice.
-type bytesBuffer struct{ b []byte }
-
-func (w *bytesBuffer) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
+// readValue reads a node's value of size bytes (-1 if unknown) into a
+// slice of exactly its length: straight into it when the size is known (the
+// node always sends it), else through a pooled buffer. No copy buffer is
+// allocated per read.
+func (f *Frontend) readValue(body io.Reader, size int64) ([]byte, error) {
+	if size >= 0 {
+		data := make([]byte, size)
+		if _, err := io.ReadFull(body, data); err != nil {
+			return nil, err
+		}
+		return data, nil
+	}
+	buf := f.readBufs.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxPooledReadBuf {
+			buf.Reset()
+			f.readBufs.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(body); err != nil {
+		return nil, err
+	}
+	return bytes.Clone(buf.Bytes()), nil
 }
+
+// maxPooledReadBuf is the largest read buffer kept for reuse: one grown
+// by an unusually large value is left to the garbage collector.
+const maxPooledReadBuf = 4 << 20
 
 // toCache stores img under key at its owner in v, stamped with v's epoch
 // and the cache generation gen (v and gen must be taken before img was
