@@ -85,7 +85,10 @@ type Config struct {
 	// ready at once. Otherwise it is not ready, reads only from the stores
 	// and accepts no upload until Run has received its first pool view.
 	Managers func() []string
-	// NodeTimeout bounds one request to a cache node. If zero, node.DefaultTimeout (2 s).
+	// NodeTimeout bounds the wait for a cache node's answer (the headers of
+	// a read; the whole of a fill or invalidation). Reading a cached image's
+	// body, which may be streamed to a slow client, is bounded by
+	// node.DefaultBodyTimeout instead. If zero, node.DefaultTimeout (2 s).
 	NodeTimeout time.Duration
 	// ViewWait is how long an upload waits for the first pool view before
 	// it is refused with 503. If zero, 5 s.
