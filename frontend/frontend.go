@@ -263,11 +263,14 @@ type Image struct {
 func etagOf(sha string) string { return `"` + sha + `"` }
 
 // reading is one read's answer: the image in Data, or, for a cache hit
-// streamed from the node, in body (which the caller must close).
+// streamed from the node, in body (which the caller must close); or, when
+// notModified, only the ETag: the owner node found the client's copy
+// current.
 type reading struct {
 	Image
-	body io.ReadCloser
-	size int
+	body        io.ReadCloser
+	size        int
+	notModified bool
 }
 
 // close releases a streamed body, if any.
@@ -279,19 +282,22 @@ func (r reading) close() {
 
 // read is the one read path behind every entry point (/images, /api/key,
 // the retrieve page): it asks key's owner node once — revalidating the
-// frontend's hot copy if it has one — so a read counts exactly one GET and
-// at most one miss at the node; on a miss or a node failure the stores
-// answer and the owner is filled. Before the first pool view it reads the
-// stores only and fills nothing. With stream set, a hit too large for the
-// hot cache is left in body to stream; otherwise the image is in Data.
-func (f *Frontend) read(ctx context.Context, key string, stream bool) (reading, error) {
+// frontend's hot copy if it has one, else the client's copy named by
+// ifNoneMatch (its If-None-Match; "" if none) — so a read counts exactly one
+// GET and at most one miss at the node; on a miss or a node failure the
+// stores answer and the owner is filled. Before the first pool view it
+// reads the stores only and fills nothing. With stream set, a hit too large
+// for the hot cache is left in body to stream; otherwise the image is in
+// Data, or, if the node found the client's copy current, the reading is
+// notModified.
+func (f *Frontend) read(ctx context.Context, key string, stream bool, ifNoneMatch string) (reading, error) {
 	if err := ValidateKey(key); err != nil {
 		return reading{}, err
 	}
 	v := f.view()
 	if v != nil {
 		if m, ok := v.Owner(key); ok {
-			if r, ok := f.fromCache(ctx, m.HTTP, key, v.Epoch, stream); ok {
+			if r, ok := f.fromCache(ctx, m.HTTP, key, v.Epoch, stream, ifNoneMatch); ok {
 				f.hits.Add(1)
 				return r, nil
 			}
@@ -305,15 +311,22 @@ func (f *Frontend) read(ctx context.Context, key string, stream bool) (reading, 
 	return reading{Image: img, size: len(img.Data)}, nil
 }
 
-// fromCache makes the read's one GET at the owner node base. Any failure
-// is a miss: the stores answer instead.
-func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64, stream bool) (reading, bool) {
+// fromCache makes the read's one GET at the owner node base, revalidating
+// the hot copy if there is one, else the client's copy named by
+// ifNoneMatch (so that a browser's revalidation moves no image bytes from
+// the node). Any failure is a miss: the stores answer instead.
+func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64, stream bool, ifNoneMatch string) (reading, bool) {
 	hot, inHot := f.hotGet(key)
 	var opt node.GetOptions
 	if inHot {
 		opt.IfNoneMatch = hot.ETag
+	} else {
+		opt.IfNoneMatch = nodeRevalidation(ifNoneMatch)
 	}
 	e, err := f.nodes.Get(ctx, base, key, epoch, opt)
+	if err == nil && e.NotModified && !inHot && opt.IfNoneMatch != "" {
+		return reading{Image: Image{ETag: opt.IfNoneMatch, FromCache: true}, notModified: true}, true
+	}
 	if err != nil || (e.NotModified && !inHot) {
 		if err != nil && !errors.Is(err, node.ErrMiss) {
 			f.nodeErrors.Add(1)
@@ -344,6 +357,18 @@ func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64
 		f.hot.Put(key, node.Item{Value: img.Data, ContentType: img.ContentType, ETag: img.ETag})
 	}
 	return reading{Image: img, size: len(img.Data)}, true
+}
+
+// nodeRevalidation returns the entity tag of an If-None-Match header to
+// ask the node about, or "" if there is none to ask: the node compares one
+// tag, so a list (rare from browsers) or "*" is not passed on. A weak tag
+// is passed as its strong form: If-None-Match compares weakly.
+func nodeRevalidation(ifNoneMatch string) string {
+	t := strings.TrimPrefix(strings.TrimSpace(ifNoneMatch), "W/")
+	if t == "" || t == "*" || strings.Contains(t, ",") {
+		return ""
+	}
+	return t
 }
 
 // readValue reads a node's value of size bytes (-1 if unknown) into a
@@ -464,7 +489,7 @@ func (f *Frontend) hotGet(key string) (node.Item, bool) {
 // it has it, otherwise from the stores, filling the cache. Concurrent
 // misses of one key load it once.
 func (f *Frontend) Get(ctx context.Context, key string) (Image, error) {
-	r, err := f.read(ctx, key, false)
+	r, err := f.read(ctx, key, false, "")
 	return r.Image, err
 }
 
