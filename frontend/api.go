@@ -132,21 +132,27 @@ func (f *Frontend) apiKey(w http.ResponseWriter, r *http.Request) {
 
 // serveImage serves GET /images/{key}: the bytes with their content type
 // and ETag, or 304 when If-None-Match matches. It makes one read (one GET
-// at the owner node); a cache hit too large for the hot cache is streamed
-// from the node to the client without being buffered here.
+// at the owner node, which revalidates the client's copy when the frontend
+// holds none: a browser's revalidation moves no image bytes); a cache hit
+// too large for the hot cache is streamed from the node to the client
+// without being buffered here.
 func (f *Frontend) serveImage(w http.ResponseWriter, r *http.Request) {
 	key, err := pathKey(r, "/images/")
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	img, err := f.read(r.Context(), key, true)
+	img, err := f.read(r.Context(), key, true, r.Header.Get("If-None-Match"))
 	if err != nil {
 		http.Error(w, err.Error(), statusOf(err))
 		return
 	}
 	defer img.close()
 	writeImageHeaders(w, img.ContentType, img.ETag, img.size, source(img.Image))
+	if img.notModified {
+		writeNotModified(w)
+		return
+	}
 	if notModified(w, r, img.ETag) {
 		return
 	}
@@ -174,11 +180,16 @@ func notModified(w http.ResponseWriter, r *http.Request, etag string) bool {
 	if match == "" || etag == "" || !etagMatches(match, etag) {
 		return false
 	}
+	writeNotModified(w)
+	return true
+}
+
+// writeNotModified answers 304, without the headers of a body.
+func writeNotModified(w http.ResponseWriter) {
 	h := w.Header()
 	delete(h, "Content-Type")
 	delete(h, "Content-Length")
 	w.WriteHeader(http.StatusNotModified)
-	return true
 }
 
 func source(img Image) string {

@@ -14,6 +14,7 @@ import (
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/internal/waitfor"
+	"github.com/memcache/memcache/node"
 )
 
 // blockingBlobs holds every Delete until release is closed.
@@ -83,28 +84,15 @@ func TestWatchDeliveredDeleteAllRunsOffTheWatchLoop(t *testing.T) {
 
 // TestDeleteAllEndpointAnswersWhenDone: POST /internal/v1/delete_all needs
 // the cluster secret and a generation; it answers 200 only once the rows,
-// the objects and every member's cache are gone; a repeat of a generation
-// deletes nothing uploaded since, and still clears the caches.
+// the objects and every member's cache are gone, the member's floor raised
+// to the generation; a repeat of a generation deletes nothing uploaded
+// since, and still clears the caches. The member is a real node that
+// requires the secret.
 func TestDeleteAllEndpointAnswersWhenDone(t *testing.T) {
-	var clears atomic.Int32
-	failClear := atomic.Bool{}
-	nodeSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodDelete && r.URL.Path == "/cache" && r.Header.Get(auth.Header) == "sec" {
-			if failClear.Load() {
-				http.Error(w, "broken", http.StatusInternalServerError)
-				return
-			}
-			clears.Add(1)
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		http.NotFound(w, r)
-	}))
-	defer nodeSrv.Close()
+	n, nodeSrv, st := serveNode(t, node.Config{ID: "n1", Secret: "sec"}, nil)
 	s := newStores(t)
 	f := New(Config{Secret: "sec"}, s.blobs, s.index, slog.New(slog.DiscardHandler))
-	// Generations 1 and 2 are committed; 3 is not.
-	st := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}, Members: []pool.Member{{ID: "n1", HTTP: nodeSrv.URL}}, DeleteGen: 2}
+	st.DeleteGen = 1 // generation 1 is committed (not yet carried out); 2 is not
 	f.setPool(st)
 	srv := httptest.NewServer(f.Handler())
 	defer srv.Close()
@@ -114,6 +102,9 @@ func TestDeleteAllEndpointAnswersWhenDone(t *testing.T) {
 		if _, err := f.Put(ctx, k, img); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if items := n.Cache().Len(); items != 2 {
+		t.Fatalf("node holds %d items after the uploads, want 2", items)
 	}
 	secret := &http.Client{Transport: &auth.Transport{Secret: "sec"}}
 
@@ -127,7 +118,7 @@ func TestDeleteAllEndpointAnswersWhenDone(t *testing.T) {
 		{"unknown field", `{"generation":1,"all":true}`, secret, http.StatusBadRequest},
 		{"generation 0", `{"generation":0}`, secret, http.StatusBadRequest},
 		{"negative", `{"generation":-1}`, secret, http.StatusBadRequest},
-		{"not committed", `{"generation":3}`, secret, http.StatusConflict},
+		{"not committed", `{"generation":2}`, secret, http.StatusConflict},
 	} {
 		resp, err := tt.client.Post(srv.URL+DeleteAllPath, "application/json", strings.NewReader(tt.body))
 		if err != nil {
@@ -138,28 +129,43 @@ func TestDeleteAllEndpointAnswersWhenDone(t *testing.T) {
 			t.Errorf("%s: got %d, want %d", tt.name, resp.StatusCode, tt.want)
 		}
 	}
-	if n, _ := s.index.Count(ctx); n != 2 || clears.Load() != 0 {
-		t.Fatalf("refused calls changed something: %d rows, %d clears; want 2, 0", n, clears.Load())
+	if rows, _ := s.index.Count(ctx); rows != 2 || n.Cache().Len() != 2 || n.Floor() != 0 {
+		t.Fatalf("refused calls changed something: %d rows, %d cached, floor %d; want 2, 2, 0", rows, n.Cache().Len(), n.Floor())
 	}
 
 	if err := DeleteAll(ctx, secret, srv.URL, 1); err != nil {
 		t.Fatalf("DeleteAll(1): %v", err)
 	}
-	if n, _ := s.index.Count(ctx); n != 0 || countFiles(t, s.dir) != 0 || clears.Load() != 1 {
-		t.Errorf("after DeleteAll(1): %d rows, %d objects, %d clears; want 0, 0, 1", n, countFiles(t, s.dir), clears.Load())
+	if rows, _ := s.index.Count(ctx); rows != 0 || countFiles(t, s.dir) != 0 || n.Cache().Len() != 0 || n.Floor() != 1 {
+		t.Errorf("after DeleteAll(1): %d rows, %d objects, %d cached, floor %d; want 0, 0, 0, 1",
+			rows, countFiles(t, s.dir), n.Cache().Len(), n.Floor())
 	}
+	// Something cached since, which a repeat must clear.
+	if err := n.Cache().Put("x", node.Item{Value: img}); err != nil {
+		t.Fatal(err)
+	}
+	// An upload after the delete-all fills the cache at generation 1: this
+	// frontend has seen it carried out.
 	if _, err := f.Put(ctx, "after", img); err != nil {
 		t.Fatal(err)
+	}
+	if items := n.Cache().Len(); items != 2 {
+		t.Fatalf("node holds %d items before the repeat, want 2 (x and the later upload)", items)
 	}
 	if err := DeleteAll(ctx, secret, srv.URL, 1); err != nil {
 		t.Fatalf("repeated DeleteAll(1): %v", err)
 	}
-	if n, _ := s.index.Count(ctx); n != 1 || clears.Load() != 2 {
-		t.Errorf("after a repeat of generation 1: %d rows, %d clears; want 1 (the later upload), 2", n, clears.Load())
+	if rows, _ := s.index.Count(ctx); rows != 1 || n.Cache().Len() != 0 || n.Floor() != 1 {
+		t.Errorf("after a repeat of generation 1: %d rows, %d cached, floor %d; want 1 (the later upload), 0, 1", rows, n.Cache().Len(), n.Floor())
 	}
-	failClear.Store(true)
+	nodeSrv.Close() // the member can no longer be cleared
+	st.Index, st.DeleteGen = 3, 2 // generation 2 committed
+	f.setPool(st)
 	if err := DeleteAll(ctx, secret, srv.URL, 2); err == nil || !strings.Contains(err.Error(), "500") {
 		t.Errorf("DeleteAll(2) with a node that cannot clear: got %v, want a 500 error", err)
+	}
+	if n.Floor() != 1 {
+		t.Errorf("floor of the unreachable node: got %d, want 1", n.Floor())
 	}
 }
 

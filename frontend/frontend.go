@@ -4,6 +4,7 @@
 package frontend
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -84,7 +85,10 @@ type Config struct {
 	// ready at once. Otherwise it is not ready, reads only from the stores
 	// and accepts no upload until Run has received its first pool view.
 	Managers func() []string
-	// NodeTimeout bounds one request to a cache node. If zero, node.DefaultTimeout (2 s).
+	// NodeTimeout bounds the wait for a cache node's answer (the headers of
+	// a read; the whole of a fill or invalidation). Reading a cached image's
+	// body, which may be streamed to a slow client, is bounded by
+	// node.DefaultBodyTimeout instead. If zero, node.DefaultTimeout (2 s).
 	NodeTimeout time.Duration
 	// ViewWait is how long an upload waits for the first pool view before
 	// it is refused with 503. If zero, 5 s.
@@ -122,6 +126,7 @@ type Frontend struct {
 	pendingGen uint64        // the newest delete-all generation handed to the delete worker
 	deleteWake chan struct{} // wakes the delete worker; capacity 1
 	copyBufs   sync.Pool     // *[]byte buffers for streaming images
+	readBufs   sync.Pool     // *bytes.Buffer for node values of unknown size
 	hot        *node.Cache   // revalidated copies of images; nil when off
 
 	// deletedGen is the newest delete-all generation this frontend has seen
@@ -157,6 +162,7 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 		client: client, nodes: node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: cfg.NodeTimeout}),
 		pages: parsePages(), viewReady: make(chan struct{}), deleteWake: make(chan struct{}, 1)}
 	f.copyBufs.New = func() any { b := make([]byte, 64<<10); return &b }
+	f.readBufs.New = func() any { return new(bytes.Buffer) }
 	if cfg.HotCacheMB > 0 {
 		f.hot, _ = node.NewCache(pool.CacheConfig{CapacityMB: min(cfg.HotCacheMB, pool.MaxCapacityMB), Policy: pool.LRU})
 	}
@@ -257,11 +263,14 @@ type Image struct {
 func etagOf(sha string) string { return `"` + sha + `"` }
 
 // reading is one read's answer: the image in Data, or, for a cache hit
-// streamed from the node, in body (which the caller must close).
+// streamed from the node, in body (which the caller must close); or, when
+// notModified, only the ETag: the owner node found the client's copy
+// current.
 type reading struct {
 	Image
-	body io.ReadCloser
-	size int
+	body        io.ReadCloser
+	size        int
+	notModified bool
 }
 
 // close releases a streamed body, if any.
@@ -273,19 +282,22 @@ func (r reading) close() {
 
 // read is the one read path behind every entry point (/images, /api/key,
 // the retrieve page): it asks key's owner node once — revalidating the
-// frontend's hot copy if it has one — so a read counts exactly one GET and
-// at most one miss at the node; on a miss or a node failure the stores
-// answer and the owner is filled. Before the first pool view it reads the
-// stores only and fills nothing. With stream set, a hit too large for the
-// hot cache is left in body to stream; otherwise the image is in Data.
-func (f *Frontend) read(ctx context.Context, key string, stream bool) (reading, error) {
+// frontend's hot copy if it has one, else the client's copy named by
+// ifNoneMatch (its If-None-Match; "" if none) — so a read counts exactly one
+// GET and at most one miss at the node; on a miss or a node failure the
+// stores answer and the owner is filled. Before the first pool view it
+// reads the stores only and fills nothing. With stream set, a hit too large
+// for the hot cache is left in body to stream; otherwise the image is in
+// Data, or, if the node found the client's copy current, the reading is
+// notModified.
+func (f *Frontend) read(ctx context.Context, key string, stream bool, ifNoneMatch string) (reading, error) {
 	if err := ValidateKey(key); err != nil {
 		return reading{}, err
 	}
 	v := f.view()
 	if v != nil {
 		if m, ok := v.Owner(key); ok {
-			if r, ok := f.fromCache(ctx, m.HTTP, key, v.Epoch, stream); ok {
+			if r, ok := f.fromCache(ctx, m.HTTP, key, v.Epoch, stream, ifNoneMatch); ok {
 				f.hits.Add(1)
 				return r, nil
 			}
@@ -299,15 +311,22 @@ func (f *Frontend) read(ctx context.Context, key string, stream bool) (reading, 
 	return reading{Image: img, size: len(img.Data)}, nil
 }
 
-// fromCache makes the read's one GET at the owner node base. Any failure
-// is a miss: the stores answer instead.
-func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64, stream bool) (reading, bool) {
+// fromCache makes the read's one GET at the owner node base, revalidating
+// the hot copy if there is one, else the client's copy named by
+// ifNoneMatch (so that a browser's revalidation moves no image bytes from
+// the node). Any failure is a miss: the stores answer instead.
+func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64, stream bool, ifNoneMatch string) (reading, bool) {
 	hot, inHot := f.hotGet(key)
 	var opt node.GetOptions
 	if inHot {
 		opt.IfNoneMatch = hot.ETag
+	} else {
+		opt.IfNoneMatch = nodeRevalidation(ifNoneMatch)
 	}
 	e, err := f.nodes.Get(ctx, base, key, epoch, opt)
+	if err == nil && e.NotModified && !inHot && opt.IfNoneMatch != "" {
+		return reading{Image: Image{ETag: opt.IfNoneMatch, FromCache: true}, notModified: true}, true
+	}
 	if err != nil || (e.NotModified && !inHot) {
 		if err != nil && !errors.Is(err, node.ErrMiss) {
 			f.nodeErrors.Add(1)
@@ -327,26 +346,59 @@ func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64
 		return reading{Image: img, body: e.Body, size: int(e.Size)}, true
 	}
 	defer e.Body.Close()
-	data := make([]byte, 0, max(e.Size, 0))
-	buf := bytesBuffer{data}
-	if _, err := io.Copy(&buf, e.Body); err != nil {
+	data, err := f.readValue(e.Body, e.Size)
+	if err != nil {
 		f.nodeErrors.Add(1)
+		f.log.Debug("cache node read failed", "node", base, "err", err)
 		return reading{}, false
 	}
-	img.Data = buf.b
+	img.Data = data
 	if keepHot {
 		f.hot.Put(key, node.Item{Value: img.Data, ContentType: img.ContentType, ETag: img.ETag})
 	}
 	return reading{Image: img, size: len(img.Data)}, true
 }
 
-// bytesBuffer appends to a preallocated slice.
-type bytesBuffer struct{ b []byte }
-
-func (w *bytesBuffer) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
+// nodeRevalidation returns the entity tag of an If-None-Match header to
+// ask the node about, or "" if there is none to ask: the node compares one
+// tag, so a list (rare from browsers) or "*" is not passed on. A weak tag
+// is passed as its strong form: If-None-Match compares weakly.
+func nodeRevalidation(ifNoneMatch string) string {
+	t := strings.TrimPrefix(strings.TrimSpace(ifNoneMatch), "W/")
+	if t == "" || t == "*" || strings.Contains(t, ",") {
+		return ""
+	}
+	return t
 }
+
+// readValue reads a node's value of size bytes (-1 if unknown) into a
+// slice of exactly its length: straight into it when the size is known (the
+// node always sends it), else through a pooled buffer. No copy buffer is
+// allocated per read.
+func (f *Frontend) readValue(body io.Reader, size int64) ([]byte, error) {
+	if size >= 0 {
+		data := make([]byte, size)
+		if _, err := io.ReadFull(body, data); err != nil {
+			return nil, err
+		}
+		return data, nil
+	}
+	buf := f.readBufs.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxPooledReadBuf {
+			buf.Reset()
+			f.readBufs.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(body); err != nil {
+		return nil, err
+	}
+	return bytes.Clone(buf.Bytes()), nil
+}
+
+// maxPooledReadBuf is the largest read buffer kept for reuse: one grown
+// by an unusually large value is left to the garbage collector.
+const maxPooledReadBuf = 4 << 20
 
 // toCache stores img under key at its owner in v, stamped with v's epoch
 // and the cache generation gen (v and gen must be taken before img was
@@ -437,7 +489,7 @@ func (f *Frontend) hotGet(key string) (node.Item, bool) {
 // it has it, otherwise from the stores, filling the cache. Concurrent
 // misses of one key load it once.
 func (f *Frontend) Get(ctx context.Context, key string) (Image, error) {
-	r, err := f.read(ctx, key, false)
+	r, err := f.read(ctx, key, false, "")
 	return r.Image, err
 }
 

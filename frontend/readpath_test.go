@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,18 +25,50 @@ import (
 // that routes every region to it.
 func newNode(t *testing.T) (*node.Node, pool.View) {
 	t.Helper()
-	n, err := node.New(node.Config{ID: "n1"}, slog.New(slog.DiscardHandler))
+	n, _, v := serveNode(t, node.Config{ID: "n1"}, nil)
+	return n, v
+}
+
+// serveNode serves a real cache node configured by cfg (its API through
+// wrap, if not nil) until the test ends, and returns it, its server and a
+// one-member view that routes every region to it.
+func serveNode(t *testing.T, cfg node.Config, wrap func(http.Handler) http.Handler) (*node.Node, *httptest.Server, pool.View) {
+	t.Helper()
+	n, err := node.New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(n.Handler())
+	h := n.Handler()
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	v := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}, Members: []pool.Member{{ID: "n1", HTTP: srv.URL}}}
+	v := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}, Members: []pool.Member{{ID: cfg.ID, HTTP: srv.URL}}}
 	v.Index = 1
 	for r := range v.Regions {
-		v.Regions[r] = "n1"
+		v.Regions[r] = cfg.ID
 	}
-	return n, v
+	return n, srv, v
+}
+
+// bodyBytes counts the body bytes a handler writes.
+type bodyBytes struct{ n atomic.Int64 }
+
+func (b *bodyBytes) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(countingWriter{w, &b.n}, r)
+	})
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (w countingWriter) Write(p []byte) (int, error) {
+	w.n.Add(int64(len(p)))
+	return w.ResponseWriter.Write(p)
 }
 
 func get(t *testing.T, u string, hdr ...string) (int, http.Header, []byte) {
@@ -55,7 +88,9 @@ func get(t *testing.T, u string, hdr ...string) (int, http.Header, []byte) {
 
 // TestEveryEntryPointCountsOneGetAtTheNode reads through each entry point,
 // cold, warm, and revalidating, and checks the owner node's counters: one
-// GET per read, and a miss only when the node did not have the image.
+// GET per read, and a miss only when the node did not have the image. A
+// client revalidating its copy when the frontend holds none is answered
+// from the node's 304: one GET, a hit, no image bytes sent by the node.
 func TestEveryEntryPointCountsOneGetAtTheNode(t *testing.T) {
 	red := mustRead(t, "red.png")
 	for _, hot := range []int{0, 8} {
@@ -78,7 +113,8 @@ func TestEveryEntryPointCountsOneGetAtTheNode(t *testing.T) {
 		} {
 			t.Run(ep.name+map[int]string{0: "", 8: "/hot-cache"}[hot], func(t *testing.T) {
 				st := newStores(t)
-				n, view := newNode(t)
+				var sent bodyBytes
+				n, _, view := serveNode(t, node.Config{ID: "n1"}, sent.wrap)
 				f := New(Config{MaxUpload: 64 << 10, HotCacheMB: hot}, st.blobs, st.index, slog.New(slog.DiscardHandler))
 				f.setPool(view)
 				srv := httptest.NewServer(f.Handler())
@@ -110,6 +146,24 @@ func TestEveryEntryPointCountsOneGetAtTheNode(t *testing.T) {
 					}
 					if d := n.Counters().Gets - before.Gets; d != 1 {
 						t.Errorf("revalidation: node counted %d GETs, want 1", d)
+					}
+					// The same without a hot copy: the client's ETag goes to
+					// the node, whose 304 is the answer.
+					if f.hot != nil {
+						f.hot.Delete("k")
+					}
+					before, sentBefore := n.Counters(), sent.n.Load()
+					code, h2, body := get(t, srv.URL+"/images/k", "If-None-Match", h.Get("ETag"))
+					if code != http.StatusNotModified || len(body) != 0 || h2.Get("ETag") != h.Get("ETag") || h2.Get("X-Memcache-Source") != "cache" {
+						t.Fatalf("revalidation without a hot copy: %d, %d bytes, ETag %q from %q; want 304, no body, ETag %q from the cache",
+							code, len(body), h2.Get("ETag"), h2.Get("X-Memcache-Source"), h.Get("ETag"))
+					}
+					after := n.Counters()
+					if g, hit, m := after.Gets-before.Gets, after.Hits-before.Hits, after.Misses-before.Misses; g != 1 || hit != 1 || m != 0 {
+						t.Errorf("revalidation without a hot copy: node counted %d GETs, %d hits, %d misses; want 1, 1, 0", g, hit, m)
+					}
+					if b := sent.n.Load() - sentBefore; b != 0 {
+						t.Errorf("revalidation without a hot copy: node sent %d body bytes, want 0", b)
 					}
 				}
 			})
@@ -340,5 +394,19 @@ func TestUploadAnswers503WhenTheOldCopyCannotBeInvalidated(t *testing.T) {
 	}
 	if img, err := f.Get(ctx, "k"); err != nil || string(img.Data) != string(red) {
 		t.Fatalf("read after the upload: %v, want v3", err)
+	}
+}
+
+func TestNodeRevalidationPassesOnOneTag(t *testing.T) {
+	for _, tc := range []struct{ header, want string }{
+		{"", ""},
+		{`"abc"`, `"abc"`},
+		{` W/"abc" `, `"abc"`},
+		{"*", ""},
+		{`"abc", "def"`, ""},
+	} {
+		if got := nodeRevalidation(tc.header); got != tc.want {
+			t.Errorf("nodeRevalidation(%q): got %q, want %q", tc.header, got, tc.want)
+		}
 	}
 }

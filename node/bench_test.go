@@ -1,6 +1,8 @@
 package node
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -159,4 +161,24 @@ func residentBytes() int64 {
 		return 0
 	}
 	return rss * int64(os.Getpagesize())
+}
+
+// BenchmarkClientGetMiss measures Client.Get of a key the node does not
+// hold (every cold read makes one), reporting allocations per call; the
+// node runs in this process, so its allocations count too.
+func BenchmarkClientGetMiss(b *testing.B) {
+	n, err := New(Config{ID: "bench", Cache: pool.CacheConfig{CapacityMB: 1, Policy: pool.LRU}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(n.Handler())
+	defer srv.Close()
+	c := NewClient(ClientConfig{})
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Get(ctx, srv.URL, "absent", 0, GetOptions{}); !errors.Is(err, ErrMiss) {
+			b.Fatalf("Get of an absent key: %v, want ErrMiss", err)
+		}
+	}
 }

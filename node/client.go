@@ -14,14 +14,22 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/internal/pool"
 )
 
-// DefaultTimeout bounds one call to a node when ClientConfig.Timeout is zero.
-const DefaultTimeout = 2 * time.Second
+// Default deadlines of a Client (see ClientConfig).
+const (
+	// DefaultTimeout bounds the wait for a node's answer when
+	// ClientConfig.Timeout is zero.
+	DefaultTimeout = 2 * time.Second
+	// DefaultBodyTimeout bounds the reading of a Get's body when
+	// ClientConfig.BodyTimeout is zero.
+	DefaultBodyTimeout = 30 * time.Second
+)
 
 // Errors of the client; a *StatusError for one of these statuses wraps the
 // matching sentinel, so callers test with errors.Is.
@@ -77,17 +85,29 @@ type ClientConfig struct {
 	// Secret is the cluster secret; used only when HTTPClient is nil (an
 	// HTTPClient given must carry it itself).
 	Secret string
-	// Timeout bounds every call, a Get's body included; a shorter deadline
-	// on the call's context wins. If zero, DefaultTimeout.
+	// Timeout bounds the wait for a node's answer: a Get's response
+	// headers, and the whole of every other call (whose answers are
+	// small). A shorter deadline on the call's context wins. If zero,
+	// DefaultTimeout.
 	Timeout time.Duration
+	// BodyTimeout bounds the reading of a Get's body, from when its
+	// headers arrive until the body is closed. A caller may stream the
+	// body to a slow reader (the frontend copies a large image straight to
+	// its HTTP client), so it is longer than Timeout: a 10 MB image takes
+	// 30 s at 350 KB/s. A shorter deadline on the call's context wins. If
+	// zero, DefaultBodyTimeout.
+	BodyTimeout time.Duration
 }
 
 // Client calls cache nodes' HTTP API. It is safe for concurrent use; one
 // Client serves calls to any number of nodes, each named by its base URL
 // (pool.Member.HTTP).
 type Client struct {
-	hc      *http.Client
-	timeout time.Duration
+	hc *http.Client
+	// errAnswer and errBody end a call whose answer or Get body is late;
+	// both wrap context.DeadlineExceeded.
+	timeout, bodyTimeout time.Duration
+	errAnswer, errBody   error
 }
 
 // NewClient returns a client configured by cfg.
@@ -95,13 +115,18 @@ func NewClient(cfg ClientConfig) *Client {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
 	hc := cfg.HTTPClient
 	if hc == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = 64
 		hc = &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}
 	}
-	return &Client{hc: hc, timeout: cfg.Timeout}
+	return &Client{hc: hc, timeout: cfg.Timeout, bodyTimeout: cfg.BodyTimeout,
+		errAnswer: fmt.Errorf("cache node did not answer within %v: %w", cfg.Timeout, context.DeadlineExceeded),
+		errBody:   fmt.Errorf("cache node value not read within %v: %w", cfg.BodyTimeout, context.DeadlineExceeded)}
 }
 
 // Entry is a node's answer to Get.
@@ -112,8 +137,8 @@ type Entry struct {
 	ContentType string
 	ETag        string
 	Size        int64 // the value's length; -1 if the node did not say
-	// Body streams the value; the caller must close it. The call's
-	// deadline runs until it is closed.
+	// Body streams the value; the caller must close it. Reading it is
+	// bounded by ClientConfig.BodyTimeout, from when the headers arrived.
 	Body io.ReadCloser
 }
 
@@ -125,24 +150,36 @@ type GetOptions struct {
 }
 
 // Get asks the node at base for key, sending the caller's epoch. A miss is
-// an error wrapping ErrMiss; 409 and 421 (the caller's or the node's view
-// is behind) wrap ErrConflict and ErrMisdirected.
+// a *StatusError wrapping ErrMiss; 409 and 421 (the caller's or the node's
+// view is behind) wrap ErrConflict and ErrMisdirected. Timeout bounds the
+// wait for the answer, BodyTimeout the reading of Entry.Body.
 func (c *Client) Get(ctx context.Context, base, key string, epoch uint64, opt GetOptions) (*Entry, error) {
 	hdr := http.Header{HeaderEpoch: {strconv.FormatUint(epoch, 10)}}
 	if opt.IfNoneMatch != "" {
 		hdr.Set("If-None-Match", opt.IfNoneMatch)
 	}
-	resp, cancel, err := c.do(ctx, http.MethodGet, keyURL(base, key), hdr, nil)
+	resp, d, err := c.send(ctx, http.MethodGet, keyURL(base, key), hdr, nil)
 	if err != nil {
 		return nil, err
 	}
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		// The common miss of every cold read: its JSON message says
+		// nothing the status does not.
+		serr := &StatusError{Code: http.StatusNotFound, Message: ErrMiss.Error(), Epoch: epochOf(resp)}
+		drain(resp, d)
+		return nil, serr
+	case !ok(resp):
+		return nil, statusError(resp, d)
+	}
 	e := &Entry{ETag: resp.Header.Get("ETag"), ContentType: resp.Header.Get("Content-Type"), Size: resp.ContentLength}
 	if resp.StatusCode == http.StatusNotModified {
-		drain(resp, cancel)
+		drain(resp, d)
 		e.NotModified, e.ContentType, e.Size = true, "", -1
 		return e, nil
 	}
-	e.Body = cancelOnClose{resp.Body, cancel}
+	d.toBody()
+	e.Body = closeDeadline{resp.Body, d}
 	return e, nil
 }
 
@@ -257,13 +294,17 @@ func keyURL(base, key string) string { return base + "/cache/" + url.PathEscape(
 // about 70 KB).
 const maxAnswer = 8 << 20
 
-// call makes one request and decodes a JSON answer into out (if not nil).
+// call makes one request and decodes a JSON answer into out (if not nil),
+// all within Timeout.
 func (c *Client) call(ctx context.Context, method, u string, hdr http.Header, body []byte, out any) error {
-	resp, cancel, err := c.do(ctx, method, u, hdr, body)
+	resp, d, err := c.send(ctx, method, u, hdr, body)
 	if err != nil {
 		return err
 	}
-	defer cancel()
+	if !ok(resp) {
+		return statusError(resp, d)
+	}
+	defer d.end()
 	defer resp.Body.Close()
 	if out == nil {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswer))
@@ -275,19 +316,20 @@ func (c *Client) call(ctx context.Context, method, u string, hdr http.Header, bo
 	return nil
 }
 
-// do sends one request under the client's timeout. On success (2xx or 304)
-// it returns the response and the cancel func of its deadline, which the
-// caller runs once done with the body; any other status is returned as a
-// *StatusError, the response closed.
-func (c *Client) do(ctx context.Context, method, u string, hdr http.Header, body []byte) (*http.Response, context.CancelFunc, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+// send sends one request and returns the node's answer, whatever its
+// status, with the deadline of the call, which runs Timeout from now
+// (cut short by ctx's) and which the caller ends once done with the body.
+func (c *Client) send(ctx context.Context, method, u string, hdr http.Header, body []byte) (*http.Response, *deadline, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	d := &deadline{c: c, cancel: cancel}
+	d.timer = time.AfterFunc(c.timeout, d.fire)
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
-		cancel()
+		d.end()
 		return nil, nil, err
 	}
 	for k, v := range hdr {
@@ -295,16 +337,28 @@ func (c *Client) do(ctx context.Context, method, u string, hdr http.Header, body
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		cancel()
+		d.end()
 		return nil, nil, err
 	}
-	if resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusNotModified {
-		return resp, cancel, nil
-	}
-	defer cancel()
+	return resp, d, nil
+}
+
+// ok reports whether resp is a success: 2xx, or 304 to a revalidation.
+func ok(resp *http.Response) bool {
+	return resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusNotModified
+}
+
+func epochOf(resp *http.Response) uint64 {
+	e, _ := strconv.ParseUint(resp.Header.Get(HeaderEpoch), 10, 64)
+	return e
+}
+
+// statusError returns resp, a failure, as a *StatusError carrying the
+// message of the node's JSON error body, and ends the call.
+func statusError(resp *http.Response, d *deadline) error {
+	defer d.end()
 	defer resp.Body.Close()
-	serr := &StatusError{Code: resp.StatusCode, Message: http.StatusText(resp.StatusCode)}
-	serr.Epoch, _ = strconv.ParseUint(resp.Header.Get(HeaderEpoch), 10, 64)
+	serr := &StatusError{Code: resp.StatusCode, Message: http.StatusText(resp.StatusCode), Epoch: epochOf(resp)}
 	var e struct {
 		Error struct {
 			Message string `json:"message"`
@@ -313,23 +367,62 @@ func (c *Client) do(ctx context.Context, method, u string, hdr http.Header, body
 	if json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e) == nil && e.Error.Message != "" {
 		serr.Message = e.Error.Message
 	}
-	return nil, nil, serr
+	return serr
 }
 
-func drain(resp *http.Response, cancel context.CancelFunc) {
-	io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswer))
+// maxDrain bounds what drain reads of a body nobody wants (the node's
+// error and 304 bodies are empty or a line of JSON): a shorter body is read
+// to its end so that its connection is reused.
+const maxDrain = 64 << 10
+
+// drain discards what is left of resp's body, closes it and ends the call.
+func drain(resp *http.Response, d *deadline) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
 	resp.Body.Close()
-	cancel()
+	d.end()
 }
 
-// cancelOnClose ends a call's deadline when its body is closed.
-type cancelOnClose struct {
+// deadline ends one call's context when its timer fires, with a cause
+// wrapping context.DeadlineExceeded: the timer runs Timeout, then, once a
+// Get's headers are in, BodyTimeout.
+type deadline struct {
+	c      *Client
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+	body   atomic.Bool // the timer bounds a Get's body
+}
+
+func (d *deadline) fire() {
+	if d.body.Load() {
+		d.cancel(d.c.errBody)
+	} else {
+		d.cancel(d.c.errAnswer)
+	}
+}
+
+// toBody re-arms the timer with BodyTimeout. A timer that has already
+// fired has ended the call: that stands.
+func (d *deadline) toBody() {
+	if d.timer.Stop() {
+		d.body.Store(true)
+		d.timer.Reset(d.c.bodyTimeout)
+	}
+}
+
+// end stops the timer and releases the call's context.
+func (d *deadline) end() {
+	d.timer.Stop()
+	d.cancel(context.Canceled)
+}
+
+// closeDeadline ends a Get's deadline when its body is closed.
+type closeDeadline struct {
 	io.ReadCloser
-	cancel context.CancelFunc
+	d *deadline
 }
 
-func (c cancelOnClose) Close() error {
+func (c closeDeadline) Close() error {
 	err := c.ReadCloser.Close()
-	c.cancel()
+	c.d.end()
 	return err
 }

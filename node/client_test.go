@@ -1,7 +1,9 @@
 package node
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"io"
 	"log/slog"
@@ -279,5 +281,62 @@ func TestFillsOlderThanAClearAreRefused(t *testing.T) {
 	}
 	if err := c.Put(ctx, base, "k", []byte("v"), PutOptions{Generation: 3}); err != nil {
 		t.Fatalf("fill at generation 3: %v", err)
+	}
+}
+
+// TestGetBodyOutlivesTheAnswerTimeout: Timeout bounds the wait for a Get's
+// answer, not the reading of its body, which BodyTimeout bounds: a caller
+// streaming a large value to a slow reader gets all of it even when that
+// takes longer than Timeout, and nothing once BodyTimeout has passed.
+func TestGetBodyOutlivesTheAnswerTimeout(t *testing.T) {
+	n, err := New(Config{ID: "A", Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(n.Handler())
+	defer srv.Close()
+	// More than the loopback socket buffers hold: most of the value is
+	// still on the node's side when the reader pauses.
+	value := make([]byte, 32<<20)
+	rand.Read(value)
+	if err := n.Cache().Put("big", Item{Value: value, ContentType: "image/png"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name        string
+		bodyTimeout time.Duration
+		wantAll     bool
+	}{
+		{"within the body bound", 10 * time.Second, true},
+		{"past the body bound", 100 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewClient(ClientConfig{Timeout: 50 * time.Millisecond, BodyTimeout: tc.bodyTimeout})
+			e, err := c.Get(ctx, srv.URL, "big", 0, GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Body.Close()
+			first := make([]byte, 1)
+			if _, err := io.ReadFull(e.Body, first); err != nil {
+				t.Fatal(err)
+			}
+			// The property is about elapsed time: the reader stalls for
+			// four times Timeout (and twice the short BodyTimeout) on the
+			// test's own clock before reading on. Nothing else is awaited.
+			<-time.After(200 * time.Millisecond)
+			rest, err := io.ReadAll(e.Body)
+			got := append(first, rest...)
+			if tc.wantAll {
+				if err != nil || !bytes.Equal(got, value) {
+					t.Fatalf("slow read within BodyTimeout: %d of %d bytes, %v; want the whole value", len(got), len(value), err)
+				}
+				return
+			}
+			if !errors.Is(err, context.DeadlineExceeded) || len(got) == len(value) {
+				t.Fatalf("read past BodyTimeout: %d of %d bytes, %v; want a deadline error", len(got), len(value), err)
+			}
+		})
 	}
 }
