@@ -158,7 +158,7 @@ func TestDeleteAllEndpointAnswersWhenDone(t *testing.T) {
 	if rows, _ := s.index.Count(ctx); rows != 1 || n.Cache().Len() != 0 || n.Floor() != 1 {
 		t.Errorf("after a repeat of generation 1: %d rows, %d cached, floor %d; want 1 (the later upload), 0, 1", rows, n.Cache().Len(), n.Floor())
 	}
-	nodeSrv.Close() // the member can no longer be cleared
+	nodeSrv.Close()               // the member can no longer be cleared
 	st.Index, st.DeleteGen = 3, 2 // generation 2 committed
 	f.setPool(st)
 	if err := DeleteAll(ctx, secret, srv.URL, 2); err == nil || !strings.Contains(err.Error(), "500") {
