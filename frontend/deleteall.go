@@ -39,6 +39,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 
+	"github.com/memcache/memcache/blob"
 	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/internal/pool"
 )
@@ -209,39 +210,53 @@ func (f *Frontend) runDeletes(ctx context.Context) {
 
 // deleteAllAt carries out the delete-all of generation gen once (see the
 // semantics at the top of this file): it removes every row, recording gen
-// in the index in the same transaction, then clears every pool member's
-// cache, then removes the objects those rows named. If gen was already done
-// it changes nothing, but with clearIfDone still clears the caches. Runs are
-// serialised.
+// in the index in the same transaction (with the rows' objects, as orphans),
+// then clears every pool member's cache, then removes the orphaned objects.
+// If gen was already done it deletes no row, but with clearIfDone still
+// clears the caches, and it still removes orphans an earlier run left. Runs
+// are serialised.
 func (f *Frontend) deleteAllAt(ctx context.Context, gen uint64, clearIfDone bool) error {
 	f.deleteMu.Lock()
 	defer f.deleteMu.Unlock()
-	names, done, err := f.index.DeleteAllAt(ctx, gen)
+	_, done, err := f.index.DeleteAllAt(ctx, gen)
 	if err != nil {
 		return fmt.Errorf("key index: %w", err)
 	}
 	f.deleted(gen)
-	if done && !clearIfDone {
-		return nil
+	if !done || clearIfDone {
+		// The nodes clear when they see the generation, but a read between
+		// that and the rows' deletion may have filled them again: clear again.
+		if err := f.clearCaches(ctx, gen); err != nil {
+			return err
+		}
 	}
-	// The nodes clear when they see the generation, but a read between that
-	// and the rows' deletion may have filled them again: clear again.
-	if err := f.clearCaches(ctx, gen); err != nil {
-		return err
-	}
-	if done {
-		return nil
+	return f.deleteOrphans(ctx, gen)
+}
+
+// deleteOrphans deletes the objects whose rows a delete-all removed (this
+// run's, and any an earlier run left because it failed or was cut short),
+// forgetting each once it is gone. It fails if any is left.
+func (f *Frontend) deleteOrphans(ctx context.Context, gen uint64) error {
+	names, err := f.index.Orphans(ctx)
+	if err != nil {
+		return fmt.Errorf("key index: %w", err)
 	}
 	var failed int
 	for _, name := range names {
-		if err := f.blobs.Delete(ctx, name); err != nil {
+		err := f.blobs.Delete(ctx, name)
+		if err == nil || errors.Is(err, blob.ErrNotFound) {
+			err = f.index.ForgetOrphan(ctx, name)
+		}
+		if err != nil {
 			failed++
-			f.log.Warn("deleting an object", "object", name, "err", err)
+			f.log.Warn("deleting an object of a delete-all", "object", name, "err", err)
 		}
 	}
-	f.log.Info("all data deleted", "generation", gen, "rows", len(names), "objects_failed", failed)
+	if len(names) > 0 {
+		f.log.Info("objects of deleted rows removed", "generation", gen, "objects", len(names), "failed", failed)
+	}
 	if failed > 0 {
-		return fmt.Errorf("blob store: %d of %d objects not deleted", failed, len(names))
+		return fmt.Errorf("blob store: %d of %d objects not deleted (they are retried on the next run)", failed, len(names))
 	}
 	return nil
 }

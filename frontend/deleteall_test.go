@@ -245,3 +245,50 @@ func TestDeleteAllEndpointIsOffWithoutASecret(t *testing.T) {
 		t.Errorf("delete-all on a frontend without a secret: got %d and %d rows, want 403 and 1", resp.StatusCode, n)
 	}
 }
+
+// failingDeletes fails every Delete while failing is set.
+type failingDeletes struct {
+	Blobs
+	failing atomic.Bool
+}
+
+func (b *failingDeletes) Delete(ctx context.Context, name string) error {
+	if b.failing.Load() {
+		return errors.New("blob store unavailable")
+	}
+	return b.Blobs.Delete(ctx, name)
+}
+
+// TestADeleteAllThatCouldNotDeleteObjectsIsNotDoneUntilTheyAreGone: the
+// rows go and the generation is recorded, but the blob store fails; the
+// answer is an error, and a repeat of the same generation — which deletes
+// no row — still removes the objects before it answers success.
+func TestADeleteAllThatCouldNotDeleteObjectsIsNotDoneUntilTheyAreGone(t *testing.T) {
+	s := newStores(t)
+	fail := &failingDeletes{Blobs: s.blobs}
+	f := New(Config{}, fail, s.index, slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+	f.setPool(pool.View{Members: []pool.Member{}, DeleteGen: 1})
+	for _, k := range []string{"a", "b"} {
+		if _, err := f.Put(ctx, k, mustRead(t, "red.png")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fail.failing.Store(true)
+	if err := f.deleteAllAt(ctx, 1, true); err == nil {
+		t.Fatal("delete-all with a failing blob store: got success")
+	}
+	if rows, _ := s.index.Count(ctx); rows != 0 || countFiles(t, s.dir) != 2 {
+		t.Fatalf("after the failed run: %d rows, %d objects; want 0, 2", rows, countFiles(t, s.dir))
+	}
+	fail.failing.Store(false)
+	if err := f.deleteAllAt(ctx, 1, true); err != nil {
+		t.Fatalf("repeat of generation 1: %v", err)
+	}
+	if n := countFiles(t, s.dir); n != 0 {
+		t.Errorf("objects after the repeat answered success: %d, want 0", n)
+	}
+	if o, _ := s.index.Orphans(ctx); len(o) != 0 {
+		t.Errorf("orphans left: %v", o)
+	}
+}

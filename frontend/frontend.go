@@ -70,6 +70,11 @@ type Index interface {
 	// DeleteAllAt deletes every row and records gen, unless a generation
 	// >= gen was already recorded (then done is true and nothing changes).
 	DeleteAllAt(ctx context.Context, gen uint64) (objects []string, done bool, err error)
+	// Orphans lists the objects whose rows a delete-all removed and that
+	// are not yet known deleted from the blob store; ForgetOrphan records
+	// one deleted.
+	Orphans(ctx context.Context) ([]string, error)
+	ForgetOrphan(ctx context.Context, object string) error
 	Kind() string
 }
 

@@ -405,8 +405,9 @@ func (ix *Index) DeleteAll(ctx context.Context) ([]string, error) {
 
 // DeleteAllAt carries out the pool's delete-all generation gen once: unless
 // a generation >= gen is already recorded (then done is true and nothing
-// changes), it deletes every row and records gen, in one transaction, and
-// returns the deleted rows' object names.
+// changes), it deletes every row, records gen and records the deleted rows'
+// objects as orphans (see Orphans), in one transaction, and returns those
+// object names.
 func (ix *Index) DeleteAllAt(ctx context.Context, gen uint64) (objects []string, done bool, err error) {
 	tx, err := ix.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -431,6 +432,11 @@ func (ix *Index) DeleteAllAt(ctx context.Context, gen uint64) (objects []string,
 	if err != nil {
 		return nil, false, err
 	}
+	for _, o := range objects {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO orphans (object) VALUES ($1) ON CONFLICT (object) DO NOTHING`, o); err != nil {
+			return nil, false, fmt.Errorf("keyindex: record orphan: %w", err)
+		}
+	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO generations (name, value) VALUES ('delete_all', $1)
 		ON CONFLICT (name) DO UPDATE SET value = excluded.value`, int64(gen)); err != nil {
 		return nil, false, fmt.Errorf("keyindex: record delete-all generation: %w", err)
@@ -439,6 +445,36 @@ func (ix *Index) DeleteAllAt(ctx context.Context, gen uint64) (objects []string,
 		return nil, false, fmt.Errorf("keyindex: delete all: %w", err)
 	}
 	return objects, false, nil
+}
+
+// Orphans returns the objects whose rows a delete-all removed and that
+// ForgetOrphans has not yet been told are deleted from the blob store.
+func (ix *Index) Orphans(ctx context.Context) ([]string, error) {
+	rows, err := ix.db.QueryContext(ctx, `SELECT object FROM orphans ORDER BY object`)
+	if err != nil {
+		return nil, fmt.Errorf("keyindex: orphans: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var o string
+		if err := rows.Scan(&o); err != nil {
+			return nil, fmt.Errorf("keyindex: orphans: %w", err)
+		}
+		out = append(out, o)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("keyindex: orphans: %w", err)
+	}
+	return out, nil
+}
+
+// ForgetOrphan records that object is deleted from the blob store.
+func (ix *Index) ForgetOrphan(ctx context.Context, object string) error {
+	if _, err := ix.db.ExecContext(ctx, `DELETE FROM orphans WHERE object = $1`, object); err != nil {
+		return fmt.Errorf("keyindex: forget orphan: %w", err)
+	}
+	return nil
 }
 
 // querier is what deleteAllRows needs of a *sql.DB or *sql.Tx.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -633,6 +634,37 @@ func TestDeleteAllAtRunsEachGenerationOnce(t *testing.T) {
 		}
 		if n, _ := ix.Count(ctx); n != 0 {
 			t.Fatalf("count after generation 3 = %d, want 0", n)
+		}
+	})
+}
+
+// TestDeleteAllAtRecordsOrphansUntilForgotten: the objects of the rows a
+// delete-all removes are recorded in the same transaction and stay listed,
+// for every index on the database, until each is forgotten.
+func TestDeleteAllAtRecordsOrphansUntilForgotten(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		ix := mustOpen(t, dsn)
+		other := mustOpen(t, dsn)
+		mustPut(t, ix, entry("a", "obj-a"))
+		mustPut(t, ix, entry("b", "obj-b"))
+		if o, err := ix.Orphans(ctx); err != nil || len(o) != 0 {
+			t.Fatalf("orphans before any delete-all: %v, %v; want none", o, err)
+		}
+		if _, _, err := ix.DeleteAllAt(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		if o, err := other.Orphans(ctx); err != nil || !slices.Equal(o, []string{"obj-a", "obj-b"}) {
+			t.Fatalf("orphans after the delete-all: %v, %v; want [obj-a obj-b]", o, err)
+		}
+		if err := other.ForgetOrphan(ctx, "obj-a"); err != nil {
+			t.Fatal(err)
+		}
+		if _, done, _ := ix.DeleteAllAt(ctx, 1); !done {
+			t.Fatal("repeat of generation 1 not done")
+		}
+		if o, err := ix.Orphans(ctx); err != nil || !slices.Equal(o, []string{"obj-b"}) {
+			t.Fatalf("orphans after forgetting obj-a and a repeat: %v, %v; want [obj-b]", o, err)
 		}
 	})
 }

@@ -27,6 +27,12 @@ var migrations = []string{
 		name  TEXT PRIMARY KEY,
 		value BIGINT NOT NULL
 	)`,
+	// 3: objects whose rows a delete-all removed and that are not yet
+	// deleted from the blob store, recorded in the same transaction, so a
+	// failed or interrupted deletion is finished by the next run.
+	`CREATE TABLE orphans (
+		object TEXT PRIMARY KEY
+	)`,
 }
 
 // migrate applies the pending migrations in one transaction. On PostgreSQL
