@@ -230,15 +230,26 @@ func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 func freePortBase(t *testing.T) int {
 	t.Helper()
 	for try := 0; try < 20; try++ {
-		base := 20000 + (os.Getpid()*7+try*337)%20000
+		// Below Linux's ephemeral range (32768 and up), so that the outgoing
+		// connections of other tests (or of a second test run beside this
+		// one) cannot take one of these ports between the check and up.
+		base := 20000 + (os.Getpid()*7+try*337)%12000
 		ok := true
-		for _, off := range []int{1, 2, 3, 101, 102, 103, 201, 202, 203} {
+		for _, off := range []int{1, 2, 3, 101, 102, 103, 201, 202, 203, 204} {
 			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
 			if err != nil {
 				ok = false
 				break
 			}
 			ln.Close()
+			if off > 200 { // gossip listens on UDP too
+				pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", base+off))
+				if err != nil {
+					ok = false
+					break
+				}
+				pc.Close()
+			}
 		}
 		if ok {
 			return base
@@ -273,35 +284,55 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// startUp starts `memcache up` and returns its command and info once ready.
-func startUp(t *testing.T, data string, base int) (*exec.Cmd, upInfo, *syncBuffer) {
+// upProc is a running `memcache up`.
+type upProc struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process has exited; err is then set
+	err    error
+}
+
+// startUp starts `memcache up` and returns it and its info once ready. If
+// up exits before it is ready, the test fails at once with its log's tail.
+func startUp(t *testing.T, data string, base int) (*upProc, upInfo, *syncBuffer) {
 	t.Helper()
 	info := filepath.Join(t.TempDir(), "info.json")
-	cmd := exec.Command(testbin.Path(t), "up", "--data-dir", data, "--port-base", strconv.Itoa(base), "--info-file", info, "--frontend-addr", "127.0.0.1:0")
-	out := &syncBuffer{}
+	// up's own readiness deadline, generous for a busy machine; the test
+	// waits a little longer, so that up's error, not a timeout, explains a
+	// start that failed.
+	ready := testcluster.StartWait + 30*time.Second
+	cmd := exec.Command(testbin.Path(t), "up", "--data-dir", data, "--port-base", strconv.Itoa(base), "--info-file", info,
+		"--frontend-addr", "127.0.0.1:0", "--ready-timeout", ready.String())
+	out, logs := &syncBuffer{}, &syncBuffer{}
 	cmd.Stdout = out
-	cmd.Stderr = io.Discard
+	cmd.Stderr = logs
 	if os.Getenv("MEMCACHE_TEST_LOG") != "" {
-		cmd.Stderr = os.Stderr
+		cmd.Stderr = io.MultiWriter(logs, os.Stderr)
 	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	p := &upProc{cmd: cmd, exited: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-p.exited })
 	var ui upInfo
-	waitfor.True(t, testcluster.StartWait+30*time.Second, "up to write its info file", func() bool {
+	waitfor.True(t, ready+30*time.Second, "up to write its info file", func() bool {
+		select {
+		case <-p.exited:
+			t.Fatalf("up exited before it was ready (%v); its log ends:\n%s", p.err, testcluster.LastLines(logs.String(), 20))
+		default:
+		}
 		b, err := os.ReadFile(info)
 		return err == nil && json.Unmarshal(b, &ui) == nil
 	})
 	t.Logf("up ready after %v", time.Since(start).Round(time.Millisecond))
-	return cmd, ui, out
+	return p, ui, out
 }
 
 func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	data := t.TempDir()
 	base := freePortBase(t)
-	cmd, info, out := startUp(t, data, base)
+	up, info, out := startUp(t, data, base)
 	if len(info.Managers) != 3 || info.Frontend == nil || info.Token == nil || *info.Token == "" {
 		t.Fatalf("info file %+v: want 3 managers, a frontend and a token", info)
 	}
@@ -344,15 +375,13 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	}
 
 	// Ctrl-C stops everything cleanly.
-	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+	if err := up.cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("up exited with %v", err)
+	case <-up.exited:
+		if up.err != nil {
+			t.Fatalf("up exited with %v", up.err)
 		}
 	case <-time.After(testcluster.Wait):
 		t.Fatalf("up did not stop within %v of SIGINT", testcluster.Wait)

@@ -149,7 +149,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 				logs, _ := filepath.Glob(filepath.Join(logDir, "*.log"))
 				for _, f := range logs {
 					b, _ := os.ReadFile(f)
-					t.Logf("%s:\n%s", filepath.Base(f), lastLines(string(b), 20))
+					t.Logf("%s:\n%s", filepath.Base(f), LastLines(string(b), 20))
 				}
 			}
 		}
@@ -499,7 +499,8 @@ func call(method, url string, body []byte, out any, header map[string]string) (i
 	return resp.StatusCode, resp.Header, nil
 }
 
-func lastLines(s string, n int) string {
+// LastLines returns the last n lines of s, for a failure message.
+func LastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
