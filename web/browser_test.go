@@ -25,7 +25,7 @@ import (
 const chromiumPath = "/usr/bin/chromium"
 
 // stepTimeout bounds one browser step (an action and what it waits for).
-const stepTimeout = 45 * time.Second
+const stepTimeout = 90 * time.Second
 
 // browser is one headless chromium.
 type browser struct {
