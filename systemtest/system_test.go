@@ -202,7 +202,9 @@ func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 		t.Fatal(err)
 	}
 	var after fsm.State
-	waitfor.True(t, testcluster.Wait, "the killed node's regions to be reassigned", func() bool {
+	// Failure detection, then a replacement process started and joined:
+	// a start-up's deadline.
+	waitfor.True(t, testcluster.StartWait, "the killed node's regions to be reassigned", func() bool {
 		after = ms[2].Cluster().State()
 		_, still := after.Member(victim)
 		return !still && len(after.Members) == 3
