@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
+	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/internal/pgtest"
 	"github.com/memcache/memcache/internal/testbin"
 	"github.com/memcache/memcache/internal/testcluster"
@@ -198,6 +200,17 @@ func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 		return len(before.Members) == 3
 	})
 	victim := before.Members[1].ID
+	// Failure detection needs a member to fail: wait until every replica's
+	// gossip knows the victim alive (the provisioner hands a node over once
+	// its own gossip sees it; a replica, the leader included, may not yet).
+	waitfor.True(t, testcluster.Wait, "every replica's gossip to know "+victim+" alive", func() bool {
+		for _, m := range ms {
+			if !slices.Contains(m.Gossip().HTTPURLs(gossip.RoleNode), before.Members[1].HTTP) {
+				return false
+			}
+		}
+		return true
+	})
 	if err := syscall.Kill(pidOf(t, victim), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
