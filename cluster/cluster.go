@@ -23,6 +23,7 @@ import (
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/pki"
 )
 
 // Errors returned by the cluster.
@@ -76,6 +77,11 @@ type Config struct {
 	BootstrapExpect int
 	// Secret is the cluster secret required on internal calls.
 	Secret string
+	// TLS, if set, carries Raft over mutual TLS (only managers' certificates
+	// signed by the cluster CA are admitted) and is presented on the
+	// replica's internal HTTP calls. If nil, Raft is plain TCP that accepts
+	// anyone who can reach it.
+	TLS *pki.TLS
 	// Timing holds the Raft timeouts. If zero, DefaultTiming.
 	Timing Timing
 	// Gossip configures the membership; its Meta is filled in by New.
@@ -146,7 +152,7 @@ func New(cfg Config, f *fsm.FSM, log *slog.Logger) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{cfg: cfg, log: log, base: base, fsm: f, notify: make(chan bool, 16), stop: make(chan struct{}),
-		client: &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}}
+		client: &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: pki.Transport(cfg.TLS)}}}
 	if err := c.openRaft(); err != nil {
 		c.closeStores()
 		return nil, err
@@ -165,6 +171,9 @@ func New(cfg Config, f *fsm.FSM, log *slog.Logger) (*Cluster, error) {
 	c.wg.Add(1)
 	go c.bootstrap()
 	log.Info("manager replica started", "raft", c.addr, "gossip", g.Addr(), "http", cfg.HTTPURL)
+	if cfg.TLS == nil {
+		log.Warn("no TLS: Raft and internal HTTP are plain text, and the Raft port accepts anyone who reaches it")
+	}
 	if cfg.Secret == "" {
 		log.Warn("no cluster secret: internal endpoints (/internal, /v1) accept any caller")
 	}
@@ -182,11 +191,22 @@ func (c *Cluster) openRaft() error {
 		}
 		advertise = a
 	}
-	tr, err := raft.NewTCPTransportWithConfig(cfg.RaftAddr, advertise, &raft.NetworkTransportConfig{
+	tcfg := &raft.NetworkTransportConfig{
 		ServerAddressProvider: cfg.AddressProvider, Logger: hlog, MaxPool: 3, Timeout: 10 * time.Second,
-	})
-	if err != nil {
-		return fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftAddr, err)
+	}
+	var tr *raft.NetworkTransport
+	if cfg.TLS != nil {
+		stream, err := newTLSStream(cfg.RaftAddr, advertise, cfg.TLS, c.base.With("component", "raft"))
+		if err != nil {
+			return fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftAddr, err)
+		}
+		tcfg.Stream = stream
+		tr = raft.NewNetworkTransportWithConfig(tcfg)
+	} else {
+		var err error
+		if tr, err = raft.NewTCPTransportWithConfig(cfg.RaftAddr, advertise, tcfg); err != nil {
+			return fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftAddr, err)
+		}
 	}
 	c.transport = tr
 	c.addr = string(tr.LocalAddr())

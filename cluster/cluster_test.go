@@ -24,6 +24,7 @@ import (
 	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/internal/stall"
 	"github.com/memcache/memcache/internal/waitfor"
+	"github.com/memcache/memcache/pki"
 )
 
 const testSecret = "s3cret"
@@ -131,6 +132,7 @@ type testCluster struct {
 	t        testing.TB
 	timing   Timing
 	forward  time.Duration // Config.ForwardTimeout and ProxyTimeout; 0: the defaults
+	tls      *pki.TLS      // Config.TLS of every replica; nil: plain
 	replicas []*replica
 	mu       sync.Mutex
 	proxies  map[[2]string]*proxy // [from, to] -> proxy
@@ -149,7 +151,13 @@ func newTestClusterTiming(t testing.TB, n int, timing Timing) *testCluster {
 // and proxy timeouts set to forward.
 func newTestClusterForward(t testing.TB, n int, timing Timing, forward time.Duration) *testCluster {
 	t.Helper()
-	tc := &testCluster{t: t, timing: timing, forward: forward, proxies: map[[2]string]*proxy{}}
+	return newTestClusterWith(t, n, &testCluster{timing: timing, forward: forward})
+}
+
+// newTestClusterWith starts n replicas configured as tc says.
+func newTestClusterWith(t testing.TB, n int, tc *testCluster) *testCluster {
+	t.Helper()
+	tc.t, tc.proxies = t, map[[2]string]*proxy{}
 	var seed string
 	for i := range n {
 		r := &replica{name: string(rune('a' + i)), dataDir: t.TempDir(), raftAddr: "127.0.0.1:0"}
@@ -207,8 +215,8 @@ func (tc *testCluster) start(r *replica, expect int, seed string) {
 		Name: r.name, DataDir: r.dataDir, RaftAddr: r.raftAddr, HTTPURL: r.url,
 		BootstrapExpect: expect, Secret: testSecret, Timing: tc.timing, SnapshotThreshold: 1 << 20,
 		Gossip:          gossip.Config{BindAddr: "127.0.0.1:0", Join: join, Fast: true},
-		AddressProvider: tc.addressFor(r.name),
-		ForwardTimeout:  tc.forward, ProxyTimeout: tc.forward,
+		AddressProvider: tc.addressFor(r.name), TLS: tc.tls,
+		ForwardTimeout: tc.forward, ProxyTimeout: tc.forward,
 	}, fsm.New(), testLogger().With("replica", r.name))
 	if err != nil {
 		ln.Close()
