@@ -13,10 +13,12 @@ import (
 )
 
 func frontendFlags() []cli.Flag {
-	return []cli.Flag{
+	flags := []cli.Flag{
 		renamedStringFlag("name", "", "frontend id in the gossip cluster (default: <hostname>-<http port>)", "id"),
 		stringFlag("http-addr", "127.0.0.1:8080", "host:port for the pages and the data API"),
-		stringFlag("advertise-http", "", "base URL others use to reach this frontend (default: http://<http-addr>)"),
+		stringFlag("advertise-http", "", "base URL users reach this frontend by (default: http(s)://<http-addr>)"),
+		stringFlag("cluster-addr", "127.0.0.1:8081", "host:port of the cluster listener managers call (mutual TLS): the delete-all executor"),
+		stringFlag("advertise-cluster", "", "base URL managers reach the cluster listener by (default: https://<cluster-addr>, http with --insecure)"),
 		stringFlag("gossip-addr", "127.0.0.1:7500", "host:port for gossip (TCP and UDP)"),
 		stringFlag("gossip-advertise", "", "host:port others use to reach this frontend's gossip"),
 		stringSliceFlag("join", "gossip addresses (host:port) of cluster members to join; the managers are found through gossip"),
@@ -24,7 +26,7 @@ func frontendFlags() []cli.Flag {
 		secretFileFlag("gossip-key"),
 		stringFlag("cluster-secret", "", "shared secret for calls to cache nodes and managers"),
 		secretFileFlag("cluster-secret"),
-		stringSliceFlag("managers", "manager base URLs to use instead of (or before) those found by gossip"),
+		stringSliceFlag("managers", "managers' cluster listener base URLs (--advertise-cluster) to use before those found by gossip"),
 		stringFlag("db", "./memcache-data/frontend/keys.db", "key index: postgres://user:pass@host/db?sslmode=... (PostgreSQL, e.g. RDS) or an SQLite file path"),
 		stringFlag("blob-dir", "./memcache-data/frontend/blobs", "directory for image files (when --s3-bucket is not set)"),
 		stringFlag("s3-bucket", "", "S3 bucket for image files (credentials and region from the AWS SDK's default chain)"),
@@ -34,6 +36,7 @@ func frontendFlags() []cli.Flag {
 		intFlag("max-upload", 10<<20, "largest accepted image, in bytes"),
 		intFlag("hot-cache-mb", 64, "size of the frontend's copy of popular images, revalidated with the owner node on every read (0: off)"),
 	}
+	return append(append(flags, clusterTLSFlags()...), publicTLSFlags()...)
 }
 
 func frontendCommand() *cli.Command {
@@ -57,8 +60,17 @@ func runFrontend(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	tlsCfg, err := clusterTLS(cmd)
+	if err != nil {
+		return err
+	}
+	public, err := publicTLS(cmd)
+	if err != nil {
+		return err
+	}
 	p, err := role.StartFrontend(ctx, role.FrontendConfig{
-		Name: id, HTTPAddr: cmd.String("http-addr"), AdvertiseHTTP: cmd.String("advertise-http"),
+		Name: id, HTTPAddr: cmd.String("http-addr"), AdvertiseHTTP: cmd.String("advertise-http"), PublicTLS: public,
+		ClusterAddr: cmd.String("cluster-addr"), AdvertiseCluster: cmd.String("advertise-cluster"), TLS: tlsCfg,
 		Gossip: gossip.Config{BindAddr: cmd.String("gossip-addr"), AdvertiseAddr: cmd.String("gossip-advertise"),
 			Join: cmd.StringSlice("join"), SecretKey: key},
 		Managers: cmd.StringSlice("managers"),

@@ -17,11 +17,13 @@ import (
 )
 
 func managerFlags() []cli.Flag {
-	return []cli.Flag{
+	flags := []cli.Flag{
 		stringFlag("name", "", "replica name, its Raft server ID (default: <hostname>-<raft port>)"),
 		stringFlag("data-dir", "./memcache-data/manager", "directory for the Raft log, stable store and snapshots"),
-		stringFlag("http-addr", "127.0.0.1:7200", "host:port for the HTTP API, UI and raft status"),
-		stringFlag("advertise-http", "", "base URL others use to reach the HTTP API (default: http://<http-addr>)"),
+		stringFlag("http-addr", "127.0.0.1:7200", "host:port of the public listener: UI, admin API, raft status, metrics"),
+		stringFlag("advertise-http", "", "base URL users reach the public listener by (default: http(s)://<http-addr>)"),
+		stringFlag("cluster-addr", "127.0.0.1:7201", "host:port of the cluster listener other members call (mutual TLS): the pool watch and forwarded writes"),
+		stringFlag("advertise-cluster", "", "base URL members reach the cluster listener by (default: https://<cluster-addr>, http with --insecure)"),
 		stringFlag("raft-addr", "127.0.0.1:7300", "host:port for Raft traffic"),
 		stringFlag("raft-advertise", "", "host:port others use to reach Raft (default: --raft-addr)"),
 		stringFlag("gossip-addr", "127.0.0.1:7400", "host:port for gossip (TCP and UDP)"),
@@ -39,9 +41,11 @@ func managerFlags() []cli.Flag {
 		stringFlag("metrics", "embedded", "where pool statistics come from: embedded (replicas scrape the nodes) or cloudwatch (nodes publish, replicas read GetMetricData)"),
 		stringFlag("cloudwatch-namespace", "Memcache", "CloudWatch namespace (with --metrics cloudwatch)"),
 		stringFlag("cloudwatch-pool", "default", "value of the Pool dimension in CloudWatch"),
+		stringSliceFlag("trusted-proxies", "addresses or CIDRs of reverse proxies whose X-Forwarded-Proto is believed (the UI cookie is Secure behind an https proxy)"),
 		&cli.DurationFlag{Name: "scaler-interval", Value: time.Minute, Usage: "how often the leader's auto-scaler reads the miss rate and decides", Sources: cli.EnvVars(envName("scaler-interval"))},
 		&cli.DurationFlag{Name: "dead-grace", Value: 10 * time.Second, Usage: "how long a pool node may be missing from gossip before its regions are reassigned", Sources: cli.EnvVars(envName("dead-grace"))},
 	}
+	return append(append(flags, clusterTLSFlags()...), publicTLSFlags()...)
 }
 
 func managerCommand() *cli.Command {
@@ -69,9 +73,22 @@ func runManager(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	tlsCfg, err := clusterTLS(cmd)
+	if err != nil {
+		return err
+	}
+	public, err := publicTLS(cmd)
+	if err != nil {
+		return err
+	}
+	proxies, err := trustedProxies(cmd)
+	if err != nil {
+		return err
+	}
 	cfg := role.ManagerConfig{
 		Name: name, DataDir: cmd.String("data-dir"),
-		HTTPAddr: cmd.String("http-addr"), AdvertiseHTTP: cmd.String("advertise-http"),
+		HTTPAddr: cmd.String("http-addr"), AdvertiseHTTP: cmd.String("advertise-http"), PublicTLS: public, TrustedProxies: proxies,
+		ClusterAddr: cmd.String("cluster-addr"), AdvertiseCluster: cmd.String("advertise-cluster"), TLS: tlsCfg,
 		RaftAddr: cmd.String("raft-addr"), RaftAdvertise: cmd.String("raft-advertise"),
 		Gossip: gossip.Config{BindAddr: cmd.String("gossip-addr"), AdvertiseAddr: cmd.String("gossip-advertise"),
 			Join: cmd.StringSlice("join"), SecretKey: key},
@@ -91,7 +108,7 @@ func runManager(ctx context.Context, cmd *cli.Command) error {
 	case "static":
 		cfg.Provisioner = role.Static()
 	case "local":
-		cfg.Provisioner = role.Local(localNodeConfig(cfg.Secret, key))
+		cfg.Provisioner = role.Local(localNodeConfig(cfg.Secret, key, tlsEnv(cmd)))
 	default:
 		return fmt.Errorf("--provisioner %q: want static or local", p)
 	}
@@ -108,8 +125,10 @@ func runManager(ctx context.Context, cmd *cli.Command) error {
 
 // localNodeConfig is how a local provisioner starts nodes for a replica:
 // they join its gossip and get the secrets through the environment.
-func localNodeConfig(secret string, gossipKey []byte) scaler.LocalConfig {
-	cfg := scaler.LocalConfig{GlobalArgs: []string{"--log-level", "warn"}}
+// The nodes present the replica's own certificate (tlsEnv): they run on its
+// host, under its user.
+func localNodeConfig(secret string, gossipKey []byte, tlsEnv []string) scaler.LocalConfig {
+	cfg := scaler.LocalConfig{GlobalArgs: []string{"--log-level", "warn"}, Env: tlsEnv}
 	if secret != "" {
 		cfg.Env = append(cfg.Env, envName("cluster-secret")+"="+secret)
 	}

@@ -25,10 +25,10 @@ func nodeCommand() *cli.Command {
 		Description: "A cache node keeps images in memory (LRU or random replacement) and serves\n" +
 			"them over HTTP. It joins the cluster by gossip. Until a manager assigns it\n" +
 			"regions, it owns all 16.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			renamedStringFlag("name", "", "node id, unique in the cluster (default: <hostname>-<http port>)", "id"),
-			stringFlag("http-addr", "127.0.0.1:7100", "host:port the HTTP API listens on"),
-			stringFlag("advertise-http", "", "base URL others use to reach the HTTP API (default: http://<http-addr>)"),
+			stringFlag("http-addr", "127.0.0.1:7100", "host:port the HTTP API listens on (a cluster listener: mutual TLS)"),
+			stringFlag("advertise-http", "", "base URL members reach the HTTP API by (default: https://<http-addr>, http with --insecure)"),
 			stringFlag("gossip-addr", "127.0.0.1:7946", "host:port for gossip (TCP and UDP)"),
 			stringFlag("gossip-advertise", "", "host:port others use to reach this node's gossip (default: from --gossip-addr)"),
 			stringSliceFlag("join", "gossip addresses (host:port) of cluster members to join; repeat or separate with commas"),
@@ -42,7 +42,7 @@ func nodeCommand() *cli.Command {
 			stringFlag("cloudwatch-namespace", "Memcache", "CloudWatch namespace (with --metrics cloudwatch)"),
 			stringFlag("cloudwatch-pool", "default", "value of the Pool dimension in CloudWatch"),
 			&cli.DurationFlag{Name: "sample-interval", Value: 5 * time.Second, Usage: "how often statistics are sampled", Sources: cli.EnvVars(envName("sample-interval"))},
-		},
+		}, clusterTLSFlags()...),
 		Action: runNode,
 	}
 }
@@ -56,8 +56,13 @@ func runNode(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	tlsCfg, err := clusterTLS(cmd)
+	if err != nil {
+		return err
+	}
 	cfg := role.NodeConfig{
 		Name:           id,
+		TLS:            tlsCfg,
 		HTTPAddr:       cmd.String("http-addr"),
 		AdvertiseHTTP:  cmd.String("advertise-http"),
 		Secret:         clusterSecret,

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/memcache/memcache/internal/role"
+	"github.com/memcache/memcache/pki"
 
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/gossip"
@@ -37,7 +39,7 @@ func upCommand() *cli.Command {
 		Flags: []cli.Flag{
 			renamedStringFlag("data-dir", "./memcache-data", "directory for every replica's data, secrets and node logs", "data"),
 			stringFlag("host", "127.0.0.1", "IP address every process listens on"),
-			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i; the frontend gossips on port-base+204"),
+			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i, cluster HTTP port-base+300+i; the frontend gossips on port-base+204 and takes cluster calls on port-base+304"),
 			stringFlag("frontend-addr", "127.0.0.1:8080", "host:port of the frontend (pages and data API)"),
 			stringFlag("info-file", "", "write the addresses as JSON here once ready"),
 			&cli.DurationFlag{Name: "scaler-interval", Value: time.Minute, Usage: "how often the leader's auto-scaler reads the miss rate and decides (shorten it for a demo)", Sources: cli.EnvVars(envName("scaler-interval"))},
@@ -52,6 +54,19 @@ type upInfo struct {
 	Managers []string `json:"managers"`
 	Frontend *string  `json:"frontend"`
 	Token    *string  `json:"token"`
+	// TLSDir holds the cluster CA and the certificates up made (ca.pem,
+	// manager.pem, node.pem, frontend.pem and their keys).
+	TLSDir string `json:"tls_dir"`
+}
+
+// upHosts are the names up's certificates are valid for: host, and the
+// loopback names when host is a loopback address.
+func upHosts(host string) []string {
+	hosts := []string{host}
+	if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() || host == "localhost" {
+		hosts = append(hosts, "127.0.0.1", "::1", "localhost")
+	}
+	return hosts
 }
 
 // readOrCreateSecret returns the secret kept in path, creating n random bytes
@@ -93,6 +108,20 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	// Mutual TLS between the processes, with a CA of this data directory's
+	// own (DATA/tls), made on the first start.
+	tlsDir := filepath.Join(data, "tls")
+	if err := pki.Ensure(tlsDir, upHosts(host), pki.RoleManager, pki.RoleNode, pki.RoleFrontend); err != nil {
+		return fmt.Errorf("up: certificates in %s: %w", tlsDir, err)
+	}
+	certs := map[pki.Role]*pki.TLS{}
+	for _, r := range []pki.Role{pki.RoleManager, pki.RoleNode, pki.RoleFrontend} {
+		if certs[r], err = pki.Dir(tlsDir, string(r)); err != nil {
+			return fmt.Errorf("up: %w (remove %s to make new certificates)", err, tlsDir)
+		}
+	}
+	nodeCert, nodeKey := pki.CertFiles(tlsDir, string(pki.RoleNode))
+
 	const replicas = 3
 	gossipAddrs := make([]string, replicas)
 	for i := range replicas {
@@ -104,7 +133,8 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 	shared := role.NewSharedLocal(scaler.LocalConfig{
 		Join: gossipAddrs, GlobalArgs: []string{"--log-level", "warn"}, Host: host,
 		LogDir: filepath.Join(data, "logs"),
-		Env:    []string{envName("cluster-secret") + "=" + secret, envName("gossip-key") + "=" + keyText},
+		Env: []string{envName("cluster-secret") + "=" + secret, envName("gossip-key") + "=" + keyText,
+			envName("tls-ca") + "=" + filepath.Join(tlsDir, pki.CAFile), envName("tls-cert") + "=" + nodeCert, envName("tls-key") + "=" + nodeKey},
 	}, log)
 
 	var (
@@ -128,8 +158,9 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		name := fmt.Sprintf("manager-%d", i+1)
 		m, err := role.StartManager(ctx, role.ManagerConfig{
 			Name: name, DataDir: filepath.Join(data, name),
-			HTTPAddr:        fmt.Sprintf("%s:%d", host, base+i+1),
-			RaftAddr:        fmt.Sprintf("%s:%d", host, base+100+i+1),
+			HTTPAddr:    fmt.Sprintf("%s:%d", host, base+i+1),
+			RaftAddr:    fmt.Sprintf("%s:%d", host, base+100+i+1),
+			ClusterAddr: fmt.Sprintf("%s:%d", host, base+300+i+1), TLS: certs[pki.RoleManager],
 			Gossip:          gossip.Config{BindAddr: gossipAddrs[i], Join: gossipAddrs, SecretKey: key},
 			BootstrapExpect: replicas, InitialNodes: 1, Secret: secret, AdminToken: token,
 			// The nodes are this process's children: after a restart the
@@ -144,14 +175,17 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		managers = append(managers, m)
 	}
 
-	info := upInfo{Token: &token}
+	info := upInfo{Token: &token, TLSDir: tlsDir}
+	var clusterURLs []string
 	for _, m := range managers {
 		info.Managers = append(info.Managers, m.URL())
+		clusterURLs = append(clusterURLs, m.ClusterURL())
 	}
 	fe, err = role.StartFrontend(ctx, role.FrontendConfig{
 		Name: "frontend", HTTPAddr: cmd.String("frontend-addr"),
+		ClusterAddr: fmt.Sprintf("%s:%d", host, base+300+replicas+1), TLS: certs[pki.RoleFrontend],
 		Gossip:   gossip.Config{BindAddr: fmt.Sprintf("%s:%d", host, base+200+replicas+1), Join: gossipAddrs, SecretKey: key},
-		Managers: info.Managers, Secret: secret,
+		Managers: clusterURLs, Secret: secret,
 		DB: filepath.Join(data, "frontend", "keys.db"), BlobDir: filepath.Join(data, "frontend", "blobs"),
 		MaxUpload: 10 << 20, HotCacheMB: 64,
 	}, log.With("id", "frontend"))

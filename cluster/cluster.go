@@ -69,8 +69,12 @@ type Config struct {
 	RaftAddr string
 	// RaftAdvertise is the host:port others dial; if blank, the listener's address.
 	RaftAdvertise string
-	// HTTPURL is the base URL of this replica's HTTP API, advertised by gossip.
+	// HTTPURL is the base URL of this replica's cluster HTTP API (the
+	// watch, forwarding), advertised by gossip.
 	HTTPURL string
+	// PublicURL is the base URL of this replica's public HTTP API and UI,
+	// advertised by gossip for display.
+	PublicURL string
 	// BootstrapExpect, if > 0, makes the first BootstrapExpect managers that
 	// see each other by gossip form the Raft group. A replica with existing
 	// Raft state never bootstraps again. 0: wait to be added by a leader.
@@ -158,7 +162,7 @@ func New(cfg Config, f *fsm.FSM, log *slog.Logger) (*Cluster, error) {
 		return nil, err
 	}
 	gcfg := cfg.Gossip
-	gcfg.Meta = gossip.Meta{Role: gossip.RoleManager, ID: cfg.Name, HTTP: cfg.HTTPURL, Raft: c.addr}
+	gcfg.Meta = gossip.Meta{Role: gossip.RoleManager, ID: cfg.Name, HTTP: cfg.HTTPURL, Public: cfg.PublicURL, Raft: c.addr}
 	g, err := gossip.New(gcfg, base)
 	if err != nil {
 		c.raft.Shutdown().Error()

@@ -27,19 +27,24 @@ func isDialError(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// Routes mounts the replica's cluster endpoints on r:
+// Routes mounts the replica's public cluster endpoint on r:
 //
 //	GET  /raft/status          this replica's Raft state, the leader, indexes, peers, pool epoch
+func (c *Cluster) Routes(r chi.Router) {
+	r.Get("/raft/status", c.handleStatus)
+}
+
+// InternalRoutes mounts the endpoints of cluster members on r, which
+// belongs on the cluster listener (mutual TLS); they also require the
+// cluster secret if one is set:
+//
 //	GET  /v1/pool              the data plane's pool view (the watch, see package pool);
 //	                           ?index=N blocks until the view's index passes N (at most
 //	                           ?wait=, then answers the current view); ?consistent=1 is
 //	                           served by the leader after a barrier; 503 while the replica
 //	                           knows no leader (it may be cut off)
 //	POST /internal/v1/apply    a command forwarded to the leader
-//
-// /v1 and /internal require the cluster secret.
-func (c *Cluster) Routes(r chi.Router) {
-	r.Get("/raft/status", c.handleStatus)
+func (c *Cluster) InternalRoutes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(auth.Require(c.cfg.Secret))
 		r.With(c.forwardConsistent).Method(http.MethodGet, "/v1/pool", pool.Handler(watchSource{c}))

@@ -94,7 +94,7 @@ func TestDeleteAllEndpointAnswersWhenDone(t *testing.T) {
 	f := New(Config{Secret: "sec"}, s.blobs, s.index, slog.New(slog.DiscardHandler))
 	st.DeleteGen = 1 // generation 1 is committed (not yet carried out); 2 is not
 	f.setPool(st)
-	srv := httptest.NewServer(f.Handler())
+	srv := httptest.NewServer(f.InternalHandler())
 	defer srv.Close()
 	ctx := context.Background()
 	img := mustRead(t, "red.png")
@@ -234,7 +234,7 @@ func TestDeleteAllEndpointIsOffWithoutASecret(t *testing.T) {
 	if _, err := f.Put(context.Background(), "a", mustRead(t, "red.png")); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(f.Handler())
+	srv := httptest.NewServer(f.InternalHandler())
 	defer srv.Close()
 	resp, err := http.Post(srv.URL+DeleteAllPath, "application/json", strings.NewReader(`{"generation":1}`))
 	if err != nil {
@@ -243,6 +243,28 @@ func TestDeleteAllEndpointIsOffWithoutASecret(t *testing.T) {
 	resp.Body.Close()
 	if n, _ := s.index.Count(context.Background()); resp.StatusCode != http.StatusForbidden || n != 1 {
 		t.Errorf("delete-all on a frontend without a secret: got %d and %d rows, want 403 and 1", resp.StatusCode, n)
+	}
+}
+
+// TestThePublicHandlerHasNoInternalRoute: the public listener does not
+// serve the delete-all executor, whatever the caller carries.
+func TestThePublicHandlerHasNoInternalRoute(t *testing.T) {
+	s := newStores(t)
+	f := New(Config{Secret: "s"}, s.blobs, s.index, slog.New(slog.DiscardHandler))
+	if _, err := f.Put(context.Background(), "a", mustRead(t, "red.png")); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(f.Handler())
+	defer srv.Close()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+DeleteAllPath, strings.NewReader(`{"generation":1}`))
+	req.Header.Set(auth.Header, "s")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if n, _ := s.index.Count(context.Background()); resp.StatusCode != http.StatusNotFound || n != 1 {
+		t.Errorf("delete-all on the public handler: got %d and %d rows, want 404 and 1", resp.StatusCode, n)
 	}
 }
 

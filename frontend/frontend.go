@@ -30,6 +30,7 @@ import (
 	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/keyindex"
 	"github.com/memcache/memcache/node"
+	"github.com/memcache/memcache/pki"
 )
 
 // MaxKeyBytes is the longest key accepted.
@@ -84,6 +85,9 @@ type Config struct {
 	MaxUpload int64
 	// Secret is the cluster secret sent to cache nodes and managers.
 	Secret string
+	// TLS, if set, is the frontend's certificate of the cluster CA,
+	// presented to cache nodes and managers (mutual TLS).
+	TLS *pki.TLS
 	// Managers returns the manager replicas' base URLs (from gossip or a
 	// flag). Required for routing through the pool and the admin API. If
 	// nil, the frontend runs alone: from the stores only, with no pool, and
@@ -160,7 +164,7 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 	if standalone {
 		cfg.Managers = func() []string { return nil }
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr := pki.Transport(cfg.TLS)
 	tr.MaxIdleConnsPerHost = 64
 	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}
 	f := &Frontend{cfg: cfg, blobs: blobs, index: index, log: log.With("component", "frontend"),

@@ -28,7 +28,6 @@ import (
 //	POST /api/key/{key}       {"success":"true","content":BASE64}
 //	POST /api/delete_all, /api/configure_cache, /api/getNumNodes, /api/getRate
 //	                          forwarded to a manager replica (admin token required there)
-//	POST /internal/v1/delete_all  {"generation":G}: carry out a delete-all (cluster secret; deleteall.go)
 //	GET  /healthz, /readyz, /metrics (readyz: 503 until the first pool view, or while the key index fails)
 func (f *Frontend) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
@@ -86,17 +85,31 @@ func (f *Frontend) Handler() http.Handler {
 	r.Post("/api/list_keys", f.apiListKeys)
 	r.Post("/api/key/*", f.apiKey)
 	r.Post("/api/delete_all", f.apiDeleteAll)
-	if f.cfg.Secret != "" {
-		r.With(auth.Require(f.cfg.Secret)).Post(DeleteAllPath, f.handleDeleteAll)
-	} else {
-		// Without a cluster secret anyone who reaches the public port could
-		// call it: the route is off, and managers fall back to the watch.
-		r.Post(DeleteAllPath, func(w http.ResponseWriter, _ *http.Request) {
-			jsonhttp.TesterError(w, http.StatusForbidden, "this frontend has no cluster secret: it carries out delete-all only from its pool-state watch")
-		})
-	}
 	r.Post("/api/configure_cache", f.apiAdmin)
 	r.Post("/api/getNumNodes", f.apiAdmin)
 	r.Post("/api/getRate", f.apiAdmin)
+	return r
+}
+
+// InternalHandler returns the endpoints managers call, which belong on the
+// frontend's cluster listener (mutual TLS):
+//
+//	POST /internal/v1/delete_all  {"generation":G}: carry out a delete-all (deleteall.go)
+//	GET  /healthz
+//
+// The delete-all route also requires the cluster secret if one is set. A
+// frontend with neither TLS nor a secret would take it from anyone who
+// reaches the port: the route is then off, and the frontend carries out
+// delete-alls only from its pool-state watch.
+func (f *Frontend) InternalHandler() http.Handler {
+	r := chi.NewRouter()
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	if f.cfg.Secret != "" || f.cfg.TLS != nil {
+		r.With(auth.Require(f.cfg.Secret)).Post(DeleteAllPath, f.handleDeleteAll)
+	} else {
+		r.Post(DeleteAllPath, func(w http.ResponseWriter, _ *http.Request) {
+			jsonhttp.TesterError(w, http.StatusForbidden, "this frontend has neither TLS nor a cluster secret: it carries out delete-all only from its pool-state watch")
+		})
+	}
 	return r
 }

@@ -30,8 +30,11 @@ func (r Role) valid() bool {
 type Meta struct {
 	Role Role   `json:"role"`
 	ID   string `json:"id"`
-	HTTP string `json:"http"`           // base URL of the member's HTTP API, e.g. http://127.0.0.1:8080
-	Raft string `json:"raft,omitempty"` // Raft address; managers only
+	HTTP string `json:"http"` // base URL of the member's cluster HTTP API (mutual TLS), e.g. https://10.0.0.5:7201
+	// Public is the base URL of the member's public listener (a manager's
+	// UI and admin API, a frontend's pages and data API); blank for nodes.
+	Public string `json:"public,omitempty"`
+	Raft   string `json:"raft,omitempty"` // Raft address; managers only
 }
 
 // validate checks the metadata this process advertises. Metadata received

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -21,6 +22,7 @@ import (
 	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/node"
+	"github.com/memcache/memcache/pki"
 )
 
 // Cluster is what the API needs of the Raft replica (implemented by *cluster.Cluster).
@@ -43,8 +45,15 @@ type Pool interface {
 
 // Config configures the API.
 type Config struct {
-	// Secret is the cluster secret the v1 API requires.
+	// Secret is the cluster secret carried on calls to nodes and frontends.
 	Secret string
+	// TLS, if set, is the replica's certificate of the cluster CA, presented
+	// on calls to nodes and frontends (mutual TLS).
+	TLS *pki.TLS
+	// TrustedProxies are the addresses of reverse proxies whose
+	// X-Forwarded-Proto header is believed: a UI session cookie is Secure
+	// when the request came over TLS, or through one of them over https.
+	TrustedProxies []netip.Prefix
 	// WriteTimeout bounds a write, including a resize that starts nodes. If zero, 90 s.
 	WriteTimeout time.Duration
 	// AdminToken is the bearer token the tester's admin API requires, and
@@ -81,7 +90,7 @@ func New(cfg Config, c Cluster, p Pool, m metrics.Reader, log *slog.Logger) *API
 	if cfg.AdminToken == "" {
 		log.Warn("no admin token: the admin API is open to anyone who can reach this replica")
 	}
-	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
+	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: pki.Transport(cfg.TLS)}}
 	nodes := node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: nodeClearTimeout})
 	return &API{cfg: cfg, cluster: c, pool: p, stats: memberStats{c, nodes}, metrics: m, client: client, nodes: nodes,
 		key: deriveKey(cfg.AdminToken, cfg.Secret), pages: parsePages(), log: log}
@@ -96,10 +105,11 @@ func New(cfg Config, c Cluster, p Pool, m metrics.Reader, log *slog.Logger) *API
 //	POST /v1/pool/clear       clear every node's cache: 200 once every member confirmed,
 //	                          503 (the clear is committed; nodes clear when they see it) otherwise
 //
-// and the tester's /api/... (tester.go) and the UI under /ui (ui.go).
+// (the admin token required, as on the tester's admin API), and the
+// tester's /api/... (tester.go) and the UI under /ui (ui.go).
 func (a *API) Routes(r chi.Router) {
 	r.Group(func(r chi.Router) {
-		r.Use(auth.Require(a.cfg.Secret))
+		r.Use(requireToken(a.cfg.AdminToken))
 		r.Get("/v1/config", a.handleGetConfig)
 		// Partial updates are fsm.Configure patches, merged with the
 		// current config inside Apply: none is lost, on any replica.

@@ -25,6 +25,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -117,14 +118,14 @@ func (a *API) readSession(r *http.Request) (session, bool) {
 func (a *API) setSession(w http.ResponseWriter, r *http.Request, s session) {
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: a.encodeSession(s), Path: "/ui", Expires: s.expiry,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: a.secure(r),
 	})
 }
 
-func clearSession(w http.ResponseWriter, r *http.Request) {
+func (a *API) clearSession(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: "", Path: "/ui", MaxAge: -1,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: a.secure(r),
 	})
 }
 
@@ -137,4 +138,25 @@ func (a *API) csrfToken(s session) string {
 func (a *API) validCSRF(s session, got string) bool {
 	mac, err := base64.RawURLEncoding.DecodeString(got)
 	return err == nil && s.id != "" && hmac.Equal(mac, a.sign("csrf:"+s.id))
+}
+
+// secure reports whether r reached the user over TLS: directly, or through
+// a trusted proxy that says so in X-Forwarded-Proto.
+func (a *API) secure(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	if len(a.cfg.TrustedProxies) == 0 || r.Header.Get("X-Forwarded-Proto") != "https" {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	for _, p := range a.cfg.TrustedProxies {
+		if p.Contains(ap.Addr().Unmap()) {
+			return true
+		}
+	}
+	return false
 }

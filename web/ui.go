@@ -291,7 +291,7 @@ func tokenEqual(got, want string) bool {
 }
 
 func (a *API) uiLogout(w http.ResponseWriter, r *http.Request) {
-	clearSession(w, r)
+	a.clearSession(w, r)
 	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 }
 

@@ -2,8 +2,8 @@ package role
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,6 +17,7 @@ import (
 	"github.com/memcache/memcache/frontend"
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/keyindex"
+	"github.com/memcache/memcache/pki"
 )
 
 // FrontendConfig configures one frontend.
@@ -26,9 +27,21 @@ type FrontendConfig struct {
 	// HTTPAddr is the host:port of the pages and the data API. If blank,
 	// 127.0.0.1:0 (a free port).
 	HTTPAddr string
-	// AdvertiseHTTP is the base URL others use to reach the frontend. If
-	// blank, http://<the listener's address>.
+	// AdvertiseHTTP is the base URL users reach the pages and data API by.
+	// If blank, http(s)://<the listener's address>.
 	AdvertiseHTTP string
+	// PublicTLS, if set, serves the pages and data API over TLS.
+	PublicTLS *tls.Config
+	// ClusterAddr is the host:port of the listener managers call (the
+	// delete-all executor). If blank, 127.0.0.1:0.
+	ClusterAddr string
+	// AdvertiseCluster is the base URL managers reach ClusterAddr by. If
+	// blank, http(s)://<the listener's address>.
+	AdvertiseCluster string
+	// TLS, if set, is the frontend's certificate of the cluster CA: the
+	// cluster listener admits only callers with a certificate of that CA,
+	// and the frontend presents it to nodes and managers.
+	TLS *pki.TLS
 	// Gossip configures the membership, through which the managers are
 	// found; its Meta is filled in by StartFrontend. If Gossip.BindAddr is
 	// blank, 127.0.0.1:0.
@@ -58,12 +71,14 @@ type FrontendConfig struct {
 // Frontend is a running frontend: the pages and data API over the blob
 // store and key index, following the pool state from the managers.
 type Frontend struct {
-	fe     *frontend.Frontend
-	srv    *http.Server
-	url    string
-	gossip *gossip.Gossip
-	index  *keyindex.Index
-	log    *slog.Logger
+	fe         *frontend.Frontend
+	srv        *http.Server // the public listener's
+	internal   *http.Server // the cluster listener's
+	url        string
+	clusterURL string
+	gossip     *gossip.Gossip
+	index      *keyindex.Index
+	log        *slog.Logger
 
 	stop context.CancelFunc // stops following the pool
 	bg   sync.WaitGroup     // the HTTP server and the watch
@@ -84,6 +99,9 @@ func StartFrontend(ctx context.Context, cfg FrontendConfig, log *slog.Logger) (*
 	}
 	if cfg.Gossip.BindAddr == "" {
 		cfg.Gossip.BindAddr = "127.0.0.1:0"
+	}
+	if cfg.ClusterAddr == "" {
+		cfg.ClusterAddr = "127.0.0.1:0"
 	}
 	var blobs frontend.Blobs
 	if cfg.S3.Bucket != "" {
@@ -108,38 +126,43 @@ func StartFrontend(ctx context.Context, cfg FrontendConfig, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	ln, url, err := listenPublic("frontend", cfg.HTTPAddr, cfg.AdvertiseHTTP, cfg.PublicTLS)
 	if err != nil {
 		index.Close()
-		return nil, fmt.Errorf("frontend: listen on %s: %w", cfg.HTTPAddr, err)
+		return nil, err
 	}
-	url := cfg.AdvertiseHTTP
-	if url == "" {
-		url = "http://" + ln.Addr().String()
+	cln, clusterURL, err := listenCluster("frontend", cfg.ClusterAddr, cfg.AdvertiseCluster, cfg.TLS)
+	if err != nil {
+		ln.Close()
+		index.Close()
+		return nil, err
 	}
 	gcfg := cfg.Gossip
-	gcfg.Meta = gossip.Meta{Role: gossip.RoleFrontend, ID: cfg.Name, HTTP: url}
+	gcfg.Meta = gossip.Meta{Role: gossip.RoleFrontend, ID: cfg.Name, HTTP: clusterURL, Public: url}
 	g, err := gossip.New(gcfg, log)
 	if err != nil {
 		ln.Close()
+		cln.Close()
 		index.Close()
 		return nil, err
 	}
 	managers := func() []string {
 		return append(append([]string(nil), cfg.Managers...), g.HTTPURLs(gossip.RoleManager)...)
 	}
-	fe := frontend.New(frontend.Config{MaxUpload: cfg.MaxUpload, Secret: cfg.Secret, Managers: managers,
+	fe := frontend.New(frontend.Config{MaxUpload: cfg.MaxUpload, Secret: cfg.Secret, TLS: cfg.TLS, Managers: managers,
 		HotCacheMB: cfg.HotCacheMB, WatchWait: cfg.WatchWait}, blobs, index, log)
 	runCtx, stop := context.WithCancel(context.Background())
-	p := &Frontend{fe: fe, url: url, gossip: g, index: index, log: log, stop: stop,
-		srv: &http.Server{Handler: fe.Handler(), ReadHeaderTimeout: 10 * time.Second}}
+	p := &Frontend{fe: fe, url: url, clusterURL: clusterURL, gossip: g, index: index, log: log, stop: stop,
+		srv: newServer(fe.Handler()), internal: newServer(fe.InternalHandler())}
 	p.bg.Go(func() { fe.Run(runCtx) })
-	p.bg.Go(func() {
-		if err := p.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("frontend http server stopped", "err", err)
-		}
-	})
-	log.Info("frontend started", "http", url, "blobs", blobs.Kind(), "index", index.Kind())
+	for srv, l := range map[*http.Server]net.Listener{p.srv: ln, p.internal: cln} {
+		p.bg.Go(func() {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("frontend http server stopped", "err", err, "addr", l.Addr().String())
+			}
+		})
+	}
+	log.Info("frontend started", "http", url, "cluster", clusterURL, "blobs", blobs.Kind(), "index", index.Kind())
 	return p, nil
 }
 
@@ -149,6 +172,9 @@ func (p *Frontend) Frontend() *frontend.Frontend { return p.fe }
 // URL returns the frontend's base URL.
 func (p *Frontend) URL() string { return p.url }
 
+// ClusterURL returns the base URL of the frontend's cluster listener.
+func (p *Frontend) ClusterURL() string { return p.clusterURL }
+
 // Gossip returns the frontend's gossip membership.
 func (p *Frontend) Gossip() *gossip.Gossip { return p.gossip }
 
@@ -157,7 +183,7 @@ func (p *Frontend) Gossip() *gossip.Gossip { return p.gossip }
 // Calling it again returns the first call's result.
 func (p *Frontend) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
-		herr := p.srv.Shutdown(ctx)
+		herr := errors.Join(p.srv.Shutdown(ctx), p.internal.Shutdown(ctx))
 		p.stop()
 		p.bg.Wait()
 		gerr := p.gossip.Close()

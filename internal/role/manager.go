@@ -2,12 +2,14 @@ package role
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/metrics"
+	"github.com/memcache/memcache/pki"
 	"github.com/memcache/memcache/scaler"
 	"github.com/memcache/memcache/web"
 )
@@ -36,9 +39,27 @@ type ManagerConfig struct {
 	// HTTPAddr is the host:port of the HTTP API, UI and raft status. If
 	// blank, 127.0.0.1:0 (a free port).
 	HTTPAddr string
-	// AdvertiseHTTP is the base URL others use to reach the HTTP API. If
-	// blank, http://<the listener's address>.
+	// AdvertiseHTTP is the base URL users reach the UI and admin API by. If
+	// blank, http(s)://<the listener's address>.
 	AdvertiseHTTP string
+	// PublicTLS, if set, serves the UI and admin API over TLS.
+	PublicTLS *tls.Config
+	// TrustedProxies are reverse proxies whose X-Forwarded-Proto is
+	// believed (the UI cookie is Secure behind an https proxy).
+	TrustedProxies []netip.Prefix
+	// ClusterAddr is the host:port of the listener other members call (the
+	// watch, forwarded writes, and the public routes for forwarding). If
+	// blank, 127.0.0.1:0.
+	ClusterAddr string
+	// AdvertiseCluster is the base URL members reach ClusterAddr by. If
+	// blank, http(s)://<the listener's address>.
+	AdvertiseCluster string
+	// TLS, if set, is the replica's manager certificate of the cluster CA:
+	// Raft and the cluster listener admit only peers with certificates of
+	// that CA (Raft: only managers'), and the replica presents it on every
+	// internal call. If nil, cluster traffic is plain and unauthenticated
+	// (but for Secret).
+	TLS *pki.TLS
 	// RaftAddr is the host:port for Raft traffic. If blank, 127.0.0.1:0.
 	RaftAddr string
 	// RaftAdvertise is the host:port others dial for Raft. If blank, the
@@ -85,16 +106,18 @@ type ManagerConfig struct {
 // HTTP server (admin API, UI, watch, raft status, /healthz, /readyz,
 // /metrics).
 type Manager struct {
-	cluster *cluster.Cluster
-	prov    scaler.Provisioner
-	pool    *scaler.Pool
-	reader  metrics.Reader
-	srv     *http.Server
-	url     string
-	log     *slog.Logger
+	cluster    *cluster.Cluster
+	prov       scaler.Provisioner
+	pool       *scaler.Pool
+	reader     metrics.Reader
+	srv        *http.Server // the public listener's
+	internal   *http.Server // the cluster listener's
+	url        string
+	clusterURL string
+	log        *slog.Logger
 
 	cancelRequests context.CancelFunc // ends in-flight requests (long-polling watches)
-	served         chan struct{}      // closed when the HTTP server has stopped
+	serving        sync.WaitGroup     // the HTTP servers
 	stopScrape     context.CancelFunc // stops the embedded metrics' scraper
 	scraped        chan struct{}      // closed when the scraper has stopped
 
@@ -117,6 +140,9 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	if cfg.RaftAddr == "" {
 		cfg.RaftAddr = "127.0.0.1:0"
 	}
+	if cfg.ClusterAddr == "" {
+		cfg.ClusterAddr = "127.0.0.1:0"
+	}
 	if cfg.Gossip.BindAddr == "" {
 		cfg.Gossip.BindAddr = "127.0.0.1:0"
 	}
@@ -131,13 +157,14 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 		scrape = 5 * time.Second // the embedded scrape period's default
 	}
 
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	ln, url, err := listenPublic("manager", cfg.HTTPAddr, cfg.AdvertiseHTTP, cfg.PublicTLS)
 	if err != nil {
-		return nil, fmt.Errorf("manager: listen on %s: %w", cfg.HTTPAddr, err)
+		return nil, err
 	}
-	url := cfg.AdvertiseHTTP
-	if url == "" {
-		url = "http://" + ln.Addr().String()
+	cln, clusterURL, err := listenCluster("manager", cfg.ClusterAddr, cfg.AdvertiseCluster, cfg.TLS)
+	if err != nil {
+		ln.Close()
+		return nil, err
 	}
 	// Until the replica is returned, undo holds what to stop on an error.
 	var undo []func()
@@ -147,12 +174,12 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 		}
 		return nil, err
 	}
-	undo = append(undo, func() { ln.Close() })
+	undo = append(undo, func() { ln.Close(); cln.Close() })
 
 	c, err := cluster.New(cluster.Config{
 		Name: cfg.Name, DataDir: cfg.DataDir,
 		RaftAddr: cfg.RaftAddr, RaftAdvertise: cfg.RaftAdvertise,
-		HTTPURL: url, BootstrapExpect: cfg.BootstrapExpect, Secret: cfg.Secret, Timing: cfg.Timing,
+		HTTPURL: clusterURL, PublicURL: url, BootstrapExpect: cfg.BootstrapExpect, Secret: cfg.Secret, TLS: cfg.TLS, Timing: cfg.Timing,
 		Gossip: cfg.Gossip,
 	}, fsm.New(), log)
 	if err != nil {
@@ -164,7 +191,7 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 		return fail(err)
 	}
 	undo = append(undo, func() { prov.Close() })
-	m := &Manager{cluster: c, prov: prov, url: url, log: log, served: make(chan struct{}), scraped: make(chan struct{})}
+	m := &Manager{cluster: c, prov: prov, url: url, clusterURL: clusterURL, log: log, scraped: make(chan struct{})}
 
 	m.pool = scaler.NewPool(scaler.PoolConfig{DeadGrace: cfg.DeadGrace, InitialNodes: cfg.InitialNodes}, c, c.Gossip(), prov, log.With("id", cfg.Name))
 	c.RunWhileLeader(m.pool.Run)
@@ -182,7 +209,7 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 		close(m.scraped)
 		lag = 0 // CloudWatch reads whole minutes
 	} else {
-		secretClient := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
+		secretClient := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: pki.Transport(cfg.TLS)}}
 		emb := metrics.NewEmbedded(metrics.EmbeddedConfig{Interval: cfg.ScrapeInterval}, c.State, secretClient, log)
 		m.reader = emb
 		var scrapeCtx context.Context
@@ -195,31 +222,48 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	auto := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: cfg.ScalerInterval, Name: cfg.Name, Lag: lag}, c, m.pool, m.reader, log.With("id", cfg.Name))
 	c.RunWhileLeader(auto.Run)
 
-	r := chi.NewRouter()
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if _, _, ok := c.Leader(); !ok {
-			http.Error(w, "no raft leader known yet", http.StatusServiceUnavailable)
-			return
+	api := web.New(web.Config{Secret: cfg.Secret, TLS: cfg.TLS, AdminToken: cfg.AdminToken, TrustedProxies: cfg.TrustedProxies},
+		c, m.pool, m.reader, log)
+	registry := managerRegistry(c)
+	// The public router serves users; the cluster router serves members:
+	// the same routes (a replica forwards a user's write to the leader's
+	// cluster listener) and the internal ones.
+	router := func(internal bool) http.Handler {
+		r := chi.NewRouter()
+		r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if _, _, ok := c.Leader(); !ok {
+				http.Error(w, "no raft leader known yet", http.StatusServiceUnavailable)
+				return
+			}
+			io.WriteString(w, "ok\n")
+		})
+		r.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+		c.Routes(r)
+		api.Routes(r)
+		if internal {
+			c.InternalRoutes(r)
 		}
-		io.WriteString(w, "ok\n")
-	})
-	r.Handle("/metrics", promhttp.HandlerFor(managerRegistry(c), promhttp.HandlerOpts{}))
-	c.Routes(r)
-	web.New(web.Config{Secret: cfg.Secret, AdminToken: cfg.AdminToken}, c, m.pool, m.reader, log).Routes(r)
+		return r
+	}
 
 	// Requests' contexts derive from base, so cancelling it ends the
 	// long-polling watches that Shutdown would otherwise wait for.
 	base, cancel := context.WithCancel(context.Background())
 	m.cancelRequests = cancel
-	m.srv = &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return base }}
-	go func() {
-		defer close(m.served)
-		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("manager http server stopped", "err", err)
-		}
-	}()
+	m.srv, m.internal = newServer(router(false)), newServer(router(true))
+	for _, s := range []*http.Server{m.srv, m.internal} {
+		s.BaseContext = func(net.Listener) context.Context { return base }
+	}
+	m.serving.Add(2)
+	for srv, l := range map[*http.Server]net.Listener{m.srv: ln, m.internal: cln} {
+		go func() {
+			defer m.serving.Done()
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("manager http server stopped", "err", err, "addr", l.Addr().String())
+			}
+		}()
+	}
 	return m, nil
 }
 
@@ -245,6 +289,9 @@ func managerRegistry(c *cluster.Cluster) *prometheus.Registry {
 // URL returns the base URL of the replica's HTTP API.
 func (m *Manager) URL() string { return m.url }
 
+// ClusterURL returns the base URL of the replica's cluster listener.
+func (m *Manager) ClusterURL() string { return m.clusterURL }
+
 // Name returns the replica's name.
 func (m *Manager) Name() string { return m.cluster.Name() }
 
@@ -267,8 +314,8 @@ func (m *Manager) Metrics() metrics.Reader { return m.reader }
 func (m *Manager) Close(ctx context.Context) error {
 	m.closeOnce.Do(func() {
 		m.cancelRequests()
-		herr := m.srv.Shutdown(ctx)
-		<-m.served
+		herr := errors.Join(m.srv.Shutdown(ctx), m.internal.Shutdown(ctx))
+		m.serving.Wait()
 		m.stopScrape()
 		<-m.scraped
 		cerr := m.cluster.Close()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/node"
+	"github.com/memcache/memcache/pki"
 )
 
 // NodeConfig configures one cache node.
@@ -29,8 +29,13 @@ type NodeConfig struct {
 	// 127.0.0.1:0 (a free port).
 	HTTPAddr string
 	// AdvertiseHTTP is the base URL others use to reach the API. If blank,
-	// http://<the listener's address>.
+	// http(s)://<the listener's address>.
 	AdvertiseHTTP string
+	// TLS, if set, is the node's certificate of the cluster CA: its HTTP
+	// API admits only callers with a certificate of that CA (mutual TLS),
+	// and it presents the certificate when it watches the managers. If nil,
+	// the API is plain HTTP.
+	TLS *pki.TLS
 	// Gossip configures the membership; its Meta is filled in by StartNode.
 	// If Gossip.BindAddr is blank, 127.0.0.1:0.
 	Gossip gossip.Config
@@ -99,13 +104,9 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 		}
 		publisher = metrics.NewPublisher(cw, cloudwatch.NewFromConfig(awsCfg), cfg.Name, n.Samples, log)
 	}
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	ln, url, err := listenCluster("node", cfg.HTTPAddr, cfg.AdvertiseHTTP, cfg.TLS)
 	if err != nil {
-		return nil, fmt.Errorf("node: listen on %s: %w", cfg.HTTPAddr, err)
-	}
-	url := cfg.AdvertiseHTTP
-	if url == "" {
-		url = "http://" + ln.Addr().String()
+		return nil, err
 	}
 	gcfg := cfg.Gossip
 	gcfg.Meta = gossip.Meta{Role: gossip.RoleNode, ID: cfg.Name, HTTP: url}
@@ -117,11 +118,11 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	runCtx, stop := context.WithCancel(context.Background())
 	s := &Node{
 		node: n, log: log, url: url, gossip: g, stop: stop,
-		srv: &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 10 * time.Second},
+		srv: newServer(n.Handler()),
 	}
 	s.bg.Go(func() { n.Run(runCtx) })
 	s.bg.Go(func() {
-		client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret}}
+		client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: pki.Transport(cfg.TLS)}}
 		pool.Watch(runCtx, pool.WatchConfig{Managers: func() []string { return g.HTTPURLs(gossip.RoleManager) }, Client: client, Wait: cfg.WatchWait}, log, n.ApplyPool)
 	})
 	if publisher != nil {
