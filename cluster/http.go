@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/internal/pool"
 )
@@ -65,6 +66,9 @@ type watchSource struct{ c *Cluster }
 // View returns the replica's view; a replica that knows no leader may be
 // cut off from the majority and hold an old view, so it refuses.
 func (s watchSource) View() (pool.View, error) {
+	if h, halted := s.c.fsm.Halted(); halted {
+		return pool.View{}, fmt.Errorf("replica %s: %w: %v", s.c.cfg.Name, fsm.ErrHalted, h)
+	}
 	if _, _, ok := s.c.Leader(); !ok {
 		return pool.View{}, fmt.Errorf("replica %s: %w", s.c.cfg.Name, pool.ErrNoLeader)
 	}
@@ -80,6 +84,9 @@ func (s watchSource) WaitView(ctx context.Context, after uint64) (pool.View, err
 func (s watchSource) ConsistentView(ctx context.Context) (pool.View, error) {
 	if !s.c.IsLeader() {
 		return pool.View{}, fmt.Errorf("replica %s is not the leader: %w", s.c.cfg.Name, pool.ErrNoLeader)
+	}
+	if h, halted := s.c.fsm.Halted(); halted {
+		return pool.View{}, fmt.Errorf("replica %s: %w: %v", s.c.cfg.Name, fsm.ErrHalted, h)
 	}
 	timeout := applyTimeout
 	if d, ok := ctx.Deadline(); ok {
@@ -106,6 +113,9 @@ type Status struct {
 	PoolIndex     uint64 `json:"pool_index"`
 	ConfigIndex   uint64 `json:"configuration_index"`
 	LastSnapIndex uint64 `json:"last_snapshot_index"`
+	// Halted, if set, is the committed entry this replica's FSM could not
+	// apply: it applies nothing more until it runs a build that knows it.
+	Halted *fsm.Halt `json:"halted,omitempty"`
 }
 
 // Peer is a member of the Raft configuration.
@@ -130,6 +140,9 @@ func (c *Cluster) Status() Status {
 		PoolEpoch:    st.Epoch,
 		PoolIndex:    st.Index,
 		Peers:        []Peer{},
+	}
+	if h, halted := c.fsm.Halted(); halted {
+		s.Halted = &h
 	}
 	s.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
 	s.LastSnapIndex, _ = strconv.ParseUint(stats["last_snapshot_index"], 10, 64)

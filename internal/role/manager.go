@@ -154,7 +154,7 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 		RaftAddr: cfg.RaftAddr, RaftAdvertise: cfg.RaftAdvertise,
 		HTTPURL: url, BootstrapExpect: cfg.BootstrapExpect, Secret: cfg.Secret, Timing: cfg.Timing,
 		Gossip: cfg.Gossip,
-	}, fsm.New(), log)
+	}, fsm.NewLogged(log.With("id", cfg.Name)), log)
 	if err != nil {
 		return fail(err)
 	}
@@ -196,8 +196,21 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	c.RunWhileLeader(auto.Run)
 
 	r := chi.NewRouter()
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	// A replica whose FSM halted (a committed entry this build cannot
+	// apply) stays up, so that these say why, but is neither healthy nor
+	// ready: it needs a newer build, and restarting it is harmless.
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if h, halted := c.FSM().Halted(); halted {
+			http.Error(w, "halted: "+h.String(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
 	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if h, halted := c.FSM().Halted(); halted {
+			http.Error(w, "halted: "+h.String(), http.StatusServiceUnavailable)
+			return
+		}
 		if _, _, ok := c.Leader(); !ok {
 			http.Error(w, "no raft leader known yet", http.StatusServiceUnavailable)
 			return
