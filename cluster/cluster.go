@@ -76,6 +76,9 @@ type Config struct {
 	BootstrapExpect int
 	// Secret is the cluster secret required on internal calls.
 	Secret string
+	// AdminToken is the operator's bearer token: the operator API and the
+	// private part of /raft/status require it. If blank, both are open.
+	AdminToken string
 	// Timing holds the Raft timeouts. If zero, DefaultTiming.
 	Timing Timing
 	// Gossip configures the membership; its Meta is filled in by New.

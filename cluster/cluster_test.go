@@ -26,7 +26,10 @@ import (
 	"github.com/memcache/memcache/internal/waitfor"
 )
 
-const testSecret = "s3cret"
+const (
+	testSecret = "s3cret"
+	testToken  = "admin-t0ken" // the replicas' admin token
+)
 
 func testLogger() *slog.Logger {
 	if os.Getenv("MEMCACHE_TEST_LOG") != "" {
@@ -131,6 +134,7 @@ type testCluster struct {
 	t        testing.TB
 	timing   Timing
 	forward  time.Duration // Config.ForwardTimeout and ProxyTimeout; 0: the defaults
+	token    string        // Config.AdminToken
 	replicas []*replica
 	mu       sync.Mutex
 	proxies  map[[2]string]*proxy // [from, to] -> proxy
@@ -149,7 +153,14 @@ func newTestClusterTiming(t testing.TB, n int, timing Timing) *testCluster {
 // and proxy timeouts set to forward.
 func newTestClusterForward(t testing.TB, n int, timing Timing, forward time.Duration) *testCluster {
 	t.Helper()
-	tc := &testCluster{t: t, timing: timing, forward: forward, proxies: map[[2]string]*proxy{}}
+	return newTestClusterToken(t, n, timing, forward, testToken)
+}
+
+// newTestClusterToken is newTestClusterForward with the replicas' admin
+// token set to token.
+func newTestClusterToken(t testing.TB, n int, timing Timing, forward time.Duration, token string) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t, timing: timing, forward: forward, token: token, proxies: map[[2]string]*proxy{}}
 	var seed string
 	for i := range n {
 		r := &replica{name: string(rune('a' + i)), dataDir: t.TempDir(), raftAddr: "127.0.0.1:0"}
@@ -205,7 +216,7 @@ func (tc *testCluster) start(r *replica, expect int, seed string) {
 	}
 	c, err := New(Config{
 		Name: r.name, DataDir: r.dataDir, RaftAddr: r.raftAddr, HTTPURL: r.url,
-		BootstrapExpect: expect, Secret: testSecret, Timing: tc.timing, SnapshotThreshold: 1 << 20,
+		BootstrapExpect: expect, Secret: testSecret, AdminToken: tc.token, Timing: tc.timing, SnapshotThreshold: 1 << 20,
 		Gossip:          gossip.Config{BindAddr: "127.0.0.1:0", Join: join, Fast: true},
 		AddressProvider: tc.addressFor(r.name),
 		ForwardTimeout:  tc.forward, ProxyTimeout: tc.forward,

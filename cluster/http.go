@@ -30,7 +30,8 @@ func isDialError(err error) bool {
 
 // Routes mounts the replica's cluster endpoints on r:
 //
-//	GET  /raft/status          this replica's Raft state, the leader, indexes, peers, pool epoch
+//	GET  /raft/status          this replica's Raft state, leader and term; with the admin
+//	                           token also its indexes, peers and pool epoch (status.go)
 //	GET  /v1/pool              the data plane's pool view (the watch, see package pool);
 //	                           ?index=N blocks until the view's index passes N (at most
 //	                           ?wait=, then answers the current view); ?consistent=1 is
@@ -156,10 +157,6 @@ func (c *Cluster) Status() Status {
 		}
 	}
 	return s
-}
-
-func (c *Cluster) handleStatus(w http.ResponseWriter, _ *http.Request) {
-	jsonhttp.Write(w, http.StatusOK, c.Status())
 }
 
 // ForwardToLeader returns middleware that serves a request here when this

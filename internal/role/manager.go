@@ -152,7 +152,7 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	c, err := cluster.New(cluster.Config{
 		Name: cfg.Name, DataDir: cfg.DataDir,
 		RaftAddr: cfg.RaftAddr, RaftAdvertise: cfg.RaftAdvertise,
-		HTTPURL: url, BootstrapExpect: cfg.BootstrapExpect, Secret: cfg.Secret, Timing: cfg.Timing,
+		HTTPURL: url, BootstrapExpect: cfg.BootstrapExpect, Secret: cfg.Secret, AdminToken: cfg.AdminToken, Timing: cfg.Timing,
 		Gossip: cfg.Gossip,
 	}, fsm.NewLogged(log.With("id", cfg.Name)), log)
 	if err != nil {
