@@ -252,6 +252,7 @@ func managerRegistry(c *cluster.Cluster) *prometheus.Registry {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_manager_pool_epoch", Help: "Epoch of the pool's region map."},
 			func() float64 { return float64(c.State().Epoch) }),
 	)
+	reg.MustRegister(c.Collectors()...) // Raft, memberlist and the state machine's
 	return reg
 }
 
