@@ -31,6 +31,15 @@ var (
 	ErrNoLeader = errors.New("cluster: no leader")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("cluster: closed")
+	// ErrBadPeerID: the operator named a Raft server with an id no
+	// manager can have (empty, too long, or with spaces or control bytes).
+	ErrBadPeerID = errors.New("cluster: bad peer id")
+	// ErrUnknownPeer: no server of the Raft configuration has that id.
+	ErrUnknownPeer = errors.New("cluster: no such peer")
+	// ErrPeerRefused: the removal would break the group or be undone (the
+	// leader itself, the last voter, a replica alive in gossip); it
+	// changed nothing.
+	ErrPeerRefused = errors.New("cluster: peer removal refused")
 )
 
 // Timing holds the Raft timeouts.
@@ -117,6 +126,7 @@ type Cluster struct {
 	wg     sync.WaitGroup
 
 	mu          sync.Mutex // guards the fields below
+	removed     map[raft.ServerID]bool // live managers force-removed by the operator; reconcileManagers leaves them out
 	work        []func(context.Context)
 	leaderCtx   context.Context // non-nil while this replica leads and its barrier has passed
 	leaderWG    *sync.WaitGroup
@@ -390,7 +400,9 @@ func (c *Cluster) RunWhileLeader(fn func(ctx context.Context)) {
 // reconcileManagers adds as voters the managers that gossip shows and the
 // Raft configuration lacks (a new manager, or one started without
 // BootstrapExpect). Managers are never removed automatically: a manager
-// that stops is expected back with its data dir.
+// that stops is expected back with its data dir; the operator removes one
+// for good with RemovePeer. A live manager the operator removed with force
+// is left out until it leaves gossip (it stops or restarts).
 func (c *Cluster) reconcileManagers(ctx context.Context) {
 	events, cancel := c.gossip.Subscribe()
 	defer cancel()
@@ -403,9 +415,14 @@ func (c *Cluster) reconcileManagers(ctx context.Context) {
 			for _, s := range f.Configuration().Servers {
 				known[s.ID] = true
 			}
-			for _, m := range c.gossip.Members() {
+			members := c.gossip.Members()
+			c.forgetRemoved(members)
+			for _, m := range members {
 				if m.Meta.Role != gossip.RoleManager || m.Meta.Raft == "" || m.State != gossip.StateAlive || known[raft.ServerID(m.Meta.ID)] {
 					continue
+				}
+				if c.isRemoved(raft.ServerID(m.Meta.ID)) {
+					continue // removed by the operator while alive (operator.go)
 				}
 				err := c.raft.AddVoter(raft.ServerID(m.Meta.ID), raft.ServerAddress(m.Meta.Raft), 0, 5*time.Second).Error()
 				c.log.Info("adding manager to the raft group", "manager", m.Meta.ID, "raft", m.Meta.Raft, "err", err)

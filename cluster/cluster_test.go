@@ -230,6 +230,7 @@ func (tc *testCluster) start(r *replica, expect int, seed string) {
 	tc.mu.Unlock()
 	router := chi.NewRouter()
 	c.Routes(router)
+	c.OperatorRoutes(router)
 	r.srv = &http.Server{Handler: router}
 	go r.srv.Serve(ln)
 }

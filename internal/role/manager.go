@@ -219,6 +219,7 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	})
 	r.Handle("/metrics", promhttp.HandlerFor(managerRegistry(c), promhttp.HandlerOpts{}))
 	c.Routes(r)
+	c.OperatorRoutes(r)
 	web.New(web.Config{Secret: cfg.Secret, AdminToken: cfg.AdminToken}, c, m.pool, m.reader, log).Routes(r)
 
 	// Requests' contexts derive from base, so cancelling it ends the
