@@ -42,6 +42,7 @@ func rootCommand() *cli.Command {
 			nodeCommand(),
 			frontendCommand(),
 			loadCommand(),
+			operatorCommand(),
 			versionCommand(),
 		},
 	}
