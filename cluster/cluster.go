@@ -126,12 +126,14 @@ type Cluster struct {
 	wg     sync.WaitGroup
 
 	mu          sync.Mutex // guards the fields below
-	removed     map[raft.ServerID]bool // live managers force-removed by the operator; reconcileManagers leaves them out
 	work        []func(context.Context)
 	leaderCtx   context.Context // non-nil while this replica leads and its barrier has passed
 	leaderWG    *sync.WaitGroup
 	closed      bool
 	closeResult error
+	// removed holds the live managers the operator force-removed;
+	// reconcileManagers leaves them out until they leave gossip.
+	removed map[raft.ServerID]bool
 }
 
 // New opens the Raft state in cfg.DataDir, starts Raft and gossip, and
