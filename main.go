@@ -43,6 +43,7 @@ func rootCommand() *cli.Command {
 			frontendCommand(),
 			loadCommand(),
 			tlsCommand(),
+			operatorCommand(),
 			versionCommand(),
 		},
 	}

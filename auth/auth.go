@@ -1,5 +1,6 @@
-// Package auth authenticates HTTP calls between memcache processes with a
-// shared cluster secret.
+// Package auth authenticates HTTP calls: calls between memcache processes
+// with a shared cluster secret, and an operator's calls to a manager with
+// the admin token.
 package auth
 
 import (

@@ -42,7 +42,13 @@ var (
 // exponential backoff (10 ms growing to 250 ms, ±50 %, so that replicas do
 // not retry in step) until ctx is done. A command the FSM refuses returns
 // its fsm.ErrInvalidCommand error and changes nothing.
+//
+// A replica whose FSM has halted (fsm.ErrHalted) refuses every write: it
+// cannot check one against the state.
 func (c *Cluster) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	if h, halted := c.fsm.Halted(); halted {
+		return fsm.Result{}, fmt.Errorf("replica %s: %w: %v", c.cfg.Name, fsm.ErrHalted, h)
+	}
 	if err := cmd.Validate(c.fsm.State()); err != nil {
 		return fsm.Result{}, err
 	}
@@ -190,7 +196,11 @@ func (c *Cluster) forward(ctx context.Context, url string, data []byte) (fsm.Res
 	return fsm.Result{Index: ar.Index, Epoch: ar.Epoch}, nil
 }
 
-// handleApply commits a command forwarded by another replica.
+// handleApply commits a command forwarded by another replica. A command
+// the leader cannot decode (a type or version it does not know, even one
+// marked ignorable) is refused with 400 before it is proposed: only what
+// the leader can check against its state enters the log. A leader whose
+// FSM has halted commits nothing.
 func (c *Cluster) handleApply(w http.ResponseWriter, r *http.Request) {
 	data, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
@@ -200,8 +210,12 @@ func (c *Cluster) handleApply(w http.ResponseWriter, r *http.Request) {
 	var ar applyResponse
 	if !c.IsLeader() {
 		ar.Retry, ar.Error = true, "not the leader"
+	} else if h, halted := c.fsm.Halted(); halted {
+		ar.Error = fmt.Sprintf("leader %s: %v: %v", c.cfg.Name, fsm.ErrHalted, h)
 	} else if cmd, err := fsm.Decode(data); err != nil {
-		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
+		st := c.fsm.State()
+		ar.Index, ar.Epoch, ar.Refused = st.Index, st.Epoch, err.Error()
+		jsonhttp.Write(w, http.StatusBadRequest, ar)
 		return
 	} else if st := c.fsm.State(); cmd.Validate(st) != nil {
 		// The state's index lets a proposer that retried after an uncertain

@@ -32,6 +32,15 @@ var (
 	ErrNoLeader = errors.New("cluster: no leader")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("cluster: closed")
+	// ErrBadPeerID: the operator named a Raft server with an id no
+	// manager can have (empty, too long, or with spaces or control bytes).
+	ErrBadPeerID = errors.New("cluster: bad peer id")
+	// ErrUnknownPeer: no server of the Raft configuration has that id.
+	ErrUnknownPeer = errors.New("cluster: no such peer")
+	// ErrPeerRefused: the removal would break the group or be undone (the
+	// leader itself, the last voter, a replica alive in gossip); it
+	// changed nothing.
+	ErrPeerRefused = errors.New("cluster: peer removal refused")
 )
 
 // Timing holds the Raft timeouts.
@@ -86,6 +95,9 @@ type Config struct {
 	// replica's internal HTTP calls. If nil, Raft is plain TCP that accepts
 	// anyone who can reach it.
 	TLS *pki.TLS
+	// AdminToken is the operator's bearer token: the operator API and the
+	// private part of /raft/status require it. If blank, both are open.
+	AdminToken string
 	// Timing holds the Raft timeouts. If zero, DefaultTiming.
 	Timing Timing
 	// Gossip configures the membership; its Meta is filled in by New.
@@ -129,6 +141,9 @@ type Cluster struct {
 	leaderWG    *sync.WaitGroup
 	closed      bool
 	closeResult error
+	// removed holds the live managers the operator force-removed;
+	// reconcileManagers leaves them out until they leave gossip.
+	removed map[raft.ServerID]bool
 }
 
 // New opens the Raft state in cfg.DataDir, starts Raft and gossip, and
@@ -411,7 +426,9 @@ func (c *Cluster) RunWhileLeader(fn func(ctx context.Context)) {
 // reconcileManagers adds as voters the managers that gossip shows and the
 // Raft configuration lacks (a new manager, or one started without
 // BootstrapExpect). Managers are never removed automatically: a manager
-// that stops is expected back with its data dir.
+// that stops is expected back with its data dir; the operator removes one
+// for good with RemovePeer. A live manager the operator removed with force
+// is left out until it leaves gossip (it stops or restarts).
 func (c *Cluster) reconcileManagers(ctx context.Context) {
 	events, cancel := c.gossip.Subscribe()
 	defer cancel()
@@ -424,9 +441,14 @@ func (c *Cluster) reconcileManagers(ctx context.Context) {
 			for _, s := range f.Configuration().Servers {
 				known[s.ID] = true
 			}
-			for _, m := range c.gossip.Members() {
+			members := c.gossip.Members()
+			c.forgetRemoved(members)
+			for _, m := range members {
 				if m.Meta.Role != gossip.RoleManager || m.Meta.Raft == "" || m.State != gossip.StateAlive || known[raft.ServerID(m.Meta.ID)] {
 					continue
+				}
+				if c.isRemoved(raft.ServerID(m.Meta.ID)) {
+					continue // removed by the operator while alive (operator.go)
 				}
 				err := c.raft.AddVoter(raft.ServerID(m.Meta.ID), raft.ServerAddress(m.Meta.Raft), 0, 5*time.Second).Error()
 				c.log.Info("adding manager to the raft group", "manager", m.Meta.ID, "raft", m.Meta.Raft, "err", err)

@@ -27,7 +27,10 @@ import (
 	"github.com/memcache/memcache/pki"
 )
 
-const testSecret = "s3cret"
+const (
+	testSecret = "s3cret"
+	testToken  = "admin-t0ken" // the replicas' admin token
+)
 
 func testLogger() *slog.Logger {
 	if os.Getenv("MEMCACHE_TEST_LOG") != "" {
@@ -133,6 +136,7 @@ type testCluster struct {
 	timing   Timing
 	forward  time.Duration // Config.ForwardTimeout and ProxyTimeout; 0: the defaults
 	tls      *pki.TLS      // Config.TLS of every replica; nil: plain
+	token    string        // Config.AdminToken
 	replicas []*replica
 	mu       sync.Mutex
 	proxies  map[[2]string]*proxy // [from, to] -> proxy
@@ -151,7 +155,14 @@ func newTestClusterTiming(t testing.TB, n int, timing Timing) *testCluster {
 // and proxy timeouts set to forward.
 func newTestClusterForward(t testing.TB, n int, timing Timing, forward time.Duration) *testCluster {
 	t.Helper()
-	return newTestClusterWith(t, n, &testCluster{timing: timing, forward: forward})
+	return newTestClusterWith(t, n, &testCluster{timing: timing, forward: forward, token: testToken})
+}
+
+// newTestClusterToken is newTestClusterForward with the replicas' admin
+// token set to token.
+func newTestClusterToken(t testing.TB, n int, timing Timing, forward time.Duration, token string) *testCluster {
+	t.Helper()
+	return newTestClusterWith(t, n, &testCluster{timing: timing, forward: forward, token: token})
 }
 
 // newTestClusterWith starts n replicas configured as tc says.
@@ -213,7 +224,7 @@ func (tc *testCluster) start(r *replica, expect int, seed string) {
 	}
 	c, err := New(Config{
 		Name: r.name, DataDir: r.dataDir, RaftAddr: r.raftAddr, HTTPURL: r.url,
-		BootstrapExpect: expect, Secret: testSecret, Timing: tc.timing, SnapshotThreshold: 1 << 20,
+		BootstrapExpect: expect, Secret: testSecret, AdminToken: tc.token, Timing: tc.timing, SnapshotThreshold: 1 << 20,
 		Gossip:          gossip.Config{BindAddr: "127.0.0.1:0", Join: join, Fast: true},
 		AddressProvider: tc.addressFor(r.name), TLS: tc.tls,
 		ForwardTimeout: tc.forward, ProxyTimeout: tc.forward,
@@ -228,6 +239,7 @@ func (tc *testCluster) start(r *replica, expect int, seed string) {
 	router := chi.NewRouter()
 	c.Routes(router)
 	c.InternalRoutes(router)
+	c.OperatorRoutes(router)
 	r.srv = &http.Server{Handler: router}
 	go r.srv.Serve(ln)
 }

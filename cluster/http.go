@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/memcache/memcache/auth"
+	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/internal/pool"
 )
@@ -29,7 +30,8 @@ func isDialError(err error) bool {
 
 // Routes mounts the replica's public cluster endpoint on r:
 //
-//	GET  /raft/status          this replica's Raft state, the leader, indexes, peers, pool epoch
+//	GET  /raft/status          this replica's Raft state, leader and term; with the admin
+//	                           token also its indexes, peers and pool epoch (status.go)
 func (c *Cluster) Routes(r chi.Router) {
 	r.Get("/raft/status", c.handleStatus)
 }
@@ -70,6 +72,9 @@ type watchSource struct{ c *Cluster }
 // View returns the replica's view; a replica that knows no leader may be
 // cut off from the majority and hold an old view, so it refuses.
 func (s watchSource) View() (pool.View, error) {
+	if h, halted := s.c.fsm.Halted(); halted {
+		return pool.View{}, fmt.Errorf("replica %s: %w: %v", s.c.cfg.Name, fsm.ErrHalted, h)
+	}
 	if _, _, ok := s.c.Leader(); !ok {
 		return pool.View{}, fmt.Errorf("replica %s: %w", s.c.cfg.Name, pool.ErrNoLeader)
 	}
@@ -85,6 +90,9 @@ func (s watchSource) WaitView(ctx context.Context, after uint64) (pool.View, err
 func (s watchSource) ConsistentView(ctx context.Context) (pool.View, error) {
 	if !s.c.IsLeader() {
 		return pool.View{}, fmt.Errorf("replica %s is not the leader: %w", s.c.cfg.Name, pool.ErrNoLeader)
+	}
+	if h, halted := s.c.fsm.Halted(); halted {
+		return pool.View{}, fmt.Errorf("replica %s: %w: %v", s.c.cfg.Name, fsm.ErrHalted, h)
 	}
 	timeout := applyTimeout
 	if d, ok := ctx.Deadline(); ok {
@@ -111,6 +119,9 @@ type Status struct {
 	PoolIndex     uint64 `json:"pool_index"`
 	ConfigIndex   uint64 `json:"configuration_index"`
 	LastSnapIndex uint64 `json:"last_snapshot_index"`
+	// Halted, if set, is the committed entry this replica's FSM could not
+	// apply: it applies nothing more until it runs a build that knows it.
+	Halted *fsm.Halt `json:"halted,omitempty"`
 }
 
 // Peer is a member of the Raft configuration.
@@ -136,6 +147,9 @@ func (c *Cluster) Status() Status {
 		PoolIndex:    st.Index,
 		Peers:        []Peer{},
 	}
+	if h, halted := c.fsm.Halted(); halted {
+		s.Halted = &h
+	}
 	s.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
 	s.LastSnapIndex, _ = strconv.ParseUint(stats["last_snapshot_index"], 10, 64)
 	if s.State != raft.Leader.String() {
@@ -148,10 +162,6 @@ func (c *Cluster) Status() Status {
 		}
 	}
 	return s
-}
-
-func (c *Cluster) handleStatus(w http.ResponseWriter, _ *http.Request) {
-	jsonhttp.Write(w, http.StatusOK, c.Status())
 }
 
 // ForwardToLeader returns middleware that serves a request here when this

@@ -332,14 +332,17 @@ func (s *State) apply(cmd Command) bool {
 
 // Encode returns the wire form of c: byte 0 is c.Type(), byte 1 the encoding
 // version (1), and the rest the JSON of c. c may be a command value or a
-// pointer to one; Decode always returns values.
+// pointer to one; Decode always returns values. A command this build cannot
+// decode (a type it does not know, or one with IgnoreUnknownFlag set) is
+// refused with an error wrapping both ErrInvalidCommand and
+// ErrUnknownCommand: it is never proposed, so it never reaches the log.
 func Encode(c Command) ([]byte, error) {
 	if c == nil {
-		return nil, fmt.Errorf("%w: nil command", ErrUnknownCommand)
+		return nil, fmt.Errorf("%w: %w: nil command", ErrInvalidCommand, ErrUnknownCommand)
 	}
 	t := c.Type()
 	if _, ok := decoder(t); !ok {
-		return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, uint8(t))
+		return nil, fmt.Errorf("%w: %w: type %d", ErrInvalidCommand, ErrUnknownCommand, uint8(t))
 	}
 	body, err := json.Marshal(c)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -26,16 +27,26 @@ type Result struct {
 // FSM is the Raft state machine of the pool. It implements raft.FSM.
 // Its methods are safe for concurrent use.
 type FSM struct {
-	mu      sync.Mutex
-	state   State         // guarded by mu
-	changed chan struct{} // guarded by mu; closed and replaced on every change
+	log *slog.Logger
+
+	mu       sync.Mutex
+	state    State         // guarded by mu
+	changed  chan struct{} // guarded by mu; closed and replaced on every change and on a halt
+	halt     *Halt         // guarded by mu; set by the first entry that cannot be applied
+	ignored  uint64        // guarded by mu; entries of unknown ignorable types skipped
+	heldBack uint64        // guarded by mu; entries not applied because the FSM halted
 }
 
 var _ raft.FSM = (*FSM)(nil)
 
-// New returns an FSM holding DefaultState().
-func New() *FSM {
-	return &FSM{state: DefaultState(), changed: make(chan struct{})}
+// New returns an FSM holding DefaultState() that discards its logs; it is
+// NewLogged with a logger that discards.
+func New() *FSM { return NewLogged(slog.New(slog.DiscardHandler)) }
+
+// NewLogged returns an FSM holding DefaultState() that logs skipped
+// entries and a halt to log.
+func NewLogged(log *slog.Logger) *FSM {
+	return &FSM{log: log.With("component", "fsm"), state: DefaultState(), changed: make(chan struct{})}
 }
 
 // State returns a deep copy of the current state, safe to keep and modify.
@@ -68,7 +79,8 @@ func (f *FSM) Changed() <-chan struct{} {
 }
 
 // Wait returns the state as soon as its Index is above after, at once if it
-// already is. It returns ctx.Err() if ctx ends first.
+// already is. It returns ctx.Err() if ctx ends first, and an error wrapping
+// ErrHalted if the FSM halts first (it will not get there).
 func (f *FSM) Wait(ctx context.Context, after uint64) (State, error) {
 	for {
 		f.mu.Lock()
@@ -76,6 +88,10 @@ func (f *FSM) Wait(ctx context.Context, after uint64) (State, error) {
 			st := f.state.Clone()
 			f.mu.Unlock()
 			return st, nil
+		}
+		if err := f.haltErrLocked(); err != nil {
+			f.mu.Unlock()
+			return State{}, err
 		}
 		ch := f.changed
 		f.mu.Unlock()
@@ -90,7 +106,7 @@ func (f *FSM) Wait(ctx context.Context, after uint64) (State, error) {
 // WaitView returns the data plane's view as soon as its Index is above
 // after, at once if it already is. Changes outside the view (decisions,
 // the scaling policy) do not end the wait. It returns ctx.Err() if ctx
-// ends first.
+// ends first, or an error wrapping ErrHalted if the FSM halts first.
 func (f *FSM) WaitView(ctx context.Context, after uint64) (pool.View, error) {
 	for {
 		f.mu.Lock()
@@ -98,6 +114,10 @@ func (f *FSM) WaitView(ctx context.Context, after uint64) (pool.View, error) {
 			v := f.state.View()
 			f.mu.Unlock()
 			return v, nil
+		}
+		if err := f.haltErrLocked(); err != nil {
+			f.mu.Unlock()
+			return pool.View{}, err
 		}
 		ch := f.changed
 		f.mu.Unlock()
@@ -125,42 +145,57 @@ func (f *FSM) notifyLocked() {
 // Apply implements raft.FSM. It decodes the command in l, validates it
 // against the current state and applies it, setting Index to l.Index. It
 // returns a Result; a refused command returns its error in Result.Err and
-// changes nothing. Bytes that do not decode panic: the log is corrupt or was
-// written by a newer build, and going on would let the replicas diverge. A
-// command of unknown type marked with IgnoreUnknownFlag is skipped.
+// changes nothing.
+//
+// An entry this build cannot apply never panics (see the package doc): a
+// command of unknown type or version marked with IgnoreUnknownFlag is
+// skipped, changing nothing; any other entry that does not decode halts
+// the FSM, which then applies nothing more (Result.Err wraps ErrHalted)
+// until Restore or a restart with a build that knows the entry.
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		// Raft passes only commands to Apply; nothing to do otherwise.
 		return f.result(nil)
 	}
-	cmd, err := Decode(l.Data)
-	if errors.Is(err, ErrUnknownIgnorable) {
-		return f.result(nil)
-	}
-	if err != nil {
-		panic(fmt.Sprintf("fsm: applying log %d: %v", l.Index, err))
-	}
-
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.haltErrLocked(); err != nil {
+		f.heldBack++
+		return f.resultLocked(err)
+	}
+	cmd, err := Decode(l.Data)
+	if errors.Is(err, ErrUnknownIgnorable) {
+		f.ignored++
+		f.log.Warn("skipped a committed command this build does not know; it is marked ignorable, so every replica of this build skips it",
+			"index", l.Index, "type", entryType(l.Data), "err", err)
+		return f.resultLocked(nil)
+	}
+	if err != nil {
+		return f.resultLocked(f.haltLocked(l, err))
+	}
 	if err := cmd.Validate(f.state); err != nil {
-		return Result{Index: f.state.Index, Epoch: f.state.Epoch, Err: err}
+		return f.resultLocked(err)
 	}
 	before := f.state.View()
 	if !f.state.apply(cmd) {
-		panic(fmt.Sprintf("fsm: applying log %d: no apply function for %v", l.Index, cmd.Type()))
+		// Decode returns only this package's commands; this is a bug.
+		return f.resultLocked(f.haltLocked(l, fmt.Errorf("%w: no apply function for %v", ErrUnknownCommand, cmd.Type())))
 	}
 	f.state.Index = l.Index
 	if !pool.Equal(before, f.state.View()) {
 		f.state.ViewIndex = l.Index
 	}
 	f.notifyLocked()
-	return Result{Index: f.state.Index, Epoch: f.state.Epoch}
+	return f.resultLocked(nil)
 }
 
 func (f *FSM) result(err error) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.resultLocked(err)
+}
+
+func (f *FSM) resultLocked(err error) Result {
 	return Result{Index: f.state.Index, Epoch: f.state.Epoch, Err: err}
 }
 
@@ -174,9 +209,16 @@ type snapshotFile struct {
 }
 
 // Snapshot implements raft.FSM: it copies the state under the lock; the
-// returned snapshot writes it out.
+// returned snapshot writes it out. A halted FSM refuses (ErrHalted): a
+// snapshot would record the entries it could not apply as applied, Raft
+// would compact them away, and a fixed build could never apply them.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &snapshot{state: f.State()}, nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.haltErrLocked(); err != nil {
+		return nil, err
+	}
+	return &snapshot{state: f.state.Clone()}, nil
 }
 
 // Restore implements raft.FSM. It decodes the snapshot into a fresh state,
@@ -204,6 +246,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.halt != nil {
+		// The snapshot holds the effect of the entry this FSM could not
+		// apply (a leader of a newer build took it): the FSM is whole again.
+		f.log.Info("restored a snapshot past the entry this replica could not apply; applying again",
+			"halted_at", f.halt.Index, "snapshot_index", st.Index)
+		f.halt = nil
+	}
 	f.state = st
 	f.notifyLocked()
 	return nil

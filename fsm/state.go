@@ -15,6 +15,33 @@ package fsm
 // rule: the epoch goes up by one when the member list or the region map
 // changes, and Since[r] records the epoch at which region r got its current
 // owner.
+//
+// Entries a replica cannot apply. A committed entry is in every replica's
+// log and is replayed at every start, so a panic in Apply would be a crash
+// loop that no restart ends. Instead, as Nomad does:
+//
+//   - Unknown types are refused at propose time: Encode refuses a command
+//     it cannot decode, and the leader decodes a forwarded command before
+//     it proposes it (ErrInvalidCommand, 400 at the API). Only a leader of a
+//     newer build can commit a type an older replica does not know.
+//   - A type byte with IgnoreUnknownFlag marks a command that replicas that
+//     do not know its type (or version) may skip: Apply logs it, counts it
+//     (Stats.Ignored) and changes nothing, not even Index, so every replica
+//     of the same build reaches the same state.
+//   - Any other entry that does not decode (an unknown type without the
+//     flag, an unknown version, a body that is not the JSON of its type)
+//     halts the FSM: it logs the index and type once, keeps the state of
+//     the entry before, and applies nothing more, answering ErrHalted for
+//     every later entry (counted in Stats.HeldBack). Every replica of that
+//     build halts at the same index with the same state; none applies half
+//     of the log. A halted FSM refuses Snapshot, so Raft keeps the entries
+//     from the halt on and a replica restarted with a build that knows the
+//     entry replays and applies them; restarted with the same build, it
+//     halts again at the same index instead of panicking. Restore (a
+//     snapshot from a leader that could apply the entry) ends the halt.
+//     The replica stays up so that its /raft/status, /healthz and /readyz
+//     say why; its cluster package stops serving reads and the watch, and
+//     refuses writes, until then.
 
 import (
 	"errors"
@@ -84,6 +111,9 @@ var (
 	// ErrCorruptSnapshot: Restore was given a snapshot it cannot read or
 	// whose state is not sane; the FSM keeps its state.
 	ErrCorruptSnapshot = errors.New("corrupt snapshot")
+	// ErrHalted: the FSM met a committed entry it cannot apply and applies
+	// nothing more (see Halt); the replica needs a build that knows it.
+	ErrHalted = errors.New("state machine halted")
 )
 
 // CacheConfig is the configuration every cache node applies; the data

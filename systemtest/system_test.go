@@ -366,7 +366,7 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	leaders := map[string]int{}
 	for _, u := range info.Managers {
 		var st cluster.Status
-		if code := testcluster.Call(t, "GET", u+"/raft/status", nil, &st); code != 200 {
+		if code := testcluster.CallToken(t, *info.Token, "GET", u+"/raft/status", nil, &st); code != 200 {
 			t.Fatalf("raft status of %s: %d", u, code)
 		}
 		leaders[st.Leader.ID]++

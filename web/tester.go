@@ -2,7 +2,6 @@ package web
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/metrics"
@@ -32,12 +32,9 @@ import (
 func requireToken(token string) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if token != "" {
-				got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-				if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-					jsonhttp.TesterError(w, http.StatusUnauthorized, "missing or wrong admin token (Authorization: Bearer <token>)")
-					return
-				}
+			if !auth.ValidAdmin(r, token) {
+				jsonhttp.TesterError(w, http.StatusUnauthorized, "missing or wrong admin token (Authorization: Bearer <token>)")
+				return
 			}
 			next.ServeHTTP(w, r)
 		})

@@ -12,7 +12,6 @@ package web
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"embed"
 	"errors"
 	"fmt"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/jsonhttp"
@@ -274,7 +274,7 @@ func (a *API) uiLogin(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/ui", http.StatusSeeOther)
 		return
 	}
-	if !tokenEqual(r.PostForm.Get("token"), a.cfg.AdminToken) {
+	if !auth.TokenEqual(r.PostForm.Get("token"), a.cfg.AdminToken) {
 		a.log.Warn("UI login refused: wrong admin token", "remote", r.RemoteAddr)
 		d := a.page(r, "Log in")
 		d.Problem = "That is not the admin token. Try again."
@@ -283,11 +283,6 @@ func (a *API) uiLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	a.setSession(w, r, newSession(true, time.Now()))
 	http.Redirect(w, r, "/ui", http.StatusSeeOther)
-}
-
-// tokenEqual compares tokens in constant time.
-func tokenEqual(got, want string) bool {
-	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
 func (a *API) uiLogout(w http.ResponseWriter, r *http.Request) {

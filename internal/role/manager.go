@@ -179,9 +179,10 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	c, err := cluster.New(cluster.Config{
 		Name: cfg.Name, DataDir: cfg.DataDir,
 		RaftAddr: cfg.RaftAddr, RaftAdvertise: cfg.RaftAdvertise,
-		HTTPURL: clusterURL, PublicURL: url, BootstrapExpect: cfg.BootstrapExpect, Secret: cfg.Secret, TLS: cfg.TLS, Timing: cfg.Timing,
+		HTTPURL: clusterURL, PublicURL: url, BootstrapExpect: cfg.BootstrapExpect, Secret: cfg.Secret, AdminToken: cfg.AdminToken,
+		TLS: cfg.TLS, Timing: cfg.Timing,
 		Gossip: cfg.Gossip,
-	}, fsm.New(), log)
+	}, fsm.NewLogged(log.With("id", cfg.Name)), log)
 	if err != nil {
 		return fail(err)
 	}
@@ -225,21 +226,37 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	api := web.New(web.Config{Secret: cfg.Secret, TLS: cfg.TLS, AdminToken: cfg.AdminToken, TrustedProxies: cfg.TrustedProxies},
 		c, m.pool, m.reader, log)
 	registry := managerRegistry(c)
+	// A replica whose FSM halted (a committed entry this build cannot
+	// apply) stays up, so that these say why, but is neither healthy nor
+	// ready: it needs a newer build, and restarting it is harmless.
+	healthz := func(w http.ResponseWriter, _ *http.Request) {
+		if h, halted := c.FSM().Halted(); halted {
+			http.Error(w, "halted: "+h.String(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	}
+	readyz := func(w http.ResponseWriter, _ *http.Request) {
+		if h, halted := c.FSM().Halted(); halted {
+			http.Error(w, "halted: "+h.String(), http.StatusServiceUnavailable)
+			return
+		}
+		if _, _, ok := c.Leader(); !ok {
+			http.Error(w, "no raft leader known yet", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	}
 	// The public router serves users; the cluster router serves members:
 	// the same routes (a replica forwards a user's write to the leader's
 	// cluster listener) and the internal ones.
 	router := func(internal bool) http.Handler {
 		r := chi.NewRouter()
-		r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-		r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if _, _, ok := c.Leader(); !ok {
-				http.Error(w, "no raft leader known yet", http.StatusServiceUnavailable)
-				return
-			}
-			io.WriteString(w, "ok\n")
-		})
+		r.Get("/healthz", healthz)
+		r.Get("/readyz", readyz)
 		r.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 		c.Routes(r)
+		c.OperatorRoutes(r)
 		api.Routes(r)
 		if internal {
 			c.InternalRoutes(r)
@@ -283,6 +300,7 @@ func managerRegistry(c *cluster.Cluster) *prometheus.Registry {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_manager_pool_epoch", Help: "Epoch of the pool's region map."},
 			func() float64 { return float64(c.State().Epoch) }),
 	)
+	reg.MustRegister(c.Collectors()...) // Raft, memberlist and the state machine's
 	return reg
 }
 

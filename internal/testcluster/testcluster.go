@@ -422,6 +422,16 @@ func Call(t testing.TB, method, url string, body []byte, out any) int {
 	return code
 }
 
+// CallToken is Call with the admin token as a bearer token too.
+func CallToken(t testing.TB, token, method, url string, body []byte, out any) int {
+	t.Helper()
+	code, _, err := call(method, url, body, out, map[string]string{auth.Header: Secret, "Authorization": "Bearer " + token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
 // Write is Call retried as a client would retry a write: while the answer
 // is 503 Service Unavailable (no leader during an election) or the request
 // cannot be sent, until Wait has passed. It returns the last status.
