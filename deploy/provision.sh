@@ -5,8 +5,10 @@
 # Usage: deploy/provision.sh STEP
 #
 # Host steps (run on the machine that holds the repository, once):
-#   build      CGO_ENABLED=0 builds memcache and versitygw into OUT
-#              (default .deploy/): static binaries for Debian guests.
+#   build      builds, into OUT (default .deploy/), static (CGO_ENABLED=0)
+#              linux binaries memcache and versitygw for the guests
+#              (GOARCH, default amd64), and host/memcache for this machine
+#              (the tls step runs it).
 #   secrets    makes the cluster's shared secrets in SECRETS_DIR (default
 #              .deploy/secrets): gossip-key, cluster-secret, admin-token,
 #              postgres-password, s3-access, s3-secret. Existing files are kept.
@@ -36,8 +38,11 @@
 #                  only then are packages installed; with another PREFIX the
 #                  script needs no systemd, user, network or root.
 #   MEMCACHE_BIN   the memcache binary to install (role steps), or to run
-#                  (tls step; default .deploy/memcache).
+#                  (tls step; default .deploy/host/memcache).
 #   TLS_DIR        directory with ca.pem and NAME.pem / NAME-key.pem.
+#   TLS_CA_BUNDLE  the file installed as /etc/memcache/tls/ca.pem, the CAs
+#                  this host trusts (default TLS_DIR/ca.pem; during a CA
+#                  rotation, the old and the new CA concatenated).
 #   TLS_NAME       NAME of this host's certificate (default: MEMCACHE_NAME,
 #                  else the host name).
 #   SECRETS_DIR    directory with the files the secrets step makes.
@@ -116,18 +121,46 @@ random_hex() { # bytes
 
 # ---- host steps
 
+# lock DIR: holds DIR.lock (a directory, so it works without flock) until
+# the script exits: "vagrant up" may run its trigger for several VMs at once,
+# and they must make one CA and one set of secrets.
+lockdir=""
+lock() {
+	local i=0
+	lockdir=$1.lock
+	mkdir -p "$(dirname "$lockdir")"
+	until mkdir "$lockdir" 2>/dev/null; do
+		i=$((i + 1))
+		[ "$i" -lt 1200 ] || die "$lockdir held for 2 minutes; remove it if no provision.sh is running"
+		sleep 0.1
+	done
+	trap 'rmdir "$lockdir"' EXIT
+}
+
 step_build() {
-	mkdir -p "$OUT"
-	(cd "$repo" && CGO_ENABLED=0 go build -o "$OUT/memcache" .)
-	echo "built $OUT/memcache"
+	local arch=${GOARCH:-amd64}
+	mkdir -p "$OUT/host"
+	(cd "$repo" && CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -o "$OUT/memcache" .)
+	(cd "$repo" && env -u GOOS -u GOARCH go build -o "$OUT/host/memcache" .)
+	echo "built $OUT/memcache (linux/$arch) and $OUT/host/memcache"
 	if [ ! -x "$OUT/versitygw" ]; then
-		CGO_ENABLED=0 GOBIN="$OUT" go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
-		echo "built $OUT/versitygw ($VERSITYGW_VERSION)"
+		# go install puts a cross-compiled binary in GOPATH/bin/GOOS_GOARCH
+		# (and refuses GOBIN then): install into a scratch GOPATH that
+		# shares the module cache, and take the binary from there.
+		local tmp modcache
+		tmp=$(mktemp -d)
+		modcache=$(go env GOMODCACHE)
+		CGO_ENABLED=0 GOOS=linux GOARCH=$arch GOPATH=$tmp GOMODCACHE=$modcache GOBIN= \
+			go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+		mv "$(find "$tmp/bin" -type f -name versitygw | head -n 1)" "$OUT/versitygw"
+		chmod -R u+w "$tmp" && rm -rf "$tmp"
+		echo "built $OUT/versitygw $VERSITYGW_VERSION (linux/$arch)"
 	fi
 }
 
 step_secrets() {
 	umask 077
+	lock "$SECRETS_DIR"
 	mkdir -p "$SECRETS_DIR"
 	local f
 	f=$SECRETS_DIR/gossip-key
@@ -142,9 +175,10 @@ step_secrets() {
 }
 
 step_tls() {
-	local bin=${MEMCACHE_BIN:-$OUT/memcache}
+	local bin=${MEMCACHE_BIN:-$OUT/host/memcache}
 	[ -x "$bin" ] || die "MEMCACHE_BIN=$bin is not an executable; build it first (deploy/provision.sh build)"
 	[ -n "${TLS_HOSTS:-}" ] || die "TLS_HOSTS is empty; want NAME:ROLE:HOST[,HOST...] entries"
+	lock "$TLS_DIR"
 	mkdir -p "$TLS_DIR"
 	chmod 700 "$TLS_DIR"
 	if [ ! -f "$TLS_DIR/ca.pem" ]; then
@@ -274,7 +308,9 @@ step_role() {
 	[ -n "$bin" ] || die "MEMCACHE_BIN is not set: the memcache binary to install"
 	[ -f "$bin" ] || die "MEMCACHE_BIN=$bin: no such file"
 	local name=${TLS_NAME:-${MEMCACHE_NAME:-$(uname -n)}}
-	for f in ca.pem "$name.pem" "$name-key.pem"; do
+	local ca=${TLS_CA_BUNDLE:-$TLS_DIR/ca.pem}
+	[ -f "$ca" ] || die "$ca: no such file (the CA certificates to trust)"
+	for f in "$name.pem" "$name-key.pem"; do
 		[ -f "$TLS_DIR/$f" ] || die "$TLS_DIR/$f: no such file (TLS_DIR holds ca.pem and this host's NAME.pem, NAME-key.pem; NAME=$name)"
 	done
 	local secrets=(gossip-key cluster-secret)
@@ -288,7 +324,7 @@ step_role() {
 	put "$bin" "$root/usr/local/bin/memcache" 0755
 	mkdir -p "$root/etc/memcache/tls" "$root/etc/memcache/secrets"
 	chmod 700 "$root/etc/memcache/secrets"
-	put "$TLS_DIR/ca.pem" "$root/etc/memcache/tls/ca.pem" 0644
+	put "$ca" "$root/etc/memcache/tls/ca.pem" 0644
 	put "$TLS_DIR/$name.pem" "$root/etc/memcache/tls/$role.pem" 0644
 	put "$TLS_DIR/$name-key.pem" "$root/etc/memcache/tls/$role-key.pem" 0600
 	for f in "${secrets[@]}"; do
