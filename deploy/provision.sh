@@ -391,7 +391,8 @@ EOF
 		echo "$hba" >>"$conf/pg_hba.conf"
 		changed=1
 	fi
-	systemctl enable "postgresql@$ver-main"
+	# postgresql.service starts every cluster; the restart is of this one.
+	systemctl enable postgresql.service
 	if [ "$changed" = 1 ]; then
 		systemctl restart "postgresql@$ver-main"
 	else
