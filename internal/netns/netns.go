@@ -22,9 +22,9 @@
 // behind; the lock file records their names and the next binary to claim X
 // removes them.
 //
-// It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN), ip from iproute2, and nft
-// for Block. Without them Require (and New) skips the test, or fails it when
-// MEMCACHE_TEST_REQUIRE_NETNS=1.
+// It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN), ip from iproute2, nft for
+// Block, and IPv6 enabled for Options.IPv6. Without them Require (and New)
+// skips the test, or fails it when MEMCACHE_TEST_REQUIRE_NETNS=1.
 package netns
 
 import (
@@ -103,6 +103,19 @@ func unavailable(t testing.TB, err error) {
 	t.Skipf("skipping multi-host test: network namespaces unavailable: %v (run as root with iproute2; set %s=1 to fail instead)", err, RequireEnv)
 }
 
+// ipv6Available reports whether the root namespace has IPv6 enabled, for
+// the bridge's address.
+func ipv6Available() error {
+	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+	if err != nil {
+		return fmt.Errorf("IPv6 unavailable: %w", err)
+	}
+	if strings.TrimSpace(string(b)) != "0" {
+		return errors.New("IPv6 disabled (net.ipv6.conf.all.disable_ipv6=1)")
+	}
+	return nil
+}
+
 // Options shape a Network.
 type Options struct {
 	// Hosts is the number of hosts, 1..200.
@@ -116,7 +129,8 @@ type Options struct {
 }
 
 // Network is a bridge and the hosts attached to it, removed when the test
-// ends.
+// ends. Its methods, and its hosts' and processes', fail the test that
+// created it: call them from that test's goroutine.
 type Network struct {
 	t       testing.TB
 	opts    Options
@@ -144,6 +158,11 @@ func NewWith(t testing.TB, opts Options) *Network {
 	Require(t)
 	if opts.Hosts < 1 || opts.Hosts > 200 {
 		t.Fatalf("netns: %d hosts, want 1..200", opts.Hosts)
+	}
+	if opts.IPv6 {
+		if err := ipv6Available(); err != nil {
+			unavailable(t, err)
+		}
 	}
 	if opts.StopGrace == 0 {
 		opts.StopGrace = 20 * time.Second
