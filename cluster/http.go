@@ -18,6 +18,7 @@ import (
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/pki"
 )
 
 // headerForwarded marks a request a replica has forwarded to the leader.
@@ -173,6 +174,7 @@ func (c *Cluster) Status() Status {
 // forwarded once is never forwarded again.
 func (c *Cluster) ForwardToLeader(next http.Handler) http.Handler {
 	proxy := &httputil.ReverseProxy{
+		Transport: pki.Transport(c.cfg.TLS),
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			target := pr.In.Context().Value(leaderURLKey{}).(*url.URL)
 			pr.SetURL(target)

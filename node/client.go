@@ -19,6 +19,7 @@ import (
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/pki"
 )
 
 // Default deadlines of a Client (see ClientConfig).
@@ -85,6 +86,9 @@ type ClientConfig struct {
 	// Secret is the cluster secret; used only when HTTPClient is nil (an
 	// HTTPClient given must carry it itself).
 	Secret string
+	// TLS, if set, is the caller's certificate of the cluster CA (mutual
+	// TLS with the nodes); used only when HTTPClient is nil.
+	TLS *pki.TLS
 	// Timeout bounds the wait for a node's answer: a Get's response
 	// headers, and the whole of every other call (whose answers are
 	// small). A shorter deadline on the call's context wins. If zero,
@@ -120,7 +124,7 @@ func NewClient(cfg ClientConfig) *Client {
 	}
 	hc := cfg.HTTPClient
 	if hc == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr := pki.Transport(cfg.TLS)
 		tr.MaxIdleConnsPerHost = 64
 		hc = &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: tr}}
 	}

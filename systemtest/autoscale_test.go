@@ -18,8 +18,8 @@ import (
 	"github.com/memcache/memcache/region"
 )
 
-// nodeClient talks to the cache nodes as a frontend does.
-func nodeClient() *node.Client { return node.NewClient(node.ClientConfig{Secret: testcluster.Secret}) }
+// nodeClient talks to the cache nodes of tc as a frontend does.
+func nodeClient(tc *testcluster.Cluster) *node.Client { return tc.NodeClient() }
 
 // nodeGet asks key's owner in st for it and reports whether it was a hit.
 func nodeGet(nodes *node.Client, st fsm.State, key string) (hit bool, err error) {
@@ -53,13 +53,13 @@ type traffic struct {
 	wg   sync.WaitGroup
 }
 
-func startTraffic(t *testing.T, m *role.Manager, hits bool) *traffic {
+func startTraffic(t *testing.T, tc *testcluster.Cluster, m *role.Manager, hits bool) *traffic {
 	tr := &traffic{}
 	for w := range 3 {
 		tr.wg.Add(1)
 		go func() {
 			defer tr.wg.Done()
-			nodes := nodeClient()
+			nodes := nodeClient(tc)
 			for i := 0; !tr.stop.Load(); i++ {
 				st := m.Cluster().State()
 				if hits {
@@ -98,14 +98,14 @@ func TestAutoScalerFollowsTheMissRateOnTheLeaderOnly(t *testing.T) {
 
 	// Only misses: the rate is 1 > 0.5, the pool grows 1 -> 2 (ceil(1 x 2)).
 	start := time.Now()
-	misses := startTraffic(t, ms[0], false)
+	misses := startTraffic(t, tc, ms[0], false)
 	waitfor.True(t, testcluster.Wait, "the pool to grow to 2", func() bool { return len(ms[0].Cluster().State().Members) == 2 })
 	t.Logf("grew after %v (interval %v)", time.Since(start).Round(time.Millisecond), interval)
 	misses.halt()
 
 	// Only hits: the rate is 0 < 0.2, the pool shrinks 2 -> 1.
 	start = time.Now()
-	hits := startTraffic(t, ms[0], true)
+	hits := startTraffic(t, tc, ms[0], true)
 	waitfor.True(t, testcluster.Wait, "the pool to shrink to 1", func() bool { return len(ms[0].Cluster().State().Members) == 1 })
 	t.Logf("shrank after %v", time.Since(start).Round(time.Millisecond))
 

@@ -255,7 +255,7 @@ func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 			t.Fatalf("%q after delete_all: %q, want 404", k, src)
 		}
 	}
-	nodes := nodeClient()
+	nodes := nodeClient(tc)
 	for _, m := range fe.Pool().Members {
 		waitfor.True(t, testcluster.Wait, m.ID+" to clear its cache", func() bool {
 			stats, err := nodes.Stats(context.Background(), m.HTTP, time.Time{})

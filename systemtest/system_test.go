@@ -93,7 +93,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 	ms := tc.Managers
 	keys := keysByRegion()
 	prev := ms[0].Cluster().State()
-	nodes := nodeClient()
+	nodes := nodeClient(tc)
 	for _, n := range []int{4, 2, 8, 1} {
 		// Cache one key per region at its owner, at the current epoch.
 		for r, k := range keys {
@@ -377,15 +377,10 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	if len(leaders) != 1 || leaders[""] != 0 {
 		t.Fatalf("replicas disagree on the leader: %v", leaders)
 	}
-	secret, err := os.ReadFile(filepath.Join(data, "cluster-secret"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	upSecret := strings.TrimSpace(string(secret))
-	if code := testcluster.WriteAs(t, upSecret, "PUT", info.Managers[2]+"/v1/config/cache", []byte(`{"capacity_mb":96,"policy":"RR"}`), nil); code != 200 {
+	if code := testcluster.WriteToken(t, *info.Token, "PUT", info.Managers[2]+"/v1/config/cache", []byte(`{"capacity_mb":96,"policy":"RR"}`), nil); code != 200 {
 		t.Fatalf("set cache config: %d", code)
 	}
-	if code := testcluster.WriteAs(t, upSecret, "POST", info.Managers[1]+"/v1/pool/resize", []byte(`{"nodes":2}`), nil); code != 200 {
+	if code := testcluster.WriteToken(t, *info.Token, "POST", info.Managers[1]+"/v1/pool/resize", []byte(`{"nodes":2}`), nil); code != 200 {
 		t.Fatalf("resize to 2: %d", code)
 	}
 
@@ -407,7 +402,7 @@ func TestUpRunsTheClusterAndRestartsWithTheSameConfig(t *testing.T) {
 	var cfg struct {
 		Cache fsm.CacheConfig `json:"cache"`
 	}
-	if code := testcluster.WriteAs(t, upSecret, "GET", info.Managers[0]+"/v1/config", nil, &cfg); code != 200 {
+	if code := testcluster.WriteToken(t, *info.Token, "GET", info.Managers[0]+"/v1/config", nil, &cfg); code != 200 {
 		t.Fatalf("config after restart: %d", code)
 	}
 	if cfg.Cache != (fsm.CacheConfig{CapacityMB: 96, Policy: "RR"}) {

@@ -3,6 +3,7 @@ package web_test
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,21 +13,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/blob"
 	"github.com/memcache/memcache/frontend"
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/keyindex"
+	"github.com/memcache/memcache/pki"
 )
 
 // testFrontend is an in-process frontend that joined the system's gossip.
 type testFrontend struct {
-	fe      *frontend.Frontend
-	url     string
-	blobDir string
-	run     func() // starts its pool-state watch (and delete worker)
+	fe         *frontend.Frontend
+	url        string // the public listener
+	clusterURL string // the cluster listener (mutual TLS)
+	blobDir    string
+	run        func() // starts its pool-state watch (and delete worker)
 }
 
 // startFrontend starts a frontend over embedded stores in s's gossip. It
@@ -45,12 +47,21 @@ func startFrontend(t *testing.T, s *system) *testFrontend {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { index.Close() })
+	// The public listener (plain) and the cluster listener the managers
+	// call (mutual TLS), as role.StartFrontend has them.
 	srv := httptest.NewUnstartedServer(nil)
 	u := "http://" + srv.Listener.Addr().String()
+	cln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterURL := "https://" + cln.Addr().String()
+	feTLS := s.TLS(pki.RoleFrontend)
 	g, err := gossip.New(gossip.Config{BindAddr: "127.0.0.1:0", Join: []string{s.replicas[0].cluster.Gossip().Addr()}, Fast: true,
-		Meta: gossip.Meta{Role: gossip.RoleFrontend, ID: "fe1", HTTP: u}}, testLogger())
+		Meta: gossip.Meta{Role: gossip.RoleFrontend, ID: "fe1", HTTP: clusterURL, Public: u}}, testLogger())
 	if err != nil {
 		srv.Close()
+		cln.Close()
 		t.Fatal(err)
 	}
 	managers := func() []string {
@@ -62,9 +73,11 @@ func startFrontend(t *testing.T, s *system) *testFrontend {
 		}
 		return out
 	}
-	fe := frontend.New(frontend.Config{MaxUpload: 1 << 20, Secret: testSecret, Managers: managers, WatchWait: time.Second}, blobs, index, testLogger())
+	fe := frontend.New(frontend.Config{MaxUpload: 1 << 20, Secret: testSecret, TLS: feTLS, Managers: managers, WatchWait: time.Second}, blobs, index, testLogger())
 	srv.Config.Handler = fe.Handler()
 	srv.Start()
+	internal := &http.Server{Handler: fe.InternalHandler()}
+	go internal.Serve(pki.Listen(cln, feTLS))
 	first, stopFirst := context.WithCancel(context.Background())
 	firstDone := make(chan struct{})
 	go func() {
@@ -84,7 +97,7 @@ func startFrontend(t *testing.T, s *system) *testFrontend {
 	ctx, cancel := context.WithCancel(context.Background())
 	running := make(chan struct{})
 	started := false
-	tf := &testFrontend{fe: fe, url: u, blobDir: filepath.Join(dir, "blobs"), run: func() {
+	tf := &testFrontend{fe: fe, url: u, clusterURL: clusterURL, blobDir: filepath.Join(dir, "blobs"), run: func() {
 		started = true
 		go func() {
 			defer close(running)
@@ -98,11 +111,12 @@ func startFrontend(t *testing.T, s *system) *testFrontend {
 			<-running
 		}
 		srv.Close()
+		internal.Close()
 		g.Close()
 	})
 	waitfor.True(t, 10*time.Second, "every replica to know the frontend", func() bool {
 		for _, r := range s.replicas {
-			if !slices.Contains(r.cluster.Frontends(), u) {
+			if !slices.Contains(r.cluster.Frontends(), clusterURL) {
 				return false
 			}
 		}
@@ -209,7 +223,7 @@ func TestDeleteAllOnAManagerAnswersOnlyWhenTheDataIsGone(t *testing.T) {
 		return tf.fe.Pool().DeleteGen >= gen
 	})
 	// A repeat of the generation, as the watch's backstop runs it, is a no-op.
-	if err := frontend.DeleteAll(context.Background(), &http.Client{Transport: &auth.Transport{Secret: testSecret}}, tf.url, gen); err != nil {
+	if err := frontend.DeleteAll(context.Background(), s.HTTPClient(), tf.clusterURL, gen); err != nil {
 		t.Fatalf("repeating generation %d: %v", gen, err)
 	}
 	if ks := tf.keys(t); !slices.Equal(ks, []string{"after"}) {

@@ -29,6 +29,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/memcache/memcache/pki"
 )
 
 const (
@@ -143,6 +145,11 @@ func (a *API) validCSRF(s session, got string) bool {
 // secure reports whether r reached the user over TLS: directly, or through
 // a trusted proxy that says so in X-Forwarded-Proto.
 func (a *API) secure(r *http.Request) bool {
+	if pki.PeerRole(r) == pki.RoleManager {
+		// Forwarded by another replica over the cluster listener: it says
+		// how the user reached it.
+		return r.Header.Get("X-Forwarded-Proto") == "https"
+	}
 	if r.TLS != nil {
 		return true
 	}

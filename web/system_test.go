@@ -131,7 +131,7 @@ func (s *system) traffic(prefix string, puts, gets, size int) int {
 	for _, m := range st.Members {
 		urls[m.ID] = m.HTTP
 	}
-	nodes := node.NewClient(node.ClientConfig{Secret: testSecret, Timeout: testcluster.Wait})
+	nodes := s.NodeClient()
 	v := st.View()
 	body := []byte(strings.Repeat("x", size))
 	var (

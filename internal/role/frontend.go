@@ -153,7 +153,7 @@ func StartFrontend(ctx context.Context, cfg FrontendConfig, log *slog.Logger) (*
 		HotCacheMB: cfg.HotCacheMB, WatchWait: cfg.WatchWait}, blobs, index, log)
 	runCtx, stop := context.WithCancel(context.Background())
 	p := &Frontend{fe: fe, url: url, clusterURL: clusterURL, gossip: g, index: index, log: log, stop: stop,
-		srv: newServer(fe.Handler()), internal: newServer(fe.InternalHandler())}
+		srv: newServer(fe.Handler(), log), internal: newServer(fe.InternalHandler(), log)}
 	p.bg.Go(func() { fe.Run(runCtx) })
 	for srv, l := range map[*http.Server]net.Listener{p.srv: ln, p.internal: cln} {
 		p.bg.Go(func() {

@@ -3,6 +3,7 @@ package role
 import (
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -57,7 +58,9 @@ func listen(what, addr, advertise, scheme string) (net.Listener, string, error) 
 
 // newServer is an HTTP server with the timeouts every listener has: a
 // client that sends its header slowly, or holds an idle connection, is
-// dropped; MaxHeaderBytes bounds the header.
-func newServer(h http.Handler) *http.Server {
-	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+// dropped; MaxHeaderBytes bounds the header. Its own errors (refused TLS
+// handshakes among them: scanners, health checks) go to log at debug level.
+func newServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 }

@@ -268,7 +268,7 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	// long-polling watches that Shutdown would otherwise wait for.
 	base, cancel := context.WithCancel(context.Background())
 	m.cancelRequests = cancel
-	m.srv, m.internal = newServer(router(false)), newServer(router(true))
+	m.srv, m.internal = newServer(router(false), log), newServer(router(true), log)
 	for _, s := range []*http.Server{m.srv, m.internal} {
 		s.BaseContext = func(net.Listener) context.Context { return base }
 	}

@@ -118,7 +118,7 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	runCtx, stop := context.WithCancel(context.Background())
 	s := &Node{
 		node: n, log: log, url: url, gossip: g, stop: stop,
-		srv: newServer(n.Handler()),
+		srv: newServer(n.Handler(), log),
 	}
 	s.bg.Go(func() { n.Run(runCtx) })
 	s.bg.Go(func() {

@@ -30,6 +30,8 @@ import (
 	"github.com/memcache/memcache/internal/role"
 	"github.com/memcache/memcache/internal/testbin"
 	"github.com/memcache/memcache/internal/waitfor"
+	"github.com/memcache/memcache/node"
+	"github.com/memcache/memcache/pki"
 	"github.com/memcache/memcache/scaler"
 )
 
@@ -105,8 +107,33 @@ type Cluster struct {
 	// Frontends are the frontends started with StartFrontend.
 	Frontends []*role.Frontend
 
+	// TLSDir holds the cluster's CA and a certificate per role (named
+	// after it) for 127.0.0.1: every member talks mutual TLS.
+	TLSDir string
+
 	local   *role.SharedLocal
 	stopped map[*role.Manager]bool // replicas closed by StopManager
+}
+
+// TLS returns the cluster's certificate for role r.
+func (c *Cluster) TLS(r pki.Role) *pki.TLS {
+	c.t.Helper()
+	t, err := pki.Dir(c.TLSDir, string(r))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return t
+}
+
+// NodeClient talks to the cache nodes as a frontend does: with the
+// frontend's certificate and the cluster secret.
+func (c *Cluster) NodeClient() *node.Client {
+	return node.NewClient(node.ClientConfig{Secret: Secret, TLS: c.TLS(pki.RoleFrontend), Timeout: Wait})
+}
+
+// HTTPClient calls the cluster's internal routes as a frontend does.
+func (c *Cluster) HTTPClient() *http.Client {
+	return &http.Client{Transport: &auth.Transport{Secret: Secret, Base: pki.Transport(c.TLS(pki.RoleFrontend))}, Timeout: Wait}
 }
 
 // Start starts a cluster and waits until a leader has created the pool and
@@ -123,7 +150,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.WatchWait <= 0 {
 		opts.WatchWait = time.Second
 	}
-	c := &Cluster{t: t, opts: opts, stopped: map[*role.Manager]bool{}}
+	c := &Cluster{t: t, opts: opts, stopped: map[*role.Manager]bool{}, TLSDir: t.TempDir()}
+	if err := pki.Ensure(c.TLSDir, []string{"127.0.0.1", "::1", "localhost"}, pki.RoleManager, pki.RoleNode, pki.RoleFrontend); err != nil {
+		t.Fatal(err)
+	}
 	log := Logger()
 	prov := role.Static()
 	var logDir string
@@ -131,7 +161,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 		logDir = t.TempDir()
 		c.local = role.NewSharedLocal(scaler.LocalConfig{
 			Binary: testbin.Path(t), GlobalArgs: []string{"--log-level", "debug"}, ExtraArgs: opts.NodeArgs,
-			LogDir: logDir, Env: []string{"MEMCACHE_CLUSTER_SECRET=" + Secret},
+			LogDir: logDir, Env: c.nodeEnv(),
 		}, log)
 		prov = c.local.Provisioner()
 	}
@@ -164,7 +194,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 			Name: name, DataDir: t.TempDir(),
 			Gossip:          gossip.Config{Join: join, Fast: true},
 			BootstrapExpect: opts.Managers, Timing: cluster.FastTiming(),
-			Secret: Secret, AdminToken: opts.AdminToken, Provisioner: prov,
+			Secret: Secret, TLS: c.TLS(pki.RoleManager), AdminToken: opts.AdminToken, Provisioner: prov,
 			InitialNodes: opts.InitialNodes, DeadGrace: opts.DeadGrace,
 			ScalerInterval: opts.ScalerInterval, ScrapeInterval: opts.ScrapeInterval,
 		}, log.With("replica", name))
@@ -181,12 +211,20 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
+// nodeEnv is the environment of the local provisioner's node processes:
+// the cluster secret and the node certificate.
+func (c *Cluster) nodeEnv() []string {
+	cert, key := pki.CertFiles(c.TLSDir, string(pki.RoleNode))
+	return []string{"MEMCACHE_CLUSTER_SECRET=" + Secret, "MEMCACHE_TLS_CA=" + filepath.Join(c.TLSDir, pki.CAFile),
+		"MEMCACHE_TLS_CERT=" + cert, "MEMCACHE_TLS_KEY=" + key}
+}
+
 // StartNode starts an in-process cache node that joins the cluster's
 // gossip; it closes before the managers when the test ends.
 func (c *Cluster) StartNode(name string) *role.Node {
 	c.t.Helper()
 	n, err := role.StartNode(context.Background(), role.NodeConfig{
-		Name: name, Secret: Secret, SampleInterval: c.opts.SampleInterval, WatchWait: c.opts.WatchWait,
+		Name: name, Secret: Secret, TLS: c.TLS(pki.RoleNode), SampleInterval: c.opts.SampleInterval, WatchWait: c.opts.WatchWait,
 		Gossip: gossip.Config{Join: []string{c.Managers[0].Gossip().Addr()}, Fast: true},
 	}, Logger())
 	if err != nil {
@@ -212,6 +250,9 @@ func (c *Cluster) StartFrontend(cfg role.FrontendConfig) *role.Frontend {
 	}
 	if cfg.Secret == "" {
 		cfg.Secret = Secret
+	}
+	if cfg.TLS == nil {
+		cfg.TLS = c.TLS(pki.RoleFrontend)
 	}
 	if len(cfg.Gossip.Join) == 0 {
 		cfg.Gossip.Join = []string{c.Managers[0].Gossip().Addr()}
@@ -437,13 +478,14 @@ func CallToken(t testing.TB, token, method, url string, body []byte, out any) in
 // cannot be sent, until Wait has passed. It returns the last status.
 func Write(t testing.TB, method, url string, body []byte, out any) int {
 	t.Helper()
-	return WriteAs(t, Secret, method, url, body, out)
+	return retry(t, method, url, body, out, map[string]string{auth.Header: Secret})
 }
 
-// WriteAs is Write with another cluster's secret (`memcache up` makes its own).
-func WriteAs(t testing.TB, secret, method, url string, body []byte, out any) int {
+// WriteToken is Write with an admin token as a bearer token (the
+// managers' /v1 API requires it; `memcache up` makes its own).
+func WriteToken(t testing.TB, token, method, url string, body []byte, out any) int {
 	t.Helper()
-	return retry(t, method, url, body, out, map[string]string{auth.Header: secret})
+	return retry(t, method, url, body, out, map[string]string{"Authorization": "Bearer " + token})
 }
 
 // Admin posts to a tester admin endpoint (base+path, such as
