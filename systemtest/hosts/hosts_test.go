@@ -2,6 +2,7 @@ package hosts
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,8 +27,10 @@ import (
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/internal/netns"
 	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/internal/systemd"
 	"github.com/memcache/memcache/internal/testbin"
 	"github.com/memcache/memcache/node"
+	"github.com/memcache/memcache/pki"
 	"github.com/memcache/memcache/region"
 )
 
@@ -36,16 +40,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// Ports of the roles: the defaults of the issue-9 contract. Every host has
+// Ports of the roles: the defaults of deploy/provision.sh. Every host has
 // its own address, so every role listens on its default port there.
 const (
-	managerHTTPPort    = 7200
-	raftPort           = 7300
-	managerGossipPort  = 7400
-	nodeHTTPPort       = 7100
-	nodeGossipPort     = 7946
-	frontendHTTPPort   = 8080
-	frontendGossipPort = 7500
+	managerHTTPPort     = 7200
+	managerClusterPort  = 7201
+	raftPort            = 7300
+	managerGossipPort   = 7400
+	nodeHTTPPort        = 7100
+	nodeGossipPort      = 7946
+	frontendHTTPPort    = 8080
+	frontendClusterPort = 8081
+	frontendGossipPort  = 7500
 )
 
 // Deadlines of the condition waits, generous for a busy 2-core machine:
@@ -64,34 +70,48 @@ const (
 	numNodes    = 2
 )
 
-// system is a cluster whose roles run as processes on their own hosts.
+// system is a cluster whose roles run as processes on their own hosts,
+// each installed by deploy/provision.sh under its own root directory and
+// started as its systemd unit would start it (internal/systemd).
 type system struct {
 	t   *testing.T
 	bin string // the memcache binary
 	net *netns.Network
-	dir string // data directories and secret files, one subdirectory per host
+	dir string // one root directory per host, the secrets and the CA
 
 	managers []*netns.Host
 	nodes    []*netns.Host
 	frontend *netns.Host
-	// services will run the frontend's stores (PostgreSQL, versitygw); see
-	// frontendStoreArgs.
+	// services runs the frontend's stores (PostgreSQL, versitygw) when a
+	// test starts them; see frontendStoreEnv.
 	services *netns.Host
 
-	secrets secrets
-	client  *http.Client // the test's client for every role's HTTP
+	secrets    secrets
+	secretsDir string
+	tlsDir     string       // the cluster CA and every host's certificate
+	client     *http.Client // the test's client: a client certificate of the CA for cluster listeners
 
 	procs map[string]*netns.Process // by role name: m0.., n0.., fe
 }
 
-// secrets are the cluster's shared secrets, each also in a file the roles
-// read (so that no secret shows in ps, as in a deployment).
+// secrets are the cluster's shared secrets, made by provision.sh secrets.
 type secrets struct {
-	gossipKey, clusterSecret, adminToken             string
-	gossipKeyFile, clusterSecretFile, adminTokenFile string
+	gossipKey, clusterSecret, adminToken string
 }
 
-// newSystem builds the seven hosts and the secrets; it starts nothing.
+// provisionScript is deploy/provision.sh of this repository.
+func provisionScript(t *testing.T) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("..", "..", "deploy", "provision.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// newSystem builds the seven hosts, the secrets and the certificates (with
+// provision.sh's secrets and tls steps, as on a Vagrant host); it starts
+// nothing.
 func newSystem(t *testing.T) *system {
 	t.Helper()
 	nw := netns.New(t, numManagers+numNodes+2)
@@ -102,43 +122,62 @@ func newSystem(t *testing.T) *system {
 		nodes:    hs[numManagers : numManagers+numNodes],
 		frontend: hs[numManagers+numNodes],
 		services: hs[numManagers+numNodes+1],
-		client:   &http.Client{Timeout: 10 * time.Second},
 		procs:    map[string]*netns.Process{},
 	}
-	s.secrets = s.writeSecrets()
+	s.secretsDir, s.tlsDir = filepath.Join(s.dir, "secrets"), filepath.Join(s.dir, "tls")
+	s.provision("secrets", nil)
+	var hosts []string
 	for i, h := range s.managers {
+		hosts = append(hosts, fmt.Sprintf("m%d:manager:%s", i, h.Addr()))
 		t.Logf("manager m%d on %s (%s)", i, h, h.Addr())
 	}
 	for i, h := range s.nodes {
+		hosts = append(hosts, fmt.Sprintf("n%d:node:%s", i, h.Addr()))
 		t.Logf("node n%d on %s (%s)", i, h, h.Addr())
 	}
+	hosts = append(hosts, fmt.Sprintf("fe:frontend:%s", s.frontend.Addr()))
 	t.Logf("frontend on %s (%s), services on %s (%s)", s.frontend, s.frontend.Addr(), s.services, s.services.Addr())
+	s.provision("tls", []string{"TLS_HOSTS=" + strings.Join(hosts, " ")})
+	// The test is an operator's tool: a client certificate of the CA.
+	if err := pki.CreateCert(s.tlsDir, pki.CertRequest{Name: "test-client", Role: pki.RoleClient}); err != nil {
+		t.Fatal(err)
+	}
+	s.client = s.clientWith(s.certificate("test-client"))
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join(s.secretsDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	s.secrets = secrets{gossipKey: read("gossip-key"), clusterSecret: read("cluster-secret"), adminToken: read("admin-token")}
 	return s
 }
 
-func (s *system) writeSecrets() secrets {
-	key := make([]byte, 32)
-	rand.Read(key)
-	sec := secrets{
-		gossipKey:     base64.StdEncoding.EncodeToString(key),
-		clusterSecret: randomHex(24),
-		adminToken:    randomHex(24),
-	}
-	dir := filepath.Join(s.dir, "secrets")
-	if err := os.Mkdir(dir, 0o700); err != nil {
+// certificate loads the certificate called name of the cluster CA.
+func (s *system) certificate(name string) *pki.TLS {
+	s.t.Helper()
+	c, err := pki.Dir(s.tlsDir, name)
+	if err != nil {
 		s.t.Fatal(err)
 	}
-	write := func(name, value string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(value+"\n"), 0o600); err != nil {
-			s.t.Fatal(err)
-		}
-		return p
+	return c
+}
+
+// clientWith is an HTTP client presenting c (nil: none).
+func (s *system) clientWith(c *pki.TLS) *http.Client {
+	return &http.Client{Transport: pki.Transport(c), Timeout: 10 * time.Second}
+}
+
+// provision runs deploy/provision.sh step with the test's settings and env.
+func (s *system) provision(step string, env []string) {
+	s.t.Helper()
+	cmd := exec.Command("bash", provisionScript(s.t), step)
+	cmd.Env = append(os.Environ(), "MEMCACHE_BIN="+s.bin, "SECRETS_DIR="+s.secretsDir, "TLS_DIR="+s.tlsDir)
+	cmd.Env = append(cmd.Env, env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		s.t.Fatalf("provision.sh %s: %v\n%s", step, err, out)
 	}
-	sec.gossipKeyFile = write("gossip-key", sec.gossipKey)
-	sec.clusterSecretFile = write("cluster-secret", sec.clusterSecret)
-	sec.adminTokenFile = write("admin-token", sec.adminToken)
-	return sec
 }
 
 func randomHex(n int) string {
@@ -147,16 +186,10 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// dataDir returns a fresh directory for the role on host h.
-func (s *system) dataDir(h *netns.Host, role string) string {
-	d := filepath.Join(s.dir, h.Name(), role)
-	if err := os.MkdirAll(d, 0o700); err != nil {
-		s.t.Fatal(err)
-	}
-	return d
-}
+// root returns the directory host h's role is installed under.
+func (s *system) root(h *netns.Host) string { return filepath.Join(s.dir, "hosts", h.Name()) }
 
-// managerGossip returns the managers' gossip addresses, every role's --join.
+// managerGossip returns the managers' gossip addresses, every role's join.
 func (s *system) managerGossip() []string {
 	var addrs []string
 	for _, h := range s.managers {
@@ -165,95 +198,48 @@ func (s *system) managerGossip() []string {
 	return addrs
 }
 
-// The flags of each role are built in one function per role, so that the
-// TLS listeners of issue 9 (--cluster-addr, --advertise-cluster,
-// --tls-ca/--tls-cert/--tls-key or --insecure) are a change here only.
-
-// globalArgs go before the role's subcommand.
-func globalArgs() []string { return []string{"--log-level", "info"} }
-
-// clusterArgs are the flags every role shares: joining the managers' gossip
-// and the shared secrets.
-func (s *system) clusterArgs() []string {
-	return []string{
-		"--join", strings.Join(s.managerGossip(), ","),
-		"--gossip-key-file", s.secrets.gossipKeyFile,
-		"--cluster-secret-file", s.secrets.clusterSecretFile,
-	}
+// roleEnv is what provision.sh is told for a role on host h: its address
+// (every listener and advertised address on the default ports), its name
+// and certificate, the managers' gossip to join; extra overrides.
+func (s *system) roleEnv(h *netns.Host, name string, extra ...string) []string {
+	return append([]string{"PREFIX=" + s.root(h), "ADDR=" + h.Addr().String(), "TLS_NAME=" + name,
+		"MEMCACHE_NAME=" + name, "MEMCACHE_JOIN=" + strings.Join(s.managerGossip(), ","),
+		"MEMCACHE_LOG_LEVEL=info"}, extra...)
 }
 
-// managerArgs are manager i's flags: every listener on its host's address,
-// advertised as such; the three replicas bootstrap one Raft group and pool
-// the nodes that join by gossip.
-func (s *system) managerArgs(i int) []string {
-	h := s.managers[i]
-	args := append(globalArgs(), "manager",
-		"--name", fmt.Sprintf("m%d", i),
-		"--data-dir", s.dataDir(h, "manager"),
-		"--http-addr", h.HostPort(managerHTTPPort),
-		"--advertise-http", "http://"+h.HostPort(managerHTTPPort),
-		"--raft-addr", h.HostPort(raftPort),
-		"--raft-advertise", h.HostPort(raftPort),
-		"--gossip-addr", h.HostPort(managerGossipPort),
-		"--gossip-advertise", h.HostPort(managerGossipPort),
-		"--bootstrap-expect", fmt.Sprint(numManagers),
-		"--provisioner", "static",
-		"--initial-nodes", fmt.Sprint(numNodes),
-		"--admin-token-file", s.secrets.adminTokenFile,
-	)
-	return append(args, s.clusterArgs()...)
+// managerEnv: the three replicas bootstrap one Raft group and pool the
+// nodes that join by gossip.
+func (s *system) managerEnv(i int) []string {
+	return s.roleEnv(s.managers[i], fmt.Sprintf("m%d", i), "MEMCACHE_BOOTSTRAP_EXPECT="+fmt.Sprint(numManagers),
+		"MEMCACHE_PROVISIONER=static", "MEMCACHE_INITIAL_NODES="+fmt.Sprint(numNodes), "MEMCACHE_DEAD_GRACE=3s")
 }
 
-// nodeArgs are cache node i's flags.
-func (s *system) nodeArgs(i int) []string {
-	h := s.nodes[i]
-	args := append(globalArgs(), "node",
-		"--name", fmt.Sprintf("n%d", i),
-		"--http-addr", h.HostPort(nodeHTTPPort),
-		"--advertise-http", "http://"+h.HostPort(nodeHTTPPort),
-		"--gossip-addr", h.HostPort(nodeGossipPort),
-		"--gossip-advertise", h.HostPort(nodeGossipPort),
-	)
-	return append(args, s.clusterArgs()...)
+func (s *system) nodeEnv(i int) []string { return s.roleEnv(s.nodes[i], fmt.Sprintf("n%d", i)) }
+
+func (s *system) frontendEnv() []string {
+	return s.roleEnv(s.frontend, "fe", s.frontendStoreEnv()...)
 }
 
-// frontendArgs are the frontend's flags.
-func (s *system) frontendArgs() []string {
-	h := s.frontend
-	args := append(globalArgs(), "frontend",
-		"--name", "fe",
-		"--http-addr", h.HostPort(frontendHTTPPort),
-		"--advertise-http", "http://"+h.HostPort(frontendHTTPPort),
-		"--gossip-addr", h.HostPort(frontendGossipPort),
-		"--gossip-advertise", h.HostPort(frontendGossipPort),
-	)
-	args = append(args, s.clusterArgs()...)
-	return append(args, s.frontendStoreArgs()...)
+// frontendStoreEnv is the frontend's stores: SQLite and a blob directory
+// under its root, unless a test started the services host's stores.
+func (s *system) frontendStoreEnv() []string {
+	d := filepath.Join(s.root(s.frontend), "var/lib/memcache/frontend")
+	return []string{"MEMCACHE_DB=" + filepath.Join(d, "keys.db"), "MEMCACHE_BLOB_DIR=" + filepath.Join(d, "blobs")}
 }
 
-// frontendStoreArgs are the frontend's store flags.
-//
-// TODO(services host): start PostgreSQL and versitygw on s.services,
-// listening on its bridge address (s.services.HostPort(5432), ...), wait
-// for them, and return
-//
-//	--db postgres://...@<services>:5432/memcache?sslmode=disable
-//	--s3-endpoint http://<services>:7070 --s3-bucket ... --s3-region us-east-1
-//
-// (with the S3 credentials in the frontend's environment), so that the
-// key index and the images live on their own host as in a deployment. Until
-// then the frontend keeps SQLite and a blob directory on its own host.
-func (s *system) frontendStoreArgs() []string {
-	d := s.dataDir(s.frontend, "frontend")
-	return []string{"--db", filepath.Join(d, "keys.db"), "--blob-dir", filepath.Join(d, "blobs")}
-}
-
-// startRole starts `memcache args...` on host h as role name: the one place
-// roles are started. (Later: through internal/systemd, as the deploy/ units
-// start them.)
-func (s *system) startRole(name string, h *netns.Host, args []string) {
+// startRole installs role on host h with provision.sh and starts it as
+// its unit would (internal/systemd), inside the host: the one place roles
+// are started.
+func (s *system) startRole(name, role string, h *netns.Host, env []string) {
 	s.t.Helper()
-	s.procs[name] = h.Start(s.bin, args...)
+	s.provision(role, env)
+	cmd, err := systemd.Command(s.root(h), "memcache-"+role+".service", s.bin)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	in := h.Command(context.Background(), cmd.Path, cmd.Args[1:]...)
+	in.Env, in.Dir = cmd.Env, cmd.Dir
+	s.procs[name] = h.StartCmd(in)
 }
 
 // start starts every role: the managers, the nodes, then the frontend, all
@@ -261,12 +247,12 @@ func (s *system) startRole(name string, h *netns.Host, args []string) {
 func (s *system) start() {
 	s.t.Helper()
 	for i, h := range s.managers {
-		s.startRole(fmt.Sprintf("m%d", i), h, s.managerArgs(i))
+		s.startRole(fmt.Sprintf("m%d", i), "manager", h, s.managerEnv(i))
 	}
 	for i, h := range s.nodes {
-		s.startRole(fmt.Sprintf("n%d", i), h, s.nodeArgs(i))
+		s.startRole(fmt.Sprintf("n%d", i), "node", h, s.nodeEnv(i))
 	}
-	s.startRole("fe", s.frontend, s.frontendArgs())
+	s.startRole("fe", "frontend", s.frontend, s.frontendEnv())
 }
 
 // waitFor polls cond every 50 ms until it returns nil, failing the test
@@ -300,11 +286,12 @@ func lastLines(s string, n int) string {
 }
 
 // do sends one request from the test process (in the root namespace, to a
-// host's bridge address) carrying the cluster secret, and decodes a 2xx
-// JSON answer into out. It returns the status, or an error if the request
+// host's bridge address) with the test's client certificate, the cluster
+// secret and the admin token, and decodes a 2xx JSON answer into out. It returns the status, or an error if the request
 // could not be sent or the answer read.
 func (s *system) do(req *http.Request, out any) (int, []byte, error) {
 	req.Header.Set(auth.Header, s.secrets.clusterSecret)
+	req.Header.Set("Authorization", "Bearer "+s.secrets.adminToken)
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return 0, nil, err
@@ -331,11 +318,11 @@ func (s *system) get(url string, out any) (int, []byte, error) {
 	return s.do(req, out)
 }
 
-func managerURL(h *netns.Host) string { return "http://" + h.HostPort(managerHTTPPort) }
-func nodeURL(h *netns.Host) string    { return "http://" + h.HostPort(nodeHTTPPort) }
-func frontendURL(h *netns.Host) string {
-	return "http://" + h.HostPort(frontendHTTPPort)
-}
+// The public listeners are plain HTTP; the cluster listeners mutual TLS.
+func managerURL(h *netns.Host) string        { return "http://" + h.HostPort(managerHTTPPort) }
+func managerClusterURL(h *netns.Host) string { return "https://" + h.HostPort(managerClusterPort) }
+func nodeURL(h *netns.Host) string           { return "https://" + h.HostPort(nodeHTTPPort) }
+func frontendURL(h *netns.Host) string       { return "http://" + h.HostPort(frontendHTTPPort) }
 
 // waitRaft waits until every replica reports the same leader and a Raft
 // configuration of the three managers, all voters, at their hosts'
@@ -393,7 +380,7 @@ func (s *system) waitPool() pool.View {
 	s.waitFor(startWait, "the pool of both node hosts on every replica", func() error {
 		for _, h := range s.managers {
 			v = pool.View{}
-			code, body, err := s.get(managerURL(h)+"/v1/pool", &v)
+			code, body, err := s.get(managerClusterURL(h)+"/v1/pool", &v)
 			members := slices.Clone(v.Members)
 			slices.SortFunc(members, func(a, b pool.Member) int { return strings.Compare(a.ID, b.ID) })
 			if err != nil || code != 200 || !slices.Equal(members, want) {
