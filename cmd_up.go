@@ -199,7 +199,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		stopAll()
 		return err
 	}
-	printTable(os.Stdout, managers, feURL, secret, token)
+	printTable(os.Stdout, managers, feURL, secret, token, tlsDir)
 	if f := cmd.String("info-file"); f != "" {
 		b, _ := json.MarshalIndent(info, "", "  ")
 		if err := os.WriteFile(f, append(b, '\n'), 0o600); err != nil {
@@ -250,7 +250,7 @@ func poolReady(c *cluster.Cluster) bool {
 	return len(members) > 0
 }
 
-func printTable(w io.Writer, managers []*role.Manager, frontendURL, secret, token string) {
+func printTable(w io.Writer, managers []*role.Manager, frontendURL, secret, token, tlsDir string) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tNAME\tHTTP\tUI\tRAFT\tGOSSIP\tSTATE")
 	for _, m := range managers {
@@ -267,6 +267,7 @@ func printTable(w io.Writer, managers []*role.Manager, frontendURL, secret, toke
 	}
 	fmt.Fprintf(tw, "frontend\tfrontend\t%s\t-\t-\t-\t-\n", frontendURL)
 	tw.Flush()
-	fmt.Fprintf(w, "\nopen:           %s\nadmin token:    %s\ncluster secret: %s\nraft status:    curl %s/raft/status\n",
-		frontendURL, token, secret, managers[0].URL())
+	fmt.Fprintf(w, "\nopen:           %s\nadmin token:    %s\ncluster secret: %s\ncluster TLS:    %s (ca.pem; a certificate per role)\n"+
+		"raft status:    curl -H 'Authorization: Bearer %s' %s/raft/status\n",
+		frontendURL, token, secret, tlsDir, token, managers[0].URL())
 }

@@ -24,6 +24,9 @@ func newTestLocal(t *testing.T, cfg LocalConfig, members Members) *Local {
 		cfg.Binary = testbin.Path(t)
 	}
 	cfg.GlobalArgs = append(cfg.GlobalArgs, "--log-level", "warn")
+	// The provisioner's own behaviour is under test, not the nodes' TLS
+	// (testcluster's local nodes run with certificates).
+	cfg.Env = append(cfg.Env, "MEMCACHE_INSECURE=true")
 	l, err := NewLocal(cfg, members, provisionLogger(t))
 	if err != nil {
 		t.Fatal(err)

@@ -125,7 +125,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 		for _, mb := range st.Members {
 			var got node.Regions
 			waitfor.True(t, testcluster.Wait, mb.ID+" to install epoch "+strconv.FormatUint(st.Epoch, 10), func() bool {
-				return testcluster.Call(t, "GET", mb.HTTP+"/regions", nil, &got) == 200 && got.Epoch == st.Epoch
+				return tc.Call(t, "GET", mb.HTTP+"/regions", nil, &got) == 200 && got.Epoch == st.Epoch
 			})
 			if got.Owners != st.Regions {
 				t.Fatalf("%s holds owners %v, want %v", mb.ID, got.Owners, st.Regions)
@@ -190,7 +190,8 @@ func pidOf(t *testing.T, id string) int {
 func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 	// A dead grace far beyond the test's deadline: only memberlist's
 	// failure detection can trigger the reassignment.
-	ms := startSystem(t, 3, time.Hour).Managers
+	tc := startSystem(t, 3, time.Hour)
+	ms := tc.Managers
 	if code := testcluster.Write(t, "POST", ms[0].URL()+"/v1/pool/resize", []byte(`{"nodes":3}`), nil); code != 200 {
 		t.Fatalf("resize to 3: %d", code)
 	}
@@ -236,7 +237,7 @@ func TestKilledPoolNodeIsReplacedAndItsRegionsReassigned(t *testing.T) {
 			}
 		}
 	}
-	if testcluster.Call(t, "GET", nodeURL(after, replacement)+"/healthz", nil, nil) != 200 {
+	if tc.Call(t, "GET", nodeURL(after, replacement)+"/healthz", nil, nil) != 200 {
 		t.Errorf("replacement %s is not serving", replacement)
 	}
 }
@@ -478,7 +479,7 @@ func TestAdminAPIRefusesBadInputAndChangesNothing(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, u+tc.path, strings.NewReader(tc.body))
-			req.Header.Set(auth.Header, testcluster.Secret)
+			req.Header.Set("Authorization", "Bearer "+testcluster.Token)
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -499,13 +500,13 @@ func TestAdminAPIRefusesBadInputAndChangesNothing(t *testing.T) {
 	if after := ms[0].Cluster().State(); after.Index != before.Index {
 		t.Errorf("refused requests moved the state from index %d to %d", before.Index, after.Index)
 	}
-	// Without the cluster secret, the admin API refuses even valid requests.
+	// Without the admin token, the admin API refuses even valid requests.
 	resp, err := http.Post(u+"/v1/pool/resize", "application/json", strings.NewReader(`{"nodes":2}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("resize without the secret: got %d, want 401", resp.StatusCode)
+		t.Errorf("resize without the admin token: got %d, want 401", resp.StatusCode)
 	}
 }

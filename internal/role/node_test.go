@@ -149,3 +149,20 @@ func TestNodesFormClusterAndNoticeLeaveAndDeath(t *testing.T) {
 		return memberIDs(a.Gossip()) == "a,b" && memberIDs(b.Gossip()) == "a,b"
 	})
 }
+
+// TestBindingEveryInterfaceNeedsAnAdvertiseAddress: 0.0.0.0 is no address
+// a peer can dial, so a role bound there must be told the one to advertise.
+func TestBindingEveryInterfaceNeedsAnAdvertiseAddress(t *testing.T) {
+	_, err := role.StartNode(context.Background(), role.NodeConfig{Name: "n", HTTPAddr: "0.0.0.0:0"}, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "advertise") {
+		t.Fatalf("node bound to 0.0.0.0 without an advertise address: %v, want a refusal naming the advertise flag", err)
+	}
+	n, err := role.StartNode(context.Background(), role.NodeConfig{Name: "n", HTTPAddr: "0.0.0.0:0", AdvertiseHTTP: "http://127.0.0.1:1"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close(context.Background())
+	if n.URL() != "http://127.0.0.1:1" {
+		t.Errorf("URL %q, want the advertised one", n.URL())
+	}
+}

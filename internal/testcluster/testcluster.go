@@ -451,19 +451,31 @@ func (c *Cluster) nodeNamed(id string) *role.Node {
 	return nil
 }
 
-// Call sends one request carrying the cluster secret and, for a 2xx answer
+// Call sends one request carrying the cluster secret and Token (the admin
+// token of a cluster started with Options.AdminToken = Token) and, for a 2xx answer
 // with a body, decodes its JSON into out (if not nil). It returns the
 // status, failing the test if the request cannot be sent.
 func Call(t testing.TB, method, url string, body []byte, out any) int {
 	t.Helper()
-	code, _, err := call(method, url, body, out, map[string]string{auth.Header: Secret})
+	code, _, err := call(method, url, body, out, map[string]string{auth.Header: Secret, "Authorization": "Bearer " + Token})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return code
 }
 
-// CallToken is Call with the admin token as a bearer token too.
+// Call is the package's Call with the cluster's client certificate, for
+// the cluster listeners (nodes, the managers' and frontends' cluster URLs).
+func (c *Cluster) Call(t testing.TB, method, url string, body []byte, out any) int {
+	t.Helper()
+	code, _, err := callWith(c.HTTPClient(), method, url, body, out, map[string]string{auth.Header: Secret, "Authorization": "Bearer " + Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+// CallToken is Call with another admin token.
 func CallToken(t testing.TB, token, method, url string, body []byte, out any) int {
 	t.Helper()
 	code, _, err := call(method, url, body, out, map[string]string{auth.Header: Secret, "Authorization": "Bearer " + token})
@@ -478,7 +490,7 @@ func CallToken(t testing.TB, token, method, url string, body []byte, out any) in
 // cannot be sent, until Wait has passed. It returns the last status.
 func Write(t testing.TB, method, url string, body []byte, out any) int {
 	t.Helper()
-	return retry(t, method, url, body, out, map[string]string{auth.Header: Secret})
+	return retry(t, method, url, body, out, map[string]string{auth.Header: Secret, "Authorization": "Bearer " + Token})
 }
 
 // WriteToken is Write with an admin token as a bearer token (the
@@ -525,6 +537,10 @@ func retry(t testing.TB, method, url string, body []byte, out any, header map[st
 // call sends one request; out receives the JSON body of a 2xx answer, or
 // of any answer if out is a *map[string]any (to read tester errors).
 func call(method, url string, body []byte, out any, header map[string]string) (int, http.Header, error) {
+	return callWith(&http.Client{Timeout: Wait}, method, url, body, out, header)
+}
+
+func callWith(client *http.Client, method, url string, body []byte, out any, header map[string]string) (int, http.Header, error) {
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
 		return 0, nil, err
@@ -532,7 +548,6 @@ func call(method, url string, body []byte, out any, header map[string]string) (i
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	client := &http.Client{Timeout: Wait}
 	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, err
