@@ -23,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
