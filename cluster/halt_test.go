@@ -149,7 +149,9 @@ func TestUndecodableEntryHaltsEveryReplicaAtTheSameIndex(t *testing.T) {
 func TestUnknownCommandRefusedAtProposeTime(t *testing.T) {
 	tc := newTestCluster(t, 3)
 	l := tc.leader()
-	before := l.c.Raft().LastIndex()
+	// The FSM's index moves with every command applied (configuration
+	// changes, which the leader may still be making, do not move it).
+	before := l.c.State().Index
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, r := range tc.running() {
@@ -175,8 +177,12 @@ func TestUnknownCommandRefusedAtProposeTime(t *testing.T) {
 			t.Errorf("forward(%q): got %v, want ErrInvalidCommand", data, err)
 		}
 	}
-	if got := l.c.Raft().LastIndex(); got != before {
-		t.Errorf("last index %d, want %d: a refused command reached the log", got, before)
+	// A barrier: anything that reached the log before it is applied now.
+	if err := l.c.Raft().Barrier(10 * time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.c.State().Index; got != before {
+		t.Errorf("FSM index %d, want %d: a refused command reached the log", got, before)
 	}
 }
 

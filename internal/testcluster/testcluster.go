@@ -208,7 +208,28 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	c.WaitPool(opts.InitialNodes, StartWait)
 	c.WaitNodesFollow()
+	c.waitNodesAlive()
 	return c
+}
+
+// waitNodesAlive waits until every replica's gossip sees every in-process
+// node alive, so a test may resize the pool up to all of them at once.
+func (c *Cluster) waitNodesAlive() {
+	c.t.Helper()
+	waitfor.True(c.t, StartWait, "every node alive in every replica's gossip", func() bool {
+		for _, m := range c.running() {
+			alive := map[string]bool{}
+			for _, mb := range m.Gossip().Members() {
+				alive[mb.Meta.ID] = mb.Meta.Role == gossip.RoleNode && mb.State == gossip.StateAlive
+			}
+			for _, n := range c.Nodes {
+				if !alive[n.Name()] {
+					return false
+				}
+			}
+		}
+		return true
+	})
 }
 
 // nodeEnv is the environment of the local provisioner's node processes:
