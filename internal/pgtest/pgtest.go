@@ -12,7 +12,11 @@
 //		os.Exit(code)
 //	}
 //
-// Without PostgreSQL, DSN skips the test, or fails it when
+// InitCluster instead hands a test a cluster of its own, initialized but not
+// started, for a test that runs the server itself (in another network
+// namespace, on an address of its choosing).
+//
+// Without PostgreSQL, DSN and InitCluster skip the test, or fail it when
 // MEMCACHE_TEST_REQUIRE_POSTGRES=1.
 package pgtest
 
@@ -94,10 +98,7 @@ func DSN(t testing.TB) string {
 	t.Helper()
 	h, err := server()
 	if errors.Is(err, errNoPostgres) {
-		if os.Getenv("MEMCACHE_TEST_REQUIRE_POSTGRES") == "1" {
-			t.Fatalf("PostgreSQL not installed; run .ci/install-postgres.sh (%v)", err)
-		}
-		t.Skipf("skipping PostgreSQL: %v; run .ci/install-postgres.sh or set MEMCACHE_TEST_POSTGRES", err)
+		unavailable(t, err, " or set MEMCACHE_TEST_POSTGRES")
 	}
 	if err != nil {
 		t.Fatalf("PostgreSQL test server: %v", err)
@@ -118,6 +119,56 @@ func DSN(t testing.TB) string {
 	u.Path = "/" + name
 	t.Logf("PostgreSQL server: %s (%s); database %s", h.version, h.desc, name)
 	return u.String()
+}
+
+// unavailable skips t for a missing PostgreSQL, or fails it if
+// MEMCACHE_TEST_REQUIRE_POSTGRES=1; hint adds to the advice.
+func unavailable(t testing.TB, err error, hint string) {
+	t.Helper()
+	if os.Getenv("MEMCACHE_TEST_REQUIRE_POSTGRES") == "1" {
+		t.Fatalf("PostgreSQL not installed; run .ci/install-postgres.sh (%v)", err)
+	}
+	t.Skipf("skipping PostgreSQL: %v; run .ci/install-postgres.sh%s", err, hint)
+}
+
+// Cluster is a PostgreSQL cluster made by InitCluster: initialized, not
+// running.
+type Cluster struct {
+	// Bin is the directory of the server binaries (initdb, postgres).
+	Bin string
+	// Dir holds Data and Sock. It is outside the test's t.TempDir, whose
+	// parents the server's user may not be able to traverse.
+	Dir string
+	// Data is the data directory, owned by the server's user: superuser
+	// "postgres", trust authentication for every connection initdb
+	// configures (local socket and loopback), UTF-8 and the C locale.
+	Data string
+	// Sock is an empty directory, owned by the server's user, for its Unix
+	// socket (postgres -k).
+	Sock string
+	// Cred is the user the server must run as: the postgres OS user when
+	// this process is root (PostgreSQL refuses to run as root), else nil,
+	// this process's own.
+	Cred *syscall.Credential
+}
+
+// InitCluster creates a throwaway cluster with initdb, from the PostgreSQL
+// binaries on PATH or in /usr/lib/postgresql/*/bin, for the test to start
+// (it ignores MEMCACHE_TEST_POSTGRES). Its directory is removed when the
+// test ends: stop the server first, in a cleanup registered after this
+// call. Without PostgreSQL it skips the test, or fails it if
+// MEMCACHE_TEST_REQUIRE_POSTGRES=1.
+func InitCluster(t testing.TB) Cluster {
+	t.Helper()
+	c, err := initCluster()
+	if errors.Is(err, errNoPostgres) {
+		unavailable(t, err, "")
+	}
+	if err != nil {
+		t.Fatalf("PostgreSQL cluster: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(c.Dir) })
+	return c
 }
 
 // StopServer stops the shared throwaway server, if one was started, and
@@ -151,11 +202,7 @@ func (h *harness) start() error {
 		h.desc = "MEMCACHE_TEST_POSTGRES " + u.Redacted()
 		return h.connect(u, 30*time.Second)
 	}
-	bin, err := findPostgresBin()
-	if err != nil {
-		return err
-	}
-	return h.startCluster(bin)
+	return h.startCluster()
 }
 
 // findPostgresBin returns the directory holding initdb and postgres: the one
@@ -189,49 +236,13 @@ func isFile(p string) bool {
 }
 
 // startCluster creates a throwaway cluster and starts its server on a free
-// port. PostgreSQL refuses to run as root, so under root both run as the
-// postgres OS user, in a directory outside t.TempDir (whose parents that user
-// may not be able to traverse).
-func (h *harness) startCluster(bin string) error {
-	var cred *syscall.Credential
-	var uid, gid = -1, -1
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return fmt.Errorf("%w: running as root and there is no postgres user to run the server as: %v", errNoPostgres, err)
-		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
-	dir, err := os.MkdirTemp("", "pgtest-")
+// port.
+func (h *harness) startCluster() error {
+	c, err := initCluster()
 	if err != nil {
 		return err
 	}
-	h.dir = dir
-	data, sock := filepath.Join(dir, "data"), filepath.Join(dir, "sock")
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
-	for _, d := range []string{data, sock} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			return err
-		}
-		if uid >= 0 {
-			if err := os.Chown(d, uid, gid); err != nil {
-				return err
-			}
-		}
-	}
-
-	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-A", "trust", "-U", "postgres",
-		"--encoding=UTF8", "--locale=C", "--no-sync")
-	initdb.Dir = dir
-	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	if out, err := initdb.CombinedOutput(); err != nil {
-		return fmt.Errorf("initdb: %v\n%s", err, out)
-	}
-
+	h.dir = c.Dir
 	// The free port can be taken between choosing and binding it; try again.
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
@@ -239,11 +250,63 @@ func (h *harness) startCluster(bin string) error {
 		if err != nil {
 			return err
 		}
-		if lastErr = h.runServer(bin, data, sock, port, cred); lastErr == nil {
+		if lastErr = h.runServer(c.Bin, c.Data, c.Sock, port, c.Cred); lastErr == nil {
 			return nil
 		}
 	}
 	return lastErr
+}
+
+// initCluster finds the binaries and runs initdb into a new directory,
+// which it removes again if it fails. PostgreSQL refuses to run as root, so
+// under root initdb (and the server, later) runs as the postgres OS user,
+// in a directory outside t.TempDir (whose parents that user may not be able
+// to traverse).
+func initCluster() (c Cluster, err error) {
+	if c.Bin, err = findPostgresBin(); err != nil {
+		return Cluster{}, err
+	}
+	var uid, gid = -1, -1
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return Cluster{}, fmt.Errorf("%w: running as root and there is no postgres user to run the server as: %v", errNoPostgres, err)
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
+		c.Cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	if c.Dir, err = os.MkdirTemp("", "pgtest-"); err != nil {
+		return Cluster{}, err
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(c.Dir)
+			c = Cluster{}
+		}
+	}()
+	c.Data, c.Sock = filepath.Join(c.Dir, "data"), filepath.Join(c.Dir, "sock")
+	if err := os.Chmod(c.Dir, 0o755); err != nil {
+		return c, err
+	}
+	for _, d := range []string{c.Data, c.Sock} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return c, err
+		}
+		if uid >= 0 {
+			if err := os.Chown(d, uid, gid); err != nil {
+				return c, err
+			}
+		}
+	}
+	initdb := exec.Command(filepath.Join(c.Bin, "initdb"), "-D", c.Data, "-A", "trust", "-U", "postgres",
+		"--encoding=UTF8", "--locale=C", "--no-sync")
+	initdb.Dir = c.Dir
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: c.Cred}
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return c, fmt.Errorf("initdb: %v\n%s", err, out)
+	}
+	return c, nil
 }
 
 func freePort() (int, error) {

@@ -2,7 +2,8 @@
 //
 // Start finds the versitygw binary on PATH, in $(go env GOBIN) or in
 // $(go env GOPATH)/bin and runs it, with the posix backend over the test's
-// temporary directory, until the test ends. Without versitygw it skips the
+// temporary directory, until the test ends; Binary only finds it, for a
+// test that runs it itself. Without versitygw it skips the
 // test, or fails it when MEMCACHE_TEST_REQUIRE_S3=1. The server starts with
 // no buckets; creating one is up to the caller.
 package s3test
@@ -42,6 +43,20 @@ type Server struct {
 // fails it if MEMCACHE_TEST_REQUIRE_S3=1.
 func Start(t testing.TB) Server {
 	t.Helper()
+	bin := Binary(t)
+	return Server{
+		Endpoint:  startVersitygw(t, bin),
+		AccessKey: accessKey,
+		SecretKey: secretKey,
+		Region:    region,
+	}
+}
+
+// Binary returns the path of the versitygw binary, for a test that runs it
+// itself (in another network namespace, as its systemd unit would). Without
+// versitygw it skips the test, or fails it if MEMCACHE_TEST_REQUIRE_S3=1.
+func Binary(t testing.TB) string {
+	t.Helper()
 	bin := findVersitygw()
 	if bin == "" {
 		if os.Getenv("MEMCACHE_TEST_REQUIRE_S3") == "1" {
@@ -49,12 +64,7 @@ func Start(t testing.TB) Server {
 		}
 		t.Skip("versitygw not found on PATH or in $(go env GOPATH)/bin; run .ci/install-versitygw.sh to test against a real S3 server (MEMCACHE_TEST_REQUIRE_S3=1 makes this a failure)")
 	}
-	return Server{
-		Endpoint:  startVersitygw(t, bin),
-		AccessKey: accessKey,
-		SecretKey: secretKey,
-		Region:    region,
-	}
+	return bin
 }
 
 // Env points the AWS SDK's default chain, for the rest of the test, at s's

@@ -85,6 +85,8 @@ type system struct {
 	// services runs the frontend's stores (PostgreSQL, versitygw) when a
 	// test starts them; see frontendStoreEnv.
 	services *netns.Host
+	// serviceStores is set once startServices has the services up.
+	serviceStores *serviceStores
 
 	secrets    secrets
 	secretsDir string
@@ -173,7 +175,10 @@ func (s *system) clientWith(c *pki.TLS) *http.Client {
 func (s *system) provision(step string, env []string) {
 	s.t.Helper()
 	cmd := exec.Command("bash", provisionScript(s.t), step)
-	cmd.Env = append(os.Environ(), "MEMCACHE_BIN="+s.bin, "SECRETS_DIR="+s.secretsDir, "TLS_DIR="+s.tlsDir)
+	// provision.sh writes AWS_* into the frontend's environment file: the
+	// test machine's (AWS_CA_BUNDLE, AWS_PROFILE) are not the hosts'.
+	env0 := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "AWS_") })
+	cmd.Env = append(env0, "MEMCACHE_BIN="+s.bin, "SECRETS_DIR="+s.secretsDir, "TLS_DIR="+s.tlsDir)
 	cmd.Env = append(cmd.Env, env...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		s.t.Fatalf("provision.sh %s: %v\n%s", step, err, out)
@@ -223,6 +228,11 @@ func (s *system) frontendEnv() []string {
 // frontendStoreEnv is the frontend's stores: SQLite and a blob directory
 // under its root, unless a test started the services host's stores.
 func (s *system) frontendStoreEnv() []string {
+	if s.serviceStores != nil {
+		// As on the Vagrant frontend: provision.sh derives the DSN, the S3
+		// endpoint, bucket and keys from SERVICES_ADDR and the secrets.
+		return []string{"SERVICES_ADDR=" + s.services.Addr().String()}
+	}
 	d := filepath.Join(s.root(s.frontend), "var/lib/memcache/frontend")
 	return []string{"MEMCACHE_DB=" + filepath.Join(d, "keys.db"), "MEMCACHE_BLOB_DIR=" + filepath.Join(d, "blobs")}
 }
@@ -438,14 +448,16 @@ func pngImage(t *testing.T) []byte {
 	return b.Bytes()
 }
 
-// TestClusterFormsAcrossHosts starts 3 managers, 2 cache nodes and a
-// frontend, each on its own host, and checks from the test process that the
-// Raft group forms over the hosts' addresses, the pool takes both node
-// hosts, and an image uploaded through the frontend is read back through
-// it, from the node that owns its region.
+// TestClusterFormsAcrossHosts starts 3 managers, 2 cache nodes, a
+// frontend and the services host's stores (PostgreSQL, versitygw), each on
+// its own host, and checks from the test process that the Raft group forms
+// over the hosts' addresses, the pool takes both node hosts, and an image
+// uploaded through the frontend lands in the services host's stores and is
+// read back through the frontend, from the node that owns its region.
 func TestClusterFormsAcrossHosts(t *testing.T) {
 	s := newSystem(t) // builds the binary first
 	begin := time.Now()
+	s.startServices()
 	s.start()
 
 	leader := s.waitRaft()
@@ -480,6 +492,7 @@ func TestClusterFormsAcrossHosts(t *testing.T) {
 	if code != 200 || !bytes.Contains(body, []byte(`"success":"true"`)) {
 		t.Fatalf("upload %q: %d %s, want 200 success", key, code, body)
 	}
+	s.checkStored(key, img)
 
 	req, _ := http.NewRequest(http.MethodPost, fe+"/api/key/"+url.PathEscape(key), nil)
 	var read struct {
