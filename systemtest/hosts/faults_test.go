@@ -212,7 +212,16 @@ func (s *system) uploadAll(keys []string) map[string][]byte {
 	imgs := map[string][]byte{}
 	base := pngImage(s.t)
 	for _, k := range keys {
-		data := append(slices.Clone(base), k...)
+		imgs[k] = append(slices.Clone(base), k...)
+	}
+	s.uploadImages(imgs)
+	return imgs
+}
+
+// uploadImages uploads every image under its key through the frontend.
+func (s *system) uploadImages(imgs map[string][]byte) {
+	s.t.Helper()
+	for k, data := range imgs {
 		s.waitFor(wait, "the upload of "+k, func() error {
 			code, body, err := s.upload(k, data)
 			if err != nil || code != 200 || !bytes.Contains(body, []byte(`"success":"true"`)) {
@@ -220,9 +229,7 @@ func (s *system) uploadAll(keys []string) map[string][]byte {
 			}
 			return nil
 		})
-		imgs[k] = data
 	}
-	return imgs
 }
 
 // waitCached waits until every image reads back through frontend h from a
