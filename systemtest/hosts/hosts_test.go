@@ -87,6 +87,8 @@ type system struct {
 	services *netns.Host
 	// serviceStores is set once startServices has the services up.
 	serviceStores *serviceStores
+	// extra are the hosts a test asked newSystemExtra for, beyond the seven.
+	extra []*netns.Host
 
 	secrets    secrets
 	secretsDir string
@@ -114,9 +116,13 @@ func provisionScript(t *testing.T) string {
 // newSystem builds the seven hosts, the secrets and the certificates (with
 // provision.sh's secrets and tls steps, as on a Vagrant host); it starts
 // nothing.
-func newSystem(t *testing.T) *system {
+func newSystem(t *testing.T) *system { return newSystemExtra(t, 0) }
+
+// newSystemExtra is newSystem with extra more hosts (system.extra), which
+// get no role and no certificate.
+func newSystemExtra(t *testing.T, extra int) *system {
 	t.Helper()
-	nw := netns.New(t, numManagers+numNodes+2)
+	nw := netns.New(t, numManagers+numNodes+2+extra)
 	hs := nw.Hosts()
 	s := &system{
 		t: t, bin: testbin.Path(t), net: nw, dir: t.TempDir(),
@@ -124,6 +130,7 @@ func newSystem(t *testing.T) *system {
 		nodes:    hs[numManagers : numManagers+numNodes],
 		frontend: hs[numManagers+numNodes],
 		services: hs[numManagers+numNodes+1],
+		extra:    hs[numManagers+numNodes+2:],
 		procs:    map[string]*netns.Process{},
 	}
 	s.secretsDir, s.tlsDir = filepath.Join(s.dir, "secrets"), filepath.Join(s.dir, "tls")
