@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -265,6 +266,26 @@ func TestThePublicHandlerHasNoInternalRoute(t *testing.T) {
 	resp.Body.Close()
 	if n, _ := s.index.Count(context.Background()); resp.StatusCode != http.StatusNotFound || n != 1 {
 		t.Errorf("delete-all on the public handler: got %d and %d rows, want 404 and 1", resp.StatusCode, n)
+	}
+	// The view it routes by is on the internal handler only.
+	if resp, err := http.Get(srv.URL + "/internal/v1/view"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /internal/v1/view on the public handler: %v %v, want 404", resp.StatusCode, err)
+	}
+	internal := httptest.NewServer(f.InternalHandler())
+	defer internal.Close()
+	for secret, want := range map[string]int{"": http.StatusUnauthorized, "s": http.StatusOK} {
+		req, _ := http.NewRequest(http.MethodGet, internal.URL+"/internal/v1/view", nil)
+		req.Header.Set(auth.Header, secret)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v pool.View
+		json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if resp.StatusCode != want || (want == http.StatusOK && v.Members == nil) {
+			t.Errorf("GET /internal/v1/view with secret %q: %d %+v, want %d and the view", secret, resp.StatusCode, v, want)
+		}
 	}
 }
 

@@ -95,6 +95,7 @@ func (f *Frontend) Handler() http.Handler {
 // frontend's cluster listener (mutual TLS):
 //
 //	POST /internal/v1/delete_all  {"generation":G}: carry out a delete-all (deleteall.go)
+//	GET  /internal/v1/view        the pool view this frontend routes by (pool.View)
 //	GET  /healthz
 //
 // The delete-all route also requires the cluster secret if one is set. A
@@ -104,6 +105,9 @@ func (f *Frontend) Handler() http.Handler {
 func (f *Frontend) InternalHandler() http.Handler {
 	r := chi.NewRouter()
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	r.With(auth.Require(f.cfg.Secret)).Get("/internal/v1/view", func(w http.ResponseWriter, _ *http.Request) {
+		jsonhttp.Write(w, http.StatusOK, f.Pool())
+	})
 	if f.cfg.Secret != "" || f.cfg.TLS != nil {
 		r.With(auth.Require(f.cfg.Secret)).Post(DeleteAllPath, f.handleDeleteAll)
 	} else {

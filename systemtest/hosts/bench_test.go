@@ -196,7 +196,7 @@ func TestBenchPoolChange(t *testing.T) {
 		s.waitReady(h)
 	}
 	leader := s.managers[s.managerIndex(st.ID)]
-	scraper := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2}, Timeout: 5 * time.Second}
+	scraper := s.clientWith(s.certificate("test-client"))
 
 	epoch := v.Epoch
 	var slowest []time.Duration
@@ -214,7 +214,7 @@ func TestBenchPoolChange(t *testing.T) {
 				tick := time.NewTicker(2 * time.Millisecond)
 				defer tick.Stop()
 				for {
-					if e, err := frontendEpoch(scraper, h); err == nil && e >= want {
+					if e, err := s.frontendEpoch(scraper, h); err == nil && e >= want {
 						seen[i] = time.Now()
 						return
 					}

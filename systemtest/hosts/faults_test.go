@@ -7,20 +7,20 @@ package hosts
 // past it.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/internal/netns"
 	"github.com/memcache/memcache/internal/pool"
@@ -140,26 +140,27 @@ func (s *system) waitReady(h *netns.Host) {
 	})
 }
 
-// frontendEpoch reads memcache_frontend_pool_epoch, the epoch frontend h
-// routes by, from its /metrics.
-func frontendEpoch(c *http.Client, h *netns.Host) (uint64, error) {
-	resp, err := c.Get(frontendURL(h) + "/metrics")
+// frontendEpoch reads the epoch frontend h routes by, from its cluster
+// listener's /internal/v1/view (c must present a certificate of the CA).
+func (s *system) frontendEpoch(c *http.Client, h *netns.Host) (uint64, error) {
+	req, err := http.NewRequest(http.MethodGet, "https://"+h.HostPort(frontendClusterPort)+"/internal/v1/view", nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set(auth.Header, s.secrets.clusterSecret)
+	resp, err := c.Do(req)
 	if err != nil {
 		return 0, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
-		return 0, fmt.Errorf("GET /metrics on %s: %s", h.Addr(), resp.Status)
+		return 0, fmt.Errorf("GET /internal/v1/view on %s: %s", h.Addr(), resp.Status)
 	}
-	const name = "memcache_frontend_pool_epoch "
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return uint64(f), err
-		}
+	var v pool.View
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("no %s in /metrics of %s (%v)", strings.TrimSpace(name), h.Addr(), sc.Err())
+	return v.Epoch, nil
 }
 
 // regionKeys returns one fresh key per region, prefixed with prefix.
@@ -500,7 +501,7 @@ func TestFrontendCutFromLeader(t *testing.T) {
 			if code, body, err := s.get(frontendURL(s.frontend)+"/readyz", nil); err != nil || code != 200 {
 				return fmt.Errorf("/readyz: %d %v %s", code, err, body)
 			}
-			e, err := frontendEpoch(s.client, s.frontend)
+			e, err := s.frontendEpoch(s.client, s.frontend)
 			if err != nil || e < epoch {
 				return fmt.Errorf("frontend at epoch %d (%v)", e, err)
 			}
