@@ -14,6 +14,7 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -85,6 +86,11 @@ type system struct {
 	// services runs the frontend's stores (PostgreSQL, versitygw) when a
 	// test starts them; see frontendStoreEnv.
 	services *netns.Host
+	// spare are the hosts of systemOptions.Spare: no role, no certificate.
+	spare []*netns.Host
+	// v6 is systemOptions.IPv6: the certificates name the hosts' IPv6
+	// addresses.
+	v6 bool
 
 	secrets    secrets
 	secretsDir string
@@ -114,7 +120,23 @@ func provisionScript(t *testing.T) string {
 // nothing.
 func newSystem(t *testing.T) *system {
 	t.Helper()
-	nw := netns.New(t, numManagers+numNodes+2)
+	return newSystemWith(t, systemOptions{})
+}
+
+// systemOptions shape newSystemWith's network.
+type systemOptions struct {
+	// Spare is the number of hosts after the seven that get no role and
+	// no certificate (an attacker's, a control's).
+	Spare int
+	// IPv6 gives every host an IPv6 address too, and the certificates name
+	// that address instead of the IPv4 one.
+	IPv6 bool
+}
+
+// newSystemWith is newSystem shaped by opts.
+func newSystemWith(t *testing.T, opts systemOptions) *system {
+	t.Helper()
+	nw := netns.NewWith(t, netns.Options{Hosts: numManagers + numNodes + 2 + opts.Spare, IPv6: opts.IPv6})
 	hs := nw.Hosts()
 	s := &system{
 		t: t, bin: testbin.Path(t), net: nw, dir: t.TempDir(),
@@ -122,20 +144,22 @@ func newSystem(t *testing.T) *system {
 		nodes:    hs[numManagers : numManagers+numNodes],
 		frontend: hs[numManagers+numNodes],
 		services: hs[numManagers+numNodes+1],
+		spare:    hs[numManagers+numNodes+2:],
+		v6:       opts.IPv6,
 		procs:    map[string]*netns.Process{},
 	}
 	s.secretsDir, s.tlsDir = filepath.Join(s.dir, "secrets"), filepath.Join(s.dir, "tls")
 	s.provision("secrets", nil)
 	var hosts []string
 	for i, h := range s.managers {
-		hosts = append(hosts, fmt.Sprintf("m%d:manager:%s", i, h.Addr()))
-		t.Logf("manager m%d on %s (%s)", i, h, h.Addr())
+		hosts = append(hosts, fmt.Sprintf("m%d:manager:%s", i, s.certHost(h)))
+		t.Logf("manager m%d on %s (%s)", i, h, s.certHost(h))
 	}
 	for i, h := range s.nodes {
-		hosts = append(hosts, fmt.Sprintf("n%d:node:%s", i, h.Addr()))
-		t.Logf("node n%d on %s (%s)", i, h, h.Addr())
+		hosts = append(hosts, fmt.Sprintf("n%d:node:%s", i, s.certHost(h)))
+		t.Logf("node n%d on %s (%s)", i, h, s.certHost(h))
 	}
-	hosts = append(hosts, fmt.Sprintf("fe:frontend:%s", s.frontend.Addr()))
+	hosts = append(hosts, fmt.Sprintf("fe:frontend:%s", s.certHost(s.frontend)))
 	t.Logf("frontend on %s (%s), services on %s (%s)", s.frontend, s.frontend.Addr(), s.services, s.services.Addr())
 	s.provision("tls", []string{"TLS_HOSTS=" + strings.Join(hosts, " ")})
 	// The test is an operator's tool: a client certificate of the CA.
@@ -152,6 +176,15 @@ func newSystem(t *testing.T) *system {
 	}
 	s.secrets = secrets{gossipKey: read("gossip-key"), clusterSecret: read("cluster-secret"), adminToken: read("admin-token")}
 	return s
+}
+
+// certHost is the address host h's certificate names: its IPv6 address
+// with systemOptions.IPv6, else its IPv4 address.
+func (s *system) certHost(h *netns.Host) netip.Addr {
+	if s.v6 {
+		return h.Addr6()
+	}
+	return h.Addr()
 }
 
 // certificate loads the certificate called name of the cluster CA.
@@ -409,13 +442,18 @@ func (s *system) waitNodesFollow(v pool.View) {
 
 // upload posts key with data to the frontend's /api/upload.
 func (s *system) upload(key string, data []byte) (int, []byte, error) {
+	return s.uploadTo(frontendURL(s.frontend), key, data)
+}
+
+// uploadTo posts key with data to /api/upload of the frontend at base.
+func (s *system) uploadTo(base, key string, data []byte) (int, []byte, error) {
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
 	mw.WriteField("key", key)
 	fw, _ := mw.CreateFormFile("file", key+".png")
 	fw.Write(data)
 	mw.Close()
-	req, err := http.NewRequest(http.MethodPost, frontendURL(s.frontend)+"/api/upload", &body)
+	req, err := http.NewRequest(http.MethodPost, base+"/api/upload", &body)
 	if err != nil {
 		s.t.Fatal(err)
 	}
