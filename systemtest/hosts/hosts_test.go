@@ -160,7 +160,7 @@ func newSystemWith(t *testing.T, opts systemOptions) *system {
 		t.Logf("node n%d on %s (%s)", i, h, s.certHost(h))
 	}
 	hosts = append(hosts, fmt.Sprintf("fe:frontend:%s", s.certHost(s.frontend)))
-	t.Logf("frontend on %s (%s), services on %s (%s)", s.frontend, s.frontend.Addr(), s.services, s.services.Addr())
+	t.Logf("frontend on %s (%s), services on %s (%s)", s.frontend, s.certHost(s.frontend), s.services, s.services.Addr())
 	s.provision("tls", []string{"TLS_HOSTS=" + strings.Join(hosts, " ")})
 	// The test is an operator's tool: a client certificate of the CA.
 	if err := pki.CreateCert(s.tlsDir, pki.CertRequest{Name: "test-client", Role: pki.RoleClient}); err != nil {
