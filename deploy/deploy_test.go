@@ -457,3 +457,45 @@ func TestVagrantValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestProvisionIPv6 checks that an IPv6 ADDR (and SERVICES_ADDR) is
+// bracketed wherever a port follows it, bare or given in brackets.
+func TestProvisionIPv6(t *testing.T) {
+	bin := testbin.Path(t)
+	work := t.TempDir()
+	secrets := filepath.Join(work, "secrets")
+	tlsDir := filepath.Join(work, "tls")
+	provision(t, "secrets", "SECRETS_DIR="+secrets)
+	if err := os.MkdirAll(tlsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	fakeTLS(t, tlsDir, "m1", "f1")
+	for _, addr := range []string{"fd00:9::2", "[fd00:9::2]"} {
+		for role, want := range map[string][]string{
+			"manager": {"MEMCACHE_HTTP_ADDR=[fd00:9::2]:7200", "MEMCACHE_ADVERTISE_HTTP=http://[fd00:9::2]:7200",
+				"MEMCACHE_ADVERTISE_CLUSTER=https://[fd00:9::2]:7201", "MEMCACHE_RAFT_ADVERTISE=[fd00:9::2]:7300",
+				"MEMCACHE_GOSSIP_ADVERTISE=[fd00:9::2]:7400"},
+			"frontend": {"MEMCACHE_CLUSTER_ADDR=[fd00:9::2]:8081", "MEMCACHE_GOSSIP_ADDR=[fd00:9::2]:7500",
+				"MEMCACHE_S3_ENDPOINT=http://[fd00:9::10]:7070"},
+		} {
+			prefix := t.TempDir()
+			name := map[string]string{"manager": "m1", "frontend": "f1"}[role]
+			provision(t, role, "PREFIX="+prefix, "MEMCACHE_BIN="+bin, "TLS_DIR="+tlsDir, "SECRETS_DIR="+secrets,
+				"ADDR="+addr, "MEMCACHE_NAME="+name, "SERVICES_ADDR=fd00:9::10")
+			env, err := systemd.ReadEnvFile(filepath.Join(prefix, "etc/memcache", role+".env"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, kv := range want {
+				if !slices.Contains(env, kv) {
+					t.Errorf("ADDR=%s: %s.env lacks %s: %q", addr, role, kv, env)
+				}
+			}
+			if role == "frontend" && !slices.ContainsFunc(env, func(kv string) bool {
+				return strings.HasPrefix(kv, "MEMCACHE_DB=postgres://") && strings.Contains(kv, "@[fd00:9::10]:5432/")
+			}) {
+				t.Errorf("ADDR=%s: the frontend's DSN does not bracket SERVICES_ADDR: %q", addr, env)
+			}
+		}
+	}
+}

@@ -49,7 +49,8 @@
 #   ADDR           this host's private address: the default of every
 #                  listener and advertised address, on the default ports
 #                  (manager 7200/7201/7300/7400, node 7100/7946, frontend
-#                  8080/8081/7500).
+#                  8080/8081/7500). An IPv6 address is written in brackets
+#                  where a port follows ([fd00::a]:7200).
 #   PUBLIC_TLS=1   manager, frontend: serve the public listener over TLS with
 #                  the host's certificate (advertised as https://).
 #   SERVICES_ADDR  frontend: the services host; sets the PostgreSQL DSN, the
@@ -113,6 +114,17 @@ put_text() {
 	cat >"$tmp"
 	put "$tmp" "$1" "$2"
 	rm -f "$tmp"
+}
+
+# hostport HOST PORT: HOST:PORT, an IPv6 address in brackets ([fd00::a]:7200);
+# HOST may come bracketed already.
+hostport() {
+	local h=${1#\[}
+	h=${h%\]}
+	case $h in
+	*:*) printf '[%s]:%s' "$h" "$2" ;;
+	*) printf '%s:%s' "$h" "$2" ;;
+	esac
 }
 
 random_hex() { # bytes
@@ -229,28 +241,28 @@ role_settings() {
 	if [ -n "${ADDR:-}" ]; then
 		case $role in
 		manager)
-			setting MEMCACHE_HTTP_ADDR "$ADDR:7200"
-			setting MEMCACHE_ADVERTISE_HTTP "$scheme://$ADDR:7200"
-			setting MEMCACHE_CLUSTER_ADDR "$ADDR:7201"
-			setting MEMCACHE_ADVERTISE_CLUSTER "https://$ADDR:7201"
-			setting MEMCACHE_RAFT_ADDR "$ADDR:7300"
-			setting MEMCACHE_RAFT_ADVERTISE "$ADDR:7300"
-			setting MEMCACHE_GOSSIP_ADDR "$ADDR:7400"
-			setting MEMCACHE_GOSSIP_ADVERTISE "$ADDR:7400"
+			setting MEMCACHE_HTTP_ADDR "$(hostport "$ADDR" 7200)"
+			setting MEMCACHE_ADVERTISE_HTTP "$scheme://$(hostport "$ADDR" 7200)"
+			setting MEMCACHE_CLUSTER_ADDR "$(hostport "$ADDR" 7201)"
+			setting MEMCACHE_ADVERTISE_CLUSTER "https://$(hostport "$ADDR" 7201)"
+			setting MEMCACHE_RAFT_ADDR "$(hostport "$ADDR" 7300)"
+			setting MEMCACHE_RAFT_ADVERTISE "$(hostport "$ADDR" 7300)"
+			setting MEMCACHE_GOSSIP_ADDR "$(hostport "$ADDR" 7400)"
+			setting MEMCACHE_GOSSIP_ADVERTISE "$(hostport "$ADDR" 7400)"
 			;;
 		node)
-			setting MEMCACHE_HTTP_ADDR "$ADDR:7100"
-			setting MEMCACHE_ADVERTISE_HTTP "https://$ADDR:7100"
-			setting MEMCACHE_GOSSIP_ADDR "$ADDR:7946"
-			setting MEMCACHE_GOSSIP_ADVERTISE "$ADDR:7946"
+			setting MEMCACHE_HTTP_ADDR "$(hostport "$ADDR" 7100)"
+			setting MEMCACHE_ADVERTISE_HTTP "https://$(hostport "$ADDR" 7100)"
+			setting MEMCACHE_GOSSIP_ADDR "$(hostport "$ADDR" 7946)"
+			setting MEMCACHE_GOSSIP_ADVERTISE "$(hostport "$ADDR" 7946)"
 			;;
 		frontend)
-			setting MEMCACHE_HTTP_ADDR "$ADDR:8080"
-			setting MEMCACHE_ADVERTISE_HTTP "$scheme://$ADDR:8080"
-			setting MEMCACHE_CLUSTER_ADDR "$ADDR:8081"
-			setting MEMCACHE_ADVERTISE_CLUSTER "https://$ADDR:8081"
-			setting MEMCACHE_GOSSIP_ADDR "$ADDR:7500"
-			setting MEMCACHE_GOSSIP_ADVERTISE "$ADDR:7500"
+			setting MEMCACHE_HTTP_ADDR "$(hostport "$ADDR" 8080)"
+			setting MEMCACHE_ADVERTISE_HTTP "$scheme://$(hostport "$ADDR" 8080)"
+			setting MEMCACHE_CLUSTER_ADDR "$(hostport "$ADDR" 8081)"
+			setting MEMCACHE_ADVERTISE_CLUSTER "https://$(hostport "$ADDR" 8081)"
+			setting MEMCACHE_GOSSIP_ADDR "$(hostport "$ADDR" 7500)"
+			setting MEMCACHE_GOSSIP_ADVERTISE "$(hostport "$ADDR" 7500)"
 			;;
 		esac
 	fi
@@ -273,8 +285,8 @@ role_settings() {
 		if [ -n "${SERVICES_ADDR:-}" ]; then
 			local pw
 			pw=$(cat "$SECRETS_DIR/postgres-password") || die "SERVICES_ADDR needs $SECRETS_DIR/postgres-password"
-			setting MEMCACHE_DB "postgres://memcache:$pw@$SERVICES_ADDR:5432/memcache?sslmode=require"
-			setting MEMCACHE_S3_ENDPOINT "http://$SERVICES_ADDR:7070"
+			setting MEMCACHE_DB "postgres://memcache:$pw@$(hostport "$SERVICES_ADDR" 5432)/memcache?sslmode=require"
+			setting MEMCACHE_S3_ENDPOINT "http://$(hostport "$SERVICES_ADDR" 7070)"
 			setting MEMCACHE_S3_BUCKET memcache
 			setting MEMCACHE_S3_REGION us-east-1
 			setting AWS_ACCESS_KEY_ID "$(cat "$SECRETS_DIR/s3-access")"
@@ -424,7 +436,7 @@ setup_versitygw() {
 	mkdir -p "$root/etc/memcache"
 	{
 		echo "# versitygw: written by deploy/provision.sh services; rerun it to change."
-		env_line VGW_ADDR "$PRIVATE_ADDR:7070"
+		env_line VGW_ADDR "$(hostport "$PRIVATE_ADDR" 7070)"
 		env_line VGW_REGION us-east-1
 		env_line VGW_ACCESS "$(cat "$SECRETS_DIR/s3-access")"
 		env_line VGW_SECRET "$(cat "$SECRETS_DIR/s3-secret")"
@@ -439,16 +451,17 @@ setup_versitygw() {
 # make_bucket NAME: creates the bucket (S3 CreateBucket, signed by curl);
 # an existing bucket of ours is fine.
 make_bucket() {
-	local url=http://$PRIVATE_ADDR:7070/$1 i code
+	local url i code
+	url=http://$(hostport "$PRIVATE_ADDR" 7070)/$1
 	for i in $(seq 1 30); do
 		# The payload hash header is the SHA-256 of the empty body.
-		code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary '' \
+		code=$(curl -g -s -o /dev/null -w '%{http_code}' -X PUT --data-binary '' \
 			-H 'x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' \
 			--aws-sigv4 aws:amz:us-east-1:s3 \
 			--user "$(cat "$SECRETS_DIR/s3-access"):$(cat "$SECRETS_DIR/s3-secret")" "$url") || code=000
 		case $code in
 		200 | 409)
-			echo "bucket $1 at http://$PRIVATE_ADDR:7070"
+			echo "bucket $1 at http://$(hostport "$PRIVATE_ADDR" 7070)"
 			return 0
 			;;
 		esac

@@ -158,22 +158,22 @@ func (s *system) send(c *http.Client, req *http.Request) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// startFrontends starts one more frontend on each of s.extra, named fe1,
+// startFrontends starts one more frontend on each of s.spare, named fe1,
 // fe2, ... with its own certificate (provision.sh tls adds them to the CA's
 // directory) and its own SQLite and blob directory: enough for routing.
 func (s *system) startFrontends() []*netns.Host {
 	s.t.Helper()
 	var entries []string
-	for i, h := range s.extra {
+	for i, h := range s.spare {
 		entries = append(entries, fmt.Sprintf("fe%d:frontend:%s", i+1, h.Addr()))
 	}
 	s.provision("tls", []string{"TLS_HOSTS=" + strings.Join(entries, " ")})
-	for i, h := range s.extra {
+	for i, h := range s.spare {
 		name := fmt.Sprintf("fe%d", i+1)
 		d := filepath.Join(s.root(h), "var/lib/memcache/frontend")
 		s.startRole(name, "frontend", h, s.roleEnv(h, name, "MEMCACHE_DB="+filepath.Join(d, "keys.db"), "MEMCACHE_BLOB_DIR="+filepath.Join(d, "blobs")))
 	}
-	return append([]*netns.Host{s.frontend}, s.extra...)
+	return append([]*netns.Host{s.frontend}, s.spare...)
 }
 
 // TestBenchPoolChange measures a pool change → every frontend routing by

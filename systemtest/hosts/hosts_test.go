@@ -14,6 +14,7 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -87,8 +88,11 @@ type system struct {
 	services *netns.Host
 	// serviceStores is set once startServices has the services up.
 	serviceStores *serviceStores
-	// extra are the hosts a test asked newSystemExtra for, beyond the seven.
-	extra []*netns.Host
+	// spare are the hosts of systemOptions.Spare: no role, no certificate.
+	spare []*netns.Host
+	// v6 is systemOptions.IPv6: the certificates name the hosts' IPv6
+	// addresses.
+	v6 bool
 
 	secrets    secrets
 	secretsDir string
@@ -118,11 +122,27 @@ func provisionScript(t *testing.T) string {
 // nothing.
 func newSystem(t *testing.T) *system { return newSystemExtra(t, 0) }
 
-// newSystemExtra is newSystem with extra more hosts (system.extra), which
+// newSystemExtra is newSystem with extra more hosts (system.spare), which
 // get no role and no certificate.
 func newSystemExtra(t *testing.T, extra int) *system {
 	t.Helper()
-	nw := netns.New(t, numManagers+numNodes+2+extra)
+	return newSystemWith(t, systemOptions{Spare: extra})
+}
+
+// systemOptions shape newSystemWith's network.
+type systemOptions struct {
+	// Spare is the number of hosts after the seven that get no role and
+	// no certificate (an attacker's, a control's).
+	Spare int
+	// IPv6 gives every host an IPv6 address too, and the certificates name
+	// that address instead of the IPv4 one.
+	IPv6 bool
+}
+
+// newSystemWith is newSystem shaped by opts.
+func newSystemWith(t *testing.T, opts systemOptions) *system {
+	t.Helper()
+	nw := netns.NewWith(t, netns.Options{Hosts: numManagers + numNodes + 2 + opts.Spare, IPv6: opts.IPv6})
 	hs := nw.Hosts()
 	s := &system{
 		t: t, bin: testbin.Path(t), net: nw, dir: t.TempDir(),
@@ -130,22 +150,23 @@ func newSystemExtra(t *testing.T, extra int) *system {
 		nodes:    hs[numManagers : numManagers+numNodes],
 		frontend: hs[numManagers+numNodes],
 		services: hs[numManagers+numNodes+1],
-		extra:    hs[numManagers+numNodes+2:],
+		spare:    hs[numManagers+numNodes+2:],
+		v6:       opts.IPv6,
 		procs:    map[string]*netns.Process{},
 	}
 	s.secretsDir, s.tlsDir = filepath.Join(s.dir, "secrets"), filepath.Join(s.dir, "tls")
 	s.provision("secrets", nil)
 	var hosts []string
 	for i, h := range s.managers {
-		hosts = append(hosts, fmt.Sprintf("m%d:manager:%s", i, h.Addr()))
-		t.Logf("manager m%d on %s (%s)", i, h, h.Addr())
+		hosts = append(hosts, fmt.Sprintf("m%d:manager:%s", i, s.certHost(h)))
+		t.Logf("manager m%d on %s (%s)", i, h, s.certHost(h))
 	}
 	for i, h := range s.nodes {
-		hosts = append(hosts, fmt.Sprintf("n%d:node:%s", i, h.Addr()))
-		t.Logf("node n%d on %s (%s)", i, h, h.Addr())
+		hosts = append(hosts, fmt.Sprintf("n%d:node:%s", i, s.certHost(h)))
+		t.Logf("node n%d on %s (%s)", i, h, s.certHost(h))
 	}
-	hosts = append(hosts, fmt.Sprintf("fe:frontend:%s", s.frontend.Addr()))
-	t.Logf("frontend on %s (%s), services on %s (%s)", s.frontend, s.frontend.Addr(), s.services, s.services.Addr())
+	hosts = append(hosts, fmt.Sprintf("fe:frontend:%s", s.certHost(s.frontend)))
+	t.Logf("frontend on %s (%s), services on %s (%s)", s.frontend, s.certHost(s.frontend), s.services, s.services.Addr())
 	s.provision("tls", []string{"TLS_HOSTS=" + strings.Join(hosts, " ")})
 	// The test is an operator's tool: a client certificate of the CA.
 	if err := pki.CreateCert(s.tlsDir, pki.CertRequest{Name: "test-client", Role: pki.RoleClient}); err != nil {
@@ -161,6 +182,15 @@ func newSystemExtra(t *testing.T, extra int) *system {
 	}
 	s.secrets = secrets{gossipKey: read("gossip-key"), clusterSecret: read("cluster-secret"), adminToken: read("admin-token")}
 	return s
+}
+
+// certHost is the address host h's certificate names: its IPv6 address
+// with systemOptions.IPv6, else its IPv4 address.
+func (s *system) certHost(h *netns.Host) netip.Addr {
+	if s.v6 {
+		return h.Addr6()
+	}
+	return h.Addr()
 }
 
 // certificate loads the certificate called name of the cluster CA.
@@ -426,13 +456,18 @@ func (s *system) waitNodesFollow(v pool.View) {
 
 // upload posts key with data to the frontend's /api/upload.
 func (s *system) upload(key string, data []byte) (int, []byte, error) {
+	return s.uploadTo(frontendURL(s.frontend), key, data)
+}
+
+// uploadTo posts key with data to /api/upload of the frontend at base.
+func (s *system) uploadTo(base, key string, data []byte) (int, []byte, error) {
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
 	mw.WriteField("key", key)
 	fw, _ := mw.CreateFormFile("file", key+".png")
 	fw.Write(data)
 	mw.Close()
-	req, err := http.NewRequest(http.MethodPost, frontendURL(s.frontend)+"/api/upload", &body)
+	req, err := http.NewRequest(http.MethodPost, base+"/api/upload", &body)
 	if err != nil {
 		s.t.Fatal(err)
 	}
