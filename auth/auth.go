@@ -6,8 +6,10 @@ package auth
 import (
 	"crypto/subtle"
 	"net/http"
+	"slices"
 
 	"github.com/memcache/memcache/internal/jsonhttp"
+	"github.com/memcache/memcache/pki"
 )
 
 // Header carries the cluster secret on cluster-internal HTTP calls.
@@ -54,4 +56,22 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set(Header, t.Secret)
 	return base.RoundTrip(r)
+}
+
+// RequireRole admits a request that came over mutual TLS only if the
+// client's certificate names one of roles (pki.PeerRole); others get 403.
+// A request without TLS passes: on a plain listener (--insecure) the
+// cluster secret is the only check.
+func RequireRole(roles ...pki.Role) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.TLS != nil {
+				if got := pki.PeerRole(r); !slices.Contains(roles, got) {
+					jsonhttp.Error(w, http.StatusForbidden, "a %q certificate may not call %s %s (want %v)", got, r.Method, r.URL.Path, roles)
+					return
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
 }

@@ -51,7 +51,8 @@ func (c *Cluster) InternalRoutes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(auth.Require(c.cfg.Secret))
 		r.With(c.forwardConsistent).Method(http.MethodGet, "/v1/pool", pool.Handler(watchSource{c}))
-		r.Post("/internal/v1/apply", c.handleApply)
+		// Only a replica forwards a command to the leader.
+		r.With(auth.RequireRole(pki.RoleManager)).Post("/internal/v1/apply", c.handleApply)
 	})
 }
 

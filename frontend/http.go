@@ -15,6 +15,7 @@ import (
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/internal/jsonhttp"
+	"github.com/memcache/memcache/pki"
 )
 
 // Handler returns the frontend's HTTP API and pages:
@@ -109,7 +110,8 @@ func (f *Frontend) InternalHandler() http.Handler {
 		jsonhttp.Write(w, http.StatusOK, f.Pool())
 	})
 	if f.cfg.Secret != "" || f.cfg.TLS != nil {
-		r.With(auth.Require(f.cfg.Secret)).Post(DeleteAllPath, f.handleDeleteAll)
+		// Only a manager carries out a delete-all through a frontend.
+		r.With(auth.Require(f.cfg.Secret), auth.RequireRole(pki.RoleManager)).Post(DeleteAllPath, f.handleDeleteAll)
 	} else {
 		r.Post(DeleteAllPath, func(w http.ResponseWriter, _ *http.Request) {
 			jsonhttp.TesterError(w, http.StatusForbidden, "this frontend has neither TLS nor a cluster secret: it carries out delete-all only from its pool-state watch")

@@ -17,6 +17,7 @@ import (
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/internal/jsonhttp"
 	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/pki"
 	"github.com/memcache/memcache/region"
 )
 
@@ -74,6 +75,10 @@ func (n *Node) Handler() http.Handler {
 	r.Group(func(r chi.Router) {
 		if n.secret != "" {
 			r.Use(auth.Require(n.secret))
+			// Over mutual TLS, only the managers, the frontends and
+			// operators' clients call a node; another node's certificate
+			// does not.
+			r.Use(auth.RequireRole(pki.RoleManager, pki.RoleFrontend, pki.RoleClient))
 		}
 		r.Get("/cache/*", n.timed("get", n.handleGet))
 		r.Put("/cache/*", n.timed("put", n.handlePut))

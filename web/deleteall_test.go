@@ -223,7 +223,7 @@ func TestDeleteAllOnAManagerAnswersOnlyWhenTheDataIsGone(t *testing.T) {
 		return tf.fe.Pool().DeleteGen >= gen
 	})
 	// A repeat of the generation, as the watch's backstop runs it, is a no-op.
-	if err := frontend.DeleteAll(context.Background(), s.HTTPClient(), tf.clusterURL, gen); err != nil {
+	if err := frontend.DeleteAll(context.Background(), s.ClientAs(pki.RoleManager), tf.clusterURL, gen); err != nil {
 		t.Fatalf("repeating generation %d: %v", gen, err)
 	}
 	if ks := tf.keys(t); !slices.Equal(ks, []string{"after"}) {

@@ -132,8 +132,12 @@ func (c *Cluster) NodeClient() *node.Client {
 }
 
 // HTTPClient calls the cluster's internal routes as a frontend does.
-func (c *Cluster) HTTPClient() *http.Client {
-	return &http.Client{Transport: &auth.Transport{Secret: Secret, Base: pki.Transport(c.TLS(pki.RoleFrontend))}, Timeout: Wait}
+func (c *Cluster) HTTPClient() *http.Client { return c.ClientAs(pki.RoleFrontend) }
+
+// ClientAs calls the cluster's internal routes with role r's certificate
+// and the cluster secret.
+func (c *Cluster) ClientAs(r pki.Role) *http.Client {
+	return &http.Client{Transport: &auth.Transport{Secret: Secret, Base: pki.Transport(c.TLS(r))}, Timeout: Wait}
 }
 
 // Start starts a cluster and waits until a leader has created the pool and

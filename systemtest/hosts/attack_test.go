@@ -26,6 +26,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/cluster"
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/internal/netns"
@@ -476,7 +477,8 @@ func (s *system) attackRaft(attacker *attackerHost) {
 // attackHTTP calls internal routes from the attacker's host: the cluster
 // listeners refuse the handshake without a certificate of the CA (plain
 // HTTP gets the TLS server's 400), a stolen node certificate without the
-// cluster secret gets 401, and the public listeners do not serve them.
+// cluster secret gets 401 and with it 403 (but for the watch), and the
+// public listeners do not serve them.
 func (s *system) attackHTTP(attacker *attackerHost, key string) {
 	t := s.t
 	t.Helper()
@@ -509,6 +511,18 @@ func (s *system) attackHTTP(attacker *attackerHost, key string) {
 				TLS: c.tls, CertFile: c.cert, KeyFile: c.keyFile, Method: r.method, URL: scheme + "://" + r.hostport + r.path, Body: r.body})
 			if c.stolen() {
 				wants = append(wants, status(http.StatusUnauthorized))
+				// With the cluster secret leaked too, a node's certificate
+				// still may not apply commands, call nodes or have a
+				// frontend delete everything (403); it may watch the pool,
+				// as nodes do.
+				want := status(http.StatusForbidden)
+				if r.path == "/v1/pool" {
+					want = status(http.StatusOK)
+				}
+				attempts = append(attempts, attempt{Name: fmt.Sprintf("%s and the cluster secret, %s %s%s", c.name, r.method, r.hostport, r.path),
+					TLS: true, CertFile: c.cert, KeyFile: c.keyFile, Method: r.method, URL: "https://" + r.hostport + r.path, Body: r.body,
+					Header: map[string]string{auth.Header: s.secrets.clusterSecret}})
+				wants = append(wants, want)
 			} else {
 				wants = append(wants, refused)
 			}
