@@ -84,7 +84,7 @@ func startFrontend(t *testing.T, s *system) *testFrontend {
 		defer close(firstDone)
 		fe.Run(first)
 	}()
-	waitfor.True(t, testcluster.Wait, "the frontend to take its first pool view", func() bool {
+	waitfor.True(t, testcluster.StartWait, "the frontend to take its first pool view", func() bool {
 		resp, err := http.Get(u + "/readyz")
 		if err != nil {
 			return false
