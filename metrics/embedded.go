@@ -61,7 +61,12 @@ func NewEmbedded(cfg EmbeddedConfig, pool func() fsm.State, client *http.Client,
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Embedded{
-		cfg: cfg, pool: pool, client: node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: cfg.Interval}), log: log, now: time.Now,
+		// A node gets at least 2 s to answer, even with a shorter interval:
+		// on a busy machine a scrape that must first complete a TLS
+		// handshake would otherwise time out, drop its connection and
+		// start over every time. A scrape that outlasts its interval
+		// makes the ticker drop a tick; none overlap.
+		cfg: cfg, pool: pool, client: node.NewClient(node.ClientConfig{HTTPClient: client, Timeout: max(cfg.Interval, 2*time.Second)}), log: log, now: time.Now,
 		nodes: make(map[string][]node.Sample),
 	}
 }

@@ -469,8 +469,13 @@ func (s *system) attackRaft(attacker *attackerHost) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after != before {
-		t.Errorf("victim %s after the attack: %+v, want it unchanged: %+v", id, after, before)
+	// The forged entries would have raised the term (a self-declared
+	// leader of term+1) or the delete generation. The last index is not
+	// compared: on a busy machine the real leader may commit an entry of
+	// its own meanwhile; that the victim holds nothing the others do not
+	// is checked after the attacks (every replica's view is the same).
+	if after.term != before.term || after.deleteGen != before.deleteGen || after.leader != before.leader || after.last < before.last {
+		t.Errorf("victim %s after the attack: %+v, want the term, delete generation and leader unchanged: %+v", id, after, before)
 	}
 }
 
