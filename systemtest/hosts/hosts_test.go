@@ -536,32 +536,9 @@ func TestClusterFormsAcrossHosts(t *testing.T) {
 	}
 	s.checkStored(key, img)
 
-	req, _ := http.NewRequest(http.MethodPost, fe+"/api/key/"+url.PathEscape(key), nil)
-	var read struct {
-		Success string `json:"success"`
-		Content string `json:"content"`
-	}
-	if code, body, err := s.do(req, &read); err != nil || code != 200 || read.Success != "true" {
-		t.Fatalf("POST /api/key/%s: %d %v %s, want 200 success", key, code, err, body)
-	}
-	if got, err := base64.StdEncoding.DecodeString(read.Content); err != nil || !bytes.Equal(got, img) {
-		t.Fatalf("/api/key/%s gave %d bytes (%v), want the %d uploaded", key, len(got), err, len(img))
-	}
-
-	// The image is served from the cache: the frontend reached the owner
-	// node on its host.
-	s.waitFor(wait, "GET /images/"+key+" to come from the cache", func() error {
-		resp, err := s.client.Get(fe + "/images/" + url.PathEscape(key))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if src := resp.Header.Get("X-Memcache-Source"); resp.StatusCode != 200 || !bytes.Equal(b, img) || src != "cache" {
-			return fmt.Errorf("%s, %d bytes from %q", resp.Status, len(b), src)
-		}
-		return nil
-	})
+	// The image reads back, and is served from the cache: the frontend
+	// reached the owner node on its host.
+	s.readBack(fe, key, img)
 	// ... and the node that owns the key's region holds it and counted the reads.
 	owner := v.Regions[region.Of(key)]
 	i := slices.IndexFunc(v.Members, func(m pool.Member) bool { return m.ID == owner })
@@ -576,4 +553,35 @@ func TestClusterFormsAcrossHosts(t *testing.T) {
 		t.Fatalf("owner %s's stats: id %q, %d items, %d gets; want the image cached and read there", owner, st.ID, st.Counters.Items, st.Counters.Gets)
 	}
 	t.Logf("cluster formed and served an upload and its reads in %v", time.Since(begin).Round(time.Millisecond))
+}
+
+// readBack checks that key reads back as img through the frontend at fe:
+// POST /api/key/{key} byte-exact, then GET /images/{key} from the cache
+// (polled: the first read fills it).
+func (s *system) readBack(fe, key string, img []byte) {
+	t := s.t
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, fe+"/api/key/"+url.PathEscape(key), nil)
+	var read struct {
+		Success string `json:"success"`
+		Content string `json:"content"`
+	}
+	if code, body, err := s.do(req, &read); err != nil || code != 200 || read.Success != "true" {
+		t.Fatalf("POST /api/key/%s: %d %v %s, want 200 success", key, code, err, body)
+	}
+	if got, err := base64.StdEncoding.DecodeString(read.Content); err != nil || !bytes.Equal(got, img) {
+		t.Fatalf("/api/key/%s gave %d bytes (%v), want the %d uploaded", key, len(got), err, len(img))
+	}
+	s.waitFor(wait, "GET /images/"+key+" to come from the cache", func() error {
+		resp, err := s.client.Get(fe + "/images/" + url.PathEscape(key))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if src := resp.Header.Get("X-Memcache-Source"); resp.StatusCode != 200 || !bytes.Equal(b, img) || src != "cache" {
+			return fmt.Errorf("%s, %d bytes from %q", resp.Status, len(b), src)
+		}
+		return nil
+	})
 }

@@ -1,14 +1,10 @@
 package hosts
 
 import (
-	"bytes"
-	"encoding/base64"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -121,29 +117,7 @@ func TestClusterFormsOverIPv6(t *testing.T) {
 		}
 		return nil
 	})
-	req, _ := http.NewRequest(http.MethodPost, fe+"/api/key/"+url.PathEscape(key), nil)
-	var read struct {
-		Success string `json:"success"`
-		Content string `json:"content"`
-	}
-	if code, body, err := s.do(req, &read); err != nil || code != 200 || read.Success != "true" {
-		t.Fatalf("POST /api/key/%s: %d %v %s, want 200 success", key, code, err, body)
-	}
-	if got, err := base64.StdEncoding.DecodeString(read.Content); err != nil || !bytes.Equal(got, img) {
-		t.Fatalf("/api/key/%s gave %d bytes (%v), want the %d uploaded", key, len(got), err, len(img))
-	}
-	// Served from the cache: the frontend reached the node over IPv6.
-	s.waitFor(wait, "GET /images/"+key+" to come from the cache", func() error {
-		resp, err := s.client.Get(fe + "/images/" + url.PathEscape(key))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if src := resp.Header.Get("X-Memcache-Source"); resp.StatusCode != 200 || !bytes.Equal(b, img) || src != "cache" {
-			return fmt.Errorf("%s, %d bytes from %q", resp.Status, len(b), src)
-		}
-		return nil
-	})
+	// It reads back, from the cache: the frontend reached the node over IPv6.
+	s.readBack(fe, key, img)
 	t.Logf("cluster formed over IPv6 and served an upload and its reads in %v", time.Since(begin).Round(time.Millisecond))
 }
