@@ -60,12 +60,14 @@ func DefaultTiming() Timing {
 }
 
 // FastTiming is the one Raft timing of the tests, on loopback: short
-// enough for quick elections, long enough that a busy two-core machine
-// does not hold stray elections (heartbeat and election 400 ms, lease
-// 200 ms, commit 10 ms).
+// enough for elections within a few seconds, long enough that a two-core
+// machine running the race detector beside another test run does not hold
+// stray elections (heartbeat and election 1 s, lease 500 ms, commit 10 ms).
+// With 400 ms and a 200 ms lease, a loaded machine saw a leader step down
+// every few seconds: its heartbeats waited longer than the lease for a CPU.
 func FastTiming() Timing {
-	return Timing{Heartbeat: 400 * time.Millisecond, Election: 400 * time.Millisecond,
-		LeaderLease: 200 * time.Millisecond, Commit: 10 * time.Millisecond}
+	return Timing{Heartbeat: time.Second, Election: time.Second,
+		LeaderLease: 500 * time.Millisecond, Commit: 10 * time.Millisecond}
 }
 
 // Config configures a manager replica's place in the cluster.

@@ -59,9 +59,12 @@ type Config struct {
 	SecretKey []byte
 	// Meta is what this member advertises. Meta.ID and Meta.Role are required.
 	Meta Meta
-	// Fast selects short test timings (probe every 200 ms, suspicion
-	// timeout 0.6-3.6 s), so a dead member is declared within about 1-2 s
-	// on loopback. Otherwise memberlist.DefaultLANConfig timings are used.
+	// Fast selects short test timings (probe every 500 ms within 300 ms,
+	// suspicion timeout 2-6 s: 4 × max(1, log10(members)) × 0.5 s, up to
+	// three times that until others confirm), so a dead member is declared
+	// within a few seconds on loopback, and a member starved of CPU for a
+	// few hundred milliseconds on a busy machine is not. Otherwise
+	// memberlist.DefaultLANConfig timings are used.
 	Fast bool
 }
 
@@ -176,8 +179,10 @@ func memberlistConfig(cfg Config) (*memberlist.Config, error) {
 	var mc *memberlist.Config
 	if cfg.Fast {
 		mc = memberlist.DefaultLocalConfig()
-		mc.ProbeInterval = 200 * time.Millisecond
-		mc.ProbeTimeout = 100 * time.Millisecond
+		mc.ProbeInterval = 500 * time.Millisecond
+		mc.ProbeTimeout = 300 * time.Millisecond
+		mc.SuspicionMult = 4
+		mc.SuspicionMaxTimeoutMult = 3
 		mc.GossipInterval = 50 * time.Millisecond
 		mc.PushPullInterval = 2 * time.Second
 		mc.GossipToTheDeadTime = 2 * time.Second

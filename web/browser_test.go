@@ -416,10 +416,9 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 
 	// Clear caches.
 	tb.do("back to the dashboard", chromedp.Navigate(tb.base+"/ui"), chromedp.WaitVisible(chromedp.CSS("#clear-caches")))
+	term := r.cluster.Raft().CurrentTerm()
 	tb.submit("#clear-caches", "clear")
-	if got := s.waitConverged().ClearGen; got != before.ClearGen+1 {
-		t.Errorf("clear generation: got %d, want %d", got, before.ClearGen+1)
-	}
+	generationMoved(t, "clear", s.waitConverged().ClearGen, before.ClearGen, term, r)
 	waitfor.True(t, 10*time.Second, "the pool's caches to be empty", func() bool {
 		for _, m := range s.state().Members {
 			if s.node(m.ID).Node().Cache().Len() != 0 {
@@ -438,8 +437,22 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 			t.Errorf("confirmation page says %q, want it to name %q", list, want)
 		}
 	}
+	term = r.cluster.Raft().CurrentTerm()
 	tb.submit("#confirm-delete", "delete")
-	if got := s.waitConverged().DeleteGen; got != before.DeleteGen+1 {
-		t.Errorf("delete generation: got %d, want %d", got, before.DeleteGen+1)
+	generationMoved(t, "delete", s.waitConverged().DeleteGen, before.DeleteGen, term, r)
+}
+
+// generationMoved checks that one form moved a generation from before by
+// one. By two only if an election happened meanwhile: a command whose
+// commit was uncertain (leadership lost, the leader silent) is sent again,
+// and clearing or deleting twice within one request is harmless.
+func generationMoved(t *testing.T, what string, got, before, term uint64, r *replica) {
+	t.Helper()
+	switch now := r.cluster.Raft().CurrentTerm(); {
+	case got == before+1:
+	case got == before+2 && now > term:
+		t.Logf("%s generation moved by 2: sent again across an election (term %d -> %d)", what, term, now)
+	default:
+		t.Errorf("%s generation: got %d, want %d (term %d -> %d)", what, got, before+1, term, now)
 	}
 }
