@@ -82,7 +82,42 @@ func (p *Process) Signal(sig os.Signal) {
 
 // Stop freezes the process (SIGSTOP): it keeps its sockets, which accept
 // connections the kernel completes, but answers nothing until Cont.
-func (p *Process) Stop() { p.Signal(syscall.SIGSTOP) }
+//
+// It returns once every thread of the process is stopped: SIGSTOP takes
+// effect asynchronously, and a request sent right after the signal could
+// otherwise still be answered by a thread not yet stopped.
+func (p *Process) Stop() {
+	p.Signal(syscall.SIGSTOP)
+	deadline := time.Now().Add(time.Minute)
+	for !p.stopped() && time.Now().Before(deadline) {
+		select {
+		case <-p.exited:
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// stopped reports whether every thread of the process is in the stopped
+// state (T in /proc/PID/task/TID/stat).
+func (p *Process) stopped() bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.Pid()))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", p.Pid(), task.Name()))
+		if err != nil {
+			return false
+		}
+		// pid (comm) STATE ...: comm may hold spaces and parentheses.
+		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+		if f := strings.Fields(rest); len(f) == 0 || (f[0] != "T" && f[0] != "t") {
+			return false
+		}
+	}
+	return true
+}
 
 // Cont resumes a process frozen with Stop (SIGCONT).
 func (p *Process) Cont() { p.Signal(syscall.SIGCONT) }
