@@ -624,15 +624,30 @@ func TestForgedAppendEntriesAreTakenByInsecureManagers(t *testing.T) {
 	s.waitRaft()
 	clusterURL := func(h *netns.Host) string { return "http://" + h.HostPort(managerClusterPort) }
 
-	// forge sends one payload to a follower until it is appended (a
-	// follower that has just changed term refuses a stale previous entry,
-	// and the first forgery causes elections), and returns the follower.
-	forge := func(payload int, not *netns.Host) (*netns.Host, raftView) {
+	// forge sends one payload to a follower other than not until the
+	// follower shows took, and returns it. The first forgery causes
+	// elections: a forged entry may be refused (a follower that has just
+	// changed term refuses a stale previous entry) or appended and then
+	// overwritten by the real leader before it is applied, so a forgery
+	// that has not taken within forgeTook is sent again.
+	const forgeTook = 15 * time.Second
+	forge := func(payload int, not *netns.Host, took func(h *netns.Host, before raftView) error) *netns.Host {
 		var (
 			victim *netns.Host
 			before raftView
+			sent   time.Time
 		)
-		s.waitFor(wait, "a forged entry appended", func() error {
+		s.waitFor(3*wait, "a forged entry taken", func() error {
+			if victim != nil {
+				err := took(victim, before)
+				if err == nil {
+					return nil
+				}
+				if time.Since(sent) < forgeTook {
+					return err
+				}
+				victim = nil // overwritten, or refused after all: forge again
+			}
 			h, i := s.follower(not)
 			v, st, err := s.raftViewOf(h, clusterURL(h))
 			if err != nil {
@@ -643,30 +658,29 @@ func TestForgedAppendEntriesAreTakenByInsecureManagers(t *testing.T) {
 			if o.Err != "" || !o.Success {
 				return fmt.Errorf("%s to m%d: %+v", a.Name, i, o)
 			}
-			victim, before = h, v
-			return nil
+			victim, before, sent = h, v, time.Now()
+			return fmt.Errorf("%s appended at m%d, not taken yet", a.Name, i)
 		})
-		return victim, before
+		t.Logf("%s took the forged entry (term %d, after index %d)", victim, before.term+1, before.last)
+		return victim
 	}
 
-	victim, before := forge(0, nil)
-	s.waitFor(wait, "the forged DeleteAll applied", func() error {
-		after, _, err := s.raftViewOf(victim, clusterURL(victim))
+	victim := forge(0, nil, func(h *netns.Host, before raftView) error {
+		after, _, err := s.raftViewOf(h, clusterURL(h))
 		if err != nil || after.deleteGen <= before.deleteGen {
 			return fmt.Errorf("delete generation %d, was %d (%v)", after.deleteGen, before.deleteGen, err)
 		}
 		return nil
 	})
-	t.Logf("%s applied the forged DeleteAll (term %d, after index %d)", victim, before.term+1, before.last)
-	victim2, before2 := forge(1, victim)
+	t.Logf("%s applied the forged DeleteAll", victim)
 	var st cluster.Status
-	s.waitFor(wait, "the victim halted on the unknown entry", func() error {
-		if code, body, err := s.get(managerURL(victim2)+"/raft/status", &st); err != nil || code != 200 || st.Halted == nil {
+	victim2 := forge(1, victim, func(h *netns.Host, _ raftView) error {
+		if code, body, err := s.get(managerURL(h)+"/raft/status", &st); err != nil || code != 200 || st.Halted == nil {
 			return fmt.Errorf("%d %v %s", code, err, body)
 		}
 		return nil
 	})
-	t.Logf("%s halted on the forged entry of an unknown type after index %d: %+v", victim2, before2.last, *st.Halted)
+	t.Logf("%s halted on the forged entry of an unknown type: %+v", victim2, *st.Halted)
 }
 
 // The attacker program: the test binary itself, started inside the
