@@ -85,8 +85,8 @@ type Node struct {
 
 // StartNode listens, serves the node's API, starts sampling statistics,
 // joins the gossip cluster and follows the pool state from whichever
-// manager replicas gossip shows. ctx bounds the start only (it loads the
-// AWS config for CloudWatch); Close stops the node.
+// manager replicas gossip shows. ctx bounds the start only (the read of
+// the EC2 identity, the AWS config for CloudWatch); Close stops the node.
 func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, error) {
 	if cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = "127.0.0.1:0"
