@@ -11,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/memcache/memcache/internal/ec2meta"
 	"github.com/memcache/memcache/internal/role"
 
 	"github.com/memcache/memcache/gossip"
@@ -26,7 +27,7 @@ func nodeCommand() *cli.Command {
 			"them over HTTP. It joins the cluster by gossip. Until a manager assigns it\n" +
 			"regions, it owns all 16.",
 		Flags: append([]cli.Flag{
-			renamedStringFlag("name", "", "node id, unique in the cluster (default: <hostname>-<http port>)", "id"),
+			renamedStringFlag("name", "", "node id, unique in the cluster (default: <hostname>-<http port>; the instance id with --ec2-identity)", "id"),
 			stringFlag("http-addr", "127.0.0.1:7100", "host:port the HTTP API listens on (a cluster listener: mutual TLS)"),
 			stringFlag("advertise-http", "", "base URL members reach the HTTP API by (default: https://<http-addr>, http with --insecure)"),
 			stringFlag("gossip-addr", "127.0.0.1:7946", "host:port for gossip (TCP and UDP)"),
@@ -42,6 +43,8 @@ func nodeCommand() *cli.Command {
 			stringFlag("cloudwatch-namespace", "Memcache", "CloudWatch namespace (with --metrics cloudwatch)"),
 			stringFlag("cloudwatch-pool", "default", "value of the Pool dimension in CloudWatch"),
 			&cli.DurationFlag{Name: "sample-interval", Value: 5 * time.Second, Usage: "how often statistics are sampled", Sources: cli.EnvVars(envName("sample-interval"))},
+			&cli.BoolFlag{Name: "ec2-identity", Sources: cli.EnvVars(envName("ec2-identity")),
+				Usage: "on EC2: read the instance's identity from the instance metadata service (IMDSv2; endpoint from the AWS SDK, e.g. AWS_EC2_METADATA_SERVICE_ENDPOINT) at start, and default --name to the instance id, --advertise-http to https://<local-hostname, else local-ipv4>:<http port> and --gossip-advertise to <local-ipv4>:<gossip port>; the node does not start if it cannot be read"},
 		}, clusterTLSFlags()...),
 		Action: runNode,
 	}
@@ -74,6 +77,12 @@ func runNode(ctx context.Context, cmd *cli.Command) error {
 			Join:          cmd.StringSlice("join"),
 			SecretKey:     key,
 		},
+	}
+	if cmd.Bool("ec2-identity") {
+		cfg.EC2Identity = &ec2meta.Config{}
+		if cmd.String("name") == "" {
+			cfg.Name = "" // the instance id, not processSetup's host name
+		}
 	}
 	switch b := cmd.String("metrics"); b {
 	case "embedded":

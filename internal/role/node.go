@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/ec2meta"
 	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/node"
@@ -53,6 +55,15 @@ type NodeConfig struct {
 	// PutMetricData (credentials and region from the AWS SDK's default
 	// chain). Its Interval, if zero, is SampleInterval.
 	CloudWatch *metrics.CloudWatchConfig
+	// EC2Identity, if set, makes StartNode first read the EC2 instance's
+	// identity from the instance metadata service (IMDSv2, see
+	// ec2meta.Config for the endpoint and the bound on the read) and fill
+	// what is blank: Name with the instance id, AdvertiseHTTP with
+	// https://<local-hostname, else local-ipv4>:<the HTTP port>, and
+	// Gossip.AdvertiseAddr with <local-ipv4>:<the gossip port>. If the
+	// service cannot be read, StartNode fails rather than advertise a wrong
+	// address.
+	EC2Identity *ec2meta.Config
 }
 
 // Node is a running cache node: it serves its HTTP API, takes part in
@@ -74,20 +85,42 @@ type Node struct {
 
 // StartNode listens, serves the node's API, starts sampling statistics,
 // joins the gossip cluster and follows the pool state from whichever
-// manager replicas gossip shows. ctx bounds the start only (it loads the
-// AWS config for CloudWatch); Close stops the node.
+// manager replicas gossip shows. ctx bounds the start only (the read of
+// the EC2 identity, the AWS config for CloudWatch); Close stops the node.
 func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, error) {
-	if cfg.Name == "" {
-		return nil, errNoName
-	}
 	if cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = "127.0.0.1:0"
 	}
 	if cfg.Gossip.BindAddr == "" {
 		cfg.Gossip.BindAddr = "127.0.0.1:0"
 	}
+	var ec2ID *ec2meta.Identity
+	if cfg.EC2Identity != nil {
+		id, err := ec2meta.Read(ctx, *cfg.EC2Identity)
+		if err != nil {
+			return nil, fmt.Errorf("node: --ec2-identity: %w", err)
+		}
+		ec2ID = &id
+		if cfg.Name == "" {
+			cfg.Name = id.InstanceID
+		}
+		if cfg.Gossip.AdvertiseAddr == "" {
+			_, port, err := net.SplitHostPort(cfg.Gossip.BindAddr)
+			if err != nil {
+				return nil, fmt.Errorf("node: gossip address %q: %w", cfg.Gossip.BindAddr, err)
+			}
+			// Port 0 advertises the port gossip binds.
+			cfg.Gossip.AdvertiseAddr = net.JoinHostPort(id.LocalIPv4.String(), port)
+		}
+	}
+	if cfg.Name == "" {
+		return nil, errNoName
+	}
 	base := log.With("id", cfg.Name)
 	log = base.With("component", "node")
+	if ec2ID != nil {
+		log.Info("EC2 instance identity", "instance_id", ec2ID.InstanceID, "local_ipv4", ec2ID.LocalIPv4, "local_hostname", ec2ID.LocalHostname)
+	}
 	n, err := node.New(node.Config{ID: cfg.Name, Cache: cfg.Cache, SampleInterval: cfg.SampleInterval, Secret: cfg.Secret}, log)
 	if err != nil {
 		return nil, err
@@ -104,9 +137,18 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 		}
 		publisher = metrics.NewPublisher(cw, cloudwatch.NewFromConfig(awsCfg), cfg.Name, n.Samples, log)
 	}
-	ln, url, err := listenCluster("node", cfg.HTTPAddr, cfg.AdvertiseHTTP, cfg.TLS)
+	advertise := cfg.AdvertiseHTTP
+	if ec2ID != nil && advertise == "" {
+		// The port is the listener's, known once it listens (HTTPAddr
+		// may ask for port 0).
+		advertise = ec2ID.URL(pki.Scheme(cfg.TLS), 0)
+	}
+	ln, url, err := listenCluster("node", cfg.HTTPAddr, advertise, cfg.TLS)
 	if err != nil {
 		return nil, err
+	}
+	if ec2ID != nil && cfg.AdvertiseHTTP == "" {
+		url = ec2ID.URL(pki.Scheme(cfg.TLS), ln.Addr().(*net.TCPAddr).Port)
 	}
 	gcfg := cfg.Gossip
 	gcfg.Meta = gossip.Meta{Role: gossip.RoleNode, ID: cfg.Name, HTTP: url}

@@ -275,12 +275,20 @@ func (s *system) frontendStoreEnv() []string {
 }
 
 // startRole installs role on host h with provision.sh and starts it as
-// its unit would (internal/systemd), inside the host: the one place roles
-// are started.
+// its unit would, inside the host.
 func (s *system) startRole(name, role string, h *netns.Host, env []string) {
 	s.t.Helper()
 	s.provision(role, env)
-	cmd, err := systemd.Command(s.root(h), "memcache-"+role+".service", s.bin)
+	s.startUnit(name, role, h, s.bin)
+}
+
+// startUnit starts role, installed under h's root, as its unit would
+// (internal/systemd), inside the host: the one place roles are started. bin
+// is the program run in place of the unit's; if blank, the binary installed
+// under the root.
+func (s *system) startUnit(name, role string, h *netns.Host, bin string) {
+	s.t.Helper()
+	cmd, err := systemd.Command(s.root(h), "memcache-"+role+".service", bin)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -443,15 +451,21 @@ func (s *system) waitPool() pool.View {
 func (s *system) waitNodesFollow(v pool.View) {
 	s.t.Helper()
 	for _, h := range s.nodes {
-		var r node.Regions
-		s.waitFor(wait, fmt.Sprintf("node on %s to install epoch %d", h, v.Epoch), func() error {
-			code, body, err := s.get(nodeURL(h)+"/regions", &r)
-			if err != nil || code != 200 || r.Epoch < v.Epoch {
-				return fmt.Errorf("%d %v %s", code, err, body)
-			}
-			return nil
-		})
+		s.waitNodeFollows(h, v.Epoch)
 	}
+}
+
+// waitNodeFollows waits until the node on host h has installed epoch.
+func (s *system) waitNodeFollows(h *netns.Host, epoch uint64) {
+	s.t.Helper()
+	var r node.Regions
+	s.waitFor(wait, fmt.Sprintf("node on %s to install epoch %d", h, epoch), func() error {
+		code, body, err := s.get(nodeURL(h)+"/regions", &r)
+		if err != nil || code != 200 || r.Epoch < epoch {
+			return fmt.Errorf("%d %v %s", code, err, body)
+		}
+		return nil
+	})
 }
 
 // upload posts key with data to the frontend's /api/upload.
