@@ -36,7 +36,7 @@ func managerFlags() []cli.Flag {
 		secretFileFlag("cluster-secret"),
 		stringFlag("admin-token", "", "bearer token the admin API (/api/delete_all, configure_cache, getNumNodes, getRate) requires; blank leaves it open"),
 		secretFileFlag("admin-token"),
-		stringFlag("provisioner", "static", "where pool nodes come from: static (nodes that joined by gossip) or local (start memcache node processes here)"),
+		stringFlag("provisioner", "static", "where pool nodes come from: static (nodes that joined by gossip), local (start memcache node processes here) or ec2 (launch tagged EC2 instances; the --ec2-* flags)"),
 		intFlag("initial-nodes", 1, "pool size the leader creates when the pool is empty"),
 		stringFlag("metrics", "embedded", "where pool statistics come from: embedded (replicas scrape the nodes) or cloudwatch (nodes publish, replicas read GetMetricData)"),
 		stringFlag("cloudwatch-namespace", "Memcache", "CloudWatch namespace (with --metrics cloudwatch)"),
@@ -45,7 +45,62 @@ func managerFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "scaler-interval", Value: time.Minute, Usage: "how often the leader's auto-scaler reads the miss rate and decides", Sources: cli.EnvVars(envName("scaler-interval"))},
 		&cli.DurationFlag{Name: "dead-grace", Value: 10 * time.Second, Usage: "how long a pool node may be missing from gossip before its regions are reassigned", Sources: cli.EnvVars(envName("dead-grace"))},
 	}
+	flags = append(flags, ec2Flags()...)
 	return append(append(flags, clusterTLSFlags()...), publicTLSFlags()...)
+}
+
+// ec2Flags configure the ec2 provisioner (--provisioner ec2).
+func ec2Flags() []cli.Flag {
+	return []cli.Flag{
+		stringFlag("ec2-cluster", "memcache", "ec2: value of the memcache:cluster tag on the nodes' instances; the manager adopts and terminates only instances with it"),
+		stringFlag("ec2-region", "", "ec2: AWS region (default: the SDK's chain: AWS_REGION, the shared config, the instance's metadata)"),
+		stringFlag("ec2-launch-template", "", "ec2: launch template id (lt-...) or name the nodes are launched from; the flags below override it"),
+		stringFlag("ec2-ami", "", "ec2: AMI the nodes boot (required without a launch template)"),
+		stringFlag("ec2-instance-type", "", "ec2: the nodes' instance type (default t3.small without a launch template)"),
+		stringSliceFlag("ec2-subnets", "ec2: subnet ids the nodes are spread over, round robin"),
+		stringSliceFlag("ec2-security-groups", "ec2: the nodes' security group ids"),
+		stringFlag("ec2-instance-profile", "", "ec2: the nodes' instance profile, name or ARN"),
+		stringFlag("ec2-node-tls-cert", "", "ec2: the certificate (role node, e.g. --host '*.ec2.internal') every EC2 node presents; carried in the user-data with the CA of --tls-ca"),
+		stringFlag("ec2-node-tls-key", "", "ec2: the key of --ec2-node-tls-cert"),
+		stringFlag("ec2-binary-url", "", "ec2: URL the user-data downloads the memcache binary from (default: the AMI has /usr/local/bin/memcache)"),
+		stringFlag("ec2-binary-sha256", "", "ec2: SHA-256 of the binary at --ec2-binary-url (required with it)"),
+		&cli.DurationFlag{Name: "ec2-join-timeout", Value: 5 * time.Minute, Usage: "ec2: a launched instance that has not joined gossip by then is terminated and replaced",
+			Sources: cli.EnvVars(envName("ec2-join-timeout"))},
+		&cli.DurationFlag{Name: "ec2-orphan-grace", Value: 10 * time.Minute, Usage: "ec2: a tagged instance no pool member claims is terminated after this",
+			Sources: cli.EnvVars(envName("ec2-orphan-grace"))},
+	}
+}
+
+// ec2Options are the ec2 provisioner's options from the flags.
+func ec2Options(cmd *cli.Command, secret string, gossipKey []byte, cw *metrics.CloudWatchConfig) (role.EC2Options, error) {
+	if cmd.String("tls-ca") == "" {
+		return role.EC2Options{}, fmt.Errorf("--provisioner ec2 needs mutual TLS (--tls-ca, --tls-cert, --tls-key): nodes on other hosts are not started without it")
+	}
+	if (cmd.String("ec2-binary-url") == "") != (cmd.String("ec2-binary-sha256") == "") {
+		return role.EC2Options{}, fmt.Errorf("--ec2-binary-url and --ec2-binary-sha256 go together")
+	}
+	env := map[string]string{}
+	if cw != nil { // the nodes publish what the managers read
+		env[envName("metrics")] = "cloudwatch"
+		env[envName("cloudwatch-namespace")] = cw.Namespace
+		env[envName("cloudwatch-pool")] = cw.Pool
+		if r := cmd.String("ec2-region"); r != "" {
+			env["AWS_REGION"] = r
+		}
+	}
+	return role.EC2Options{
+		EC2: scaler.EC2Config{
+			Cluster: cmd.String("ec2-cluster"), LaunchTemplate: cmd.String("ec2-launch-template"),
+			AMI: cmd.String("ec2-ami"), InstanceType: cmd.String("ec2-instance-type"),
+			Subnets: cmd.StringSlice("ec2-subnets"), SecurityGroups: cmd.StringSlice("ec2-security-groups"),
+			InstanceProfile: cmd.String("ec2-instance-profile"),
+			JoinTimeout:     cmd.Duration("ec2-join-timeout"), OrphanGrace: cmd.Duration("ec2-orphan-grace"),
+		},
+		Region: cmd.String("ec2-region"), CAFile: cmd.String("tls-ca"),
+		NodeCertFile: cmd.String("ec2-node-tls-cert"), NodeKeyFile: cmd.String("ec2-node-tls-key"),
+		GossipKey: gossipKey, ClusterSecret: secret,
+		BinaryURL: cmd.String("ec2-binary-url"), BinarySHA256: cmd.String("ec2-binary-sha256"), NodeEnv: env,
+	}, nil
 }
 
 func managerCommand() *cli.Command {
@@ -109,8 +164,17 @@ func runManager(ctx context.Context, cmd *cli.Command) error {
 		cfg.Provisioner = role.Static()
 	case "local":
 		cfg.Provisioner = role.Local(localNodeConfig(cfg.Secret, key, tlsEnv(cmd)))
+	case "ec2":
+		opts, err := ec2Options(cmd, cfg.Secret, key, cfg.CloudWatch)
+		if err != nil {
+			return err
+		}
+		cfg.Provisioner = role.EC2(opts)
+		// An instance boots, installs and joins within minutes; the pool
+		// waits long enough for one replacement of an instance that does not.
+		cfg.AcquireTimeout = 2*opts.EC2.JoinTimeout + time.Minute
 	default:
-		return fmt.Errorf("--provisioner %q: want static or local", p)
+		return fmt.Errorf("--provisioner %q: want static, local or ec2", p)
 	}
 	m, err := role.StartManager(ctx, cfg, log)
 	if err != nil {

@@ -90,6 +90,9 @@ type ManagerConfig struct {
 	// DeadGrace is how long a pool node may be missing from gossip before
 	// its regions are reassigned. If zero, 10 s.
 	DeadGrace time.Duration
+	// AcquireTimeout bounds how long the pool waits for the provisioner to
+	// supply nodes. If zero, scaler.PoolConfig's default (60 s).
+	AcquireTimeout time.Duration
 	// ScalerInterval is how often the leader's auto-scaler reads the miss
 	// rate and decides. If zero, 1 minute.
 	ScalerInterval time.Duration
@@ -187,15 +190,18 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 		return fail(err)
 	}
 	undo = append(undo, func() { c.Close() })
-	prov, err := cfg.Provisioner(c.Gossip(), log)
+	prov, err := cfg.Provisioner(c.Gossip(), c, log)
 	if err != nil {
 		return fail(err)
 	}
 	undo = append(undo, func() { prov.Close() })
 	m := &Manager{cluster: c, prov: prov, url: url, clusterURL: clusterURL, log: log, scraped: make(chan struct{})}
 
-	m.pool = scaler.NewPool(scaler.PoolConfig{DeadGrace: cfg.DeadGrace, InitialNodes: cfg.InitialNodes}, c, c.Gossip(), prov, log.With("id", cfg.Name))
+	m.pool = scaler.NewPool(scaler.PoolConfig{DeadGrace: cfg.DeadGrace, InitialNodes: cfg.InitialNodes, AcquireTimeout: cfg.AcquireTimeout}, c, c.Gossip(), prov, log.With("id", cfg.Name))
 	c.RunWhileLeader(m.pool.Run)
+	if r, ok := prov.(leaderWork); ok { // the ec2 provisioner's orphan reconciler
+		c.RunWhileLeader(r.Run)
+	}
 
 	// Pool statistics: every replica keeps (or reads) the same history, so
 	// the UI on any replica and a new leader's scaler see the same figures.

@@ -1,6 +1,7 @@
 package role
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"sync"
@@ -12,19 +13,21 @@ import (
 // ProvisionerFunc builds a manager replica's provisioner once the replica's
 // gossip runs; g is the replica's gossip membership. The replica closes the
 // provisioner when it closes.
-type ProvisionerFunc func(g *gossip.Gossip, log *slog.Logger) (scaler.Provisioner, error)
+type ProvisionerFunc func(g *gossip.Gossip, pool scaler.PoolState, log *slog.Logger) (scaler.Provisioner, error)
 
 // Static is the static provisioner: pool nodes are the cache nodes that
 // joined by gossip and are not in the pool yet.
 func Static() ProvisionerFunc {
-	return func(g *gossip.Gossip, _ *slog.Logger) (scaler.Provisioner, error) { return scaler.NewStatic(g), nil }
+	return func(g *gossip.Gossip, _ scaler.PoolState, _ *slog.Logger) (scaler.Provisioner, error) {
+		return scaler.NewStatic(g), nil
+	}
 }
 
 // Local is the local provisioner: the replica starts `memcache node`
 // processes on this machine. If cfg.Join is empty, the nodes join the
 // replica's gossip.
 func Local(cfg scaler.LocalConfig) ProvisionerFunc {
-	return func(g *gossip.Gossip, log *slog.Logger) (scaler.Provisioner, error) {
+	return func(g *gossip.Gossip, _ scaler.PoolState, log *slog.Logger) (scaler.Provisioner, error) {
 		if len(cfg.Join) == 0 {
 			cfg.Join = []string{g.Addr()}
 		}
@@ -52,7 +55,7 @@ func NewSharedLocal(cfg scaler.LocalConfig, log *slog.Logger) *SharedLocal {
 // Provisioner is the ProvisionerFunc each replica is given; what it builds
 // does nothing on Close, which is left to the SharedLocal's owner.
 func (s *SharedLocal) Provisioner() ProvisionerFunc {
-	return func(g *gossip.Gossip, _ *slog.Logger) (scaler.Provisioner, error) {
+	return func(g *gossip.Gossip, _ scaler.PoolState, _ *slog.Logger) (scaler.Provisioner, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.local == nil {
@@ -93,3 +96,9 @@ type sharedProvisioner struct{ *scaler.Local }
 func (sharedProvisioner) Close() error { return nil }
 
 var errNoName = errors.New("role: Name is required")
+
+// leaderWork is a provisioner with work of its own that runs on the leader
+// only (the ec2 provisioner's orphan reconciler).
+type leaderWork interface {
+	Run(ctx context.Context)
+}
