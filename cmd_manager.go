@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v3"
@@ -64,6 +65,7 @@ func ec2Flags() []cli.Flag {
 		stringFlag("ec2-node-tls-key", "", "ec2: the key of --ec2-node-tls-cert"),
 		stringFlag("ec2-binary-url", "", "ec2: URL the user-data downloads the memcache binary from (default: the AMI has /usr/local/bin/memcache)"),
 		stringFlag("ec2-binary-sha256", "", "ec2: SHA-256 of the binary at --ec2-binary-url (required with it)"),
+		stringSliceFlag("ec2-node-env", "ec2: NAME=VALUE written to the nodes' environment file (MEMCACHE_* flags such as MEMCACHE_CAPACITY_MB, AWS_* SDK settings); repeat"),
 		&cli.DurationFlag{Name: "ec2-join-timeout", Value: 5 * time.Minute, Usage: "ec2: a launched instance that has not joined gossip by then is terminated and replaced",
 			Sources: cli.EnvVars(envName("ec2-join-timeout"))},
 		&cli.DurationFlag{Name: "ec2-orphan-grace", Value: 10 * time.Minute, Usage: "ec2: a tagged instance no pool member claims is terminated after this",
@@ -80,6 +82,13 @@ func ec2Options(cmd *cli.Command, secret string, gossipKey []byte, cw *metrics.C
 		return role.EC2Options{}, fmt.Errorf("--ec2-binary-url and --ec2-binary-sha256 go together")
 	}
 	env := map[string]string{}
+	for _, kv := range cmd.StringSlice("ec2-node-env") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return role.EC2Options{}, fmt.Errorf("--ec2-node-env %q: want NAME=VALUE", kv)
+		}
+		env[k] = v
+	}
 	if cw != nil { // the nodes publish what the managers read
 		env[envName("metrics")] = "cloudwatch"
 		env[envName("cloudwatch-namespace")] = cw.Namespace

@@ -58,9 +58,9 @@
 #   MEMCACHE_*     any flag of the role, written to the environment file as
 #                  given; they override what the script derives (MEMCACHE_BIN
 #                  and MEMCACHE_TEST_* are not flags and are not written).
-#   AWS_*          frontend, node: written to the environment file (AWS SDK:
+#   AWS_*          written to the environment file (AWS SDK:
 #                  region, credentials, endpoints such as
-#                  AWS_EC2_METADATA_SERVICE_ENDPOINT).
+#                  AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_ENDPOINT_URL_EC2).
 #   PRIVATE_ADDR, PRIVATE_NET   services: listen address and client network.
 #   VERSITYGW_BIN, VERSITYGW_VERSION   services: the gateway binary, or the
 #                  version go install builds (the one .ci/install-versitygw.sh
@@ -311,7 +311,7 @@ env_file() {
 		case $name in
 		MEMCACHE_BIN | MEMCACHE_TEST_*) ;;
 		MEMCACHE_*) env_line "$name" "${!name}" ;;
-		AWS_*) if [ "$role" = frontend ] || [ "$role" = node ]; then env_line "$name" "${!name}"; fi ;;
+		AWS_*) env_line "$name" "${!name}" ;;
 		esac
 	done
 }
