@@ -1,7 +1,6 @@
 package hosts
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -107,17 +106,7 @@ func TestEC2ProvisionerLaunchesBootsAndTerminates(t *testing.T) {
 		}
 		t.Cleanup(fake.Close)
 		imds.point(t, fake.URL())
-		script := filepath.Join(t.TempDir(), "user-data")
-		if err := os.WriteFile(script, in.UserData, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), startWait)
-		defer cancel()
-		cmd := h.Command(ctx, "bash", script)
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "PREFIX=" + s.root(h), "TMPDIR=" + t.TempDir()}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("user data of %s on %s: %v\n%s", in.ID, h, err, out)
-		}
+		s.runUserData(h, in.UserData)
 		s.startUnit(member, "node", h, "")
 		t.Logf("instance %s (%s) booted on %s", in.ID, member, h)
 		return in

@@ -122,17 +122,7 @@ func TestEC2UserDataNodeJoins(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("user data: %d bytes", len(userData))
-	script := filepath.Join(t.TempDir(), "user-data")
-	if err := os.WriteFile(script, userData, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), startWait)
-	defer cancel()
-	boot := h.Command(ctx, "bash", script)
-	boot.Env = []string{"PATH=" + os.Getenv("PATH"), "PREFIX=" + s.root(h), "TMPDIR=" + t.TempDir()}
-	if out, err := boot.CombinedOutput(); err != nil {
-		t.Fatalf("user data on %s: %v\n%s", h, err, out)
-	}
+	s.runUserData(h, userData)
 	env, err := systemd.ReadEnvFile(filepath.Join(s.root(h), "etc/memcache/node.env"))
 	if err != nil {
 		t.Fatal(err)
@@ -190,6 +180,8 @@ func TestEC2UserDataNodeJoins(t *testing.T) {
 	}
 	c := node.NewClient(node.ClientConfig{TLS: s.certificate("test-client"), Secret: s.secrets.clusterSecret, Timeout: 10 * time.Second})
 	value := pngImage(t)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
 	if err := c.Put(ctx, nodeURL(h), key, value, node.PutOptions{Epoch: v.Epoch, Generation: v.Generation(), ContentType: "image/png"}); err != nil {
 		t.Fatalf("PUT %s to %s: %v", key, member, err)
 	}
@@ -201,6 +193,24 @@ func TestEC2UserDataNodeJoins(t *testing.T) {
 	e.Body.Close()
 	if err != nil || !bytes.Equal(got, value) {
 		t.Fatalf("GET %s from %s: %d bytes (%v), want the %d put", key, member, len(got), err, len(value))
+	}
+}
+
+// runUserData runs an instance's user data on host h as cloud-init would
+// (as root, with bash), installing under h's root; it fails the test if
+// the script fails.
+func (s *system) runUserData(h *netns.Host, userData []byte) {
+	s.t.Helper()
+	script := filepath.Join(s.t.TempDir(), "user-data")
+	if err := os.WriteFile(script, userData, 0o700); err != nil {
+		s.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startWait)
+	defer cancel()
+	boot := h.Command(ctx, "bash", script)
+	boot.Env = []string{"PATH=" + os.Getenv("PATH"), "PREFIX=" + s.root(h), "TMPDIR=" + s.t.TempDir()}
+	if out, err := boot.CombinedOutput(); err != nil {
+		s.t.Fatalf("user data on %s: %v\n%s", h, err, out)
 	}
 }
 
