@@ -200,3 +200,30 @@ func TestListenWithoutTLSIsPlain(t *testing.T) {
 		t.Fatal("a nil TLS must leave the listener plain")
 	}
 }
+
+// TestAWildcardNodeCertificateServesEveryEC2Host: the one node certificate
+// of an EC2 pool names *.ec2.internal; a manager dialling a node by its
+// IMDS local-hostname accepts it, and a name outside the wildcard does not.
+func TestAWildcardNodeCertificateServesEveryEC2Host(t *testing.T) {
+	dir := newCA(t)
+	if err := pki.CreateCert(dir, pki.CertRequest{Name: "ec2-nodes", Role: pki.RoleNode, Hosts: []string{"*.ec2.internal"}}); err != nil {
+		t.Fatal(err)
+	}
+	url, _ := serve(t, load(t, dir, "ec2-nodes"))
+	addr := strings.TrimPrefix(url, "https://")
+	client := func(name string) *tls.Config {
+		cfg := load(t, dir, "manager").ClientConfig(pki.RoleNode)
+		cfg.ServerName = name
+		return cfg
+	}
+	for _, name := range []string{"ip-10-0-1-23.ec2.internal", "i-0123456789abcdef0.ec2.internal"} {
+		if _, err := get("https://"+addr, client(name)); err != nil {
+			t.Errorf("dialling a node as %s: %v, want the wildcard certificate accepted", name, err)
+		}
+	}
+	for _, name := range []string{"ip-10-0-1-23.eu-west-1.compute.internal", "a.b.ec2.internal"} {
+		if _, err := get("https://"+addr, client(name)); err == nil {
+			t.Errorf("dialling a node as %s: accepted, want the certificate refused for that name", name)
+		}
+	}
+}
