@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"time"
 
@@ -67,17 +68,27 @@ func EC2(opts EC2Options) ProvisionerFunc {
 		}
 		if opts.Region != "" {
 			loads = append(loads, config.WithRegion(opts.Region))
+		} else {
+			// On EC2, the region of the instance the manager runs on.
+			loads = append(loads, config.WithEC2IMDSRegion())
 		}
 		awsCfg, err := config.LoadDefaultConfig(ctx, loads...)
 		if err != nil {
 			return nil, fmt.Errorf("ec2 provisioner: AWS configuration: %w", err)
+		}
+		env := maps.Clone(opts.NodeEnv)
+		if _, ok := env["AWS_REGION"]; !ok && awsCfg.Region != "" {
+			if env == nil {
+				env = map[string]string{}
+			}
+			env["AWS_REGION"] = awsCfg.Region // the nodes' SDK (CloudWatch) does not look it up
 		}
 		cfg := opts.EC2
 		cfg.UserData = func(member string, join []string) ([]byte, error) {
 			return deploy.NodeUserData(deploy.NodeUserDataConfig{
 				Name: member, Join: join, CA: ca, Cert: cert, Key: key,
 				GossipKey: opts.GossipKey, ClusterSecret: opts.ClusterSecret,
-				BinaryURL: opts.BinaryURL, BinarySHA256: opts.BinarySHA256, Env: opts.NodeEnv,
+				BinaryURL: opts.BinaryURL, BinarySHA256: opts.BinarySHA256, Env: env,
 			})
 		}
 		return scaler.NewEC2(cfg, ec2.NewFromConfig(awsCfg), g, pool, log)
