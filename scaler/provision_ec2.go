@@ -410,6 +410,12 @@ func (e *EC2) launch(ctx context.Context) (instance, error) {
 	}
 	out, err := e.api.RunInstances(ctx, in)
 	if err != nil {
+		var api smithy.APIError
+		if !errors.As(err, &api) {
+			// No answer (the deadline, a lost connection): EC2 may have
+			// launched it all the same.
+			e.cleanUpLaunch(member)
+		}
 		return instance{}, e.classify("RunInstances", err)
 	}
 	if len(out.Instances) != 1 || out.Instances[0].InstanceId == nil {
@@ -422,6 +428,26 @@ func (e *EC2) launch(ctx context.Context) (instance, error) {
 	}
 	e.log.Info("launched a node", "instance", *i.InstanceId, "member", member, "join", join)
 	return instance{id: *i.InstanceId, member: member, state: types.InstanceStateNamePending, launched: launched}, nil
+}
+
+// cleanUpLaunch terminates the instance of a launch whose answer did not
+// arrive, if EC2 launched it; what it cannot find now (EC2's listings are
+// eventually consistent) the reconciler terminates as an orphan.
+func (e *EC2) cleanUpLaunch(member string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	live, err := e.describe(ctx, []string{member})
+	if err != nil || len(live) == 0 {
+		return
+	}
+	ids := make([]string, len(live))
+	for i, in := range live {
+		ids[i] = in.id
+	}
+	e.log.Warn("terminating the instance of a launch whose answer was lost", "member", member, "instances", ids)
+	if err := e.terminate(ctx, ids); err != nil {
+		e.log.Warn("terminating the instance of a launch whose answer was lost", "member", member, "err", err)
+	}
 }
 
 // Release terminates the instances of nodes that left the pool.
