@@ -182,6 +182,9 @@ func runManager(ctx context.Context, cmd *cli.Command) error {
 		// An instance boots, installs and joins within minutes; the pool
 		// waits long enough for one replacement of an instance that does not.
 		cfg.AcquireTimeout = 2*opts.EC2.JoinTimeout + time.Minute
+		// A failed node's regions go to the survivors at once unless an
+		// idle node can take them; the pool grows back in the background.
+		cfg.ReplaceTimeout = 15 * time.Second
 	default:
 		return fmt.Errorf("--provisioner %q: want static, local or ec2", p)
 	}

@@ -41,6 +41,12 @@ type PoolConfig struct {
 	// AcquireTimeout bounds how long a provisioner may take to supply nodes.
 	// If zero, 60 s.
 	AcquireTimeout time.Duration
+	// ReplaceTimeout bounds the wait for a replacement of a failed member
+	// before its regions go to the survivors. If it ends first, the pool
+	// is grown back in the background, within AcquireTimeout and without
+	// holding up other changes (a provisioner that boots machines). If
+	// zero, AcquireTimeout.
+	ReplaceTimeout time.Duration
 }
 
 // Pool maintains the cache-node pool on the Raft leader: it resizes the
@@ -53,7 +59,8 @@ type Pool struct {
 	prov    Provisioner
 	log     *slog.Logger
 
-	mu sync.Mutex // serialises changes of the member list
+	mu sync.Mutex     // serialises changes of the member list
+	wg sync.WaitGroup // grow-backs in flight; Run waits for them
 }
 
 // NewPool returns a pool maintainer. Run it with Run on the leader only.
@@ -66,6 +73,9 @@ func NewPool(cfg PoolConfig, raft Applier, members Membership, prov Provisioner,
 	}
 	if cfg.AcquireTimeout <= 0 {
 		cfg.AcquireTimeout = 60 * time.Second
+	}
+	if cfg.ReplaceTimeout <= 0 || cfg.ReplaceTimeout > cfg.AcquireTimeout {
+		cfg.ReplaceTimeout = cfg.AcquireTimeout
 	}
 	return &Pool{cfg: cfg, raft: raft, members: members, prov: prov, log: log.With("component", "pool")}
 }
@@ -135,6 +145,7 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 // gossip reports it failed or left, and one that has been missing from
 // gossip for DeadGrace; and it creates the initial pool when it is empty.
 func (p *Pool) Run(ctx context.Context) {
+	defer p.wg.Wait()
 	events, cancel := p.members.Subscribe()
 	defer cancel()
 	tick := time.NewTicker(max(p.cfg.DeadGrace/4, 50*time.Millisecond))
@@ -203,13 +214,15 @@ func (p *Pool) replace(ctx context.Context, id, why string) {
 		return
 	}
 	cmd := fsm.MarkFailed{ID: id}
-	actx, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
+	actx, cancel := context.WithTimeout(ctx, p.cfg.ReplaceTimeout)
 	got, err := p.prov.Acquire(actx, 1, ids(st.Members))
 	cancel()
+	growBack := false
 	if err == nil && len(got) == 1 {
 		cmd.Replacement = &fsm.Member{ID: got[0].ID, HTTP: got[0].HTTP}
 	} else {
-		p.log.Warn("no replacement for failed pool member", "member", id, "err", err)
+		growBack = p.cfg.ReplaceTimeout < p.cfg.AcquireTimeout && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
+		p.log.Warn("no replacement for failed pool member", "member", id, "err", err, "grow_back", growBack)
 	}
 	res, err := p.raft.Apply(ctx, cmd)
 	if err != nil {
@@ -222,4 +235,39 @@ func (p *Pool) replace(ctx context.Context, id, why string) {
 	p.log.Warn("pool member failed; regions reassigned", "member", id, "why", why,
 		"replacement", cmd.Replacement, "epoch", res.Epoch)
 	p.prov.Release(context.WithoutCancel(ctx), []string{id})
+	if growBack {
+		n := len(st.Members)
+		p.wg.Go(func() { p.growBack(ctx, n) })
+	}
+}
+
+// growBack grows the pool back to n nodes after a member failed without a
+// replacement in time. It waits for the provisioner without holding the
+// pool's lock, so that other failures and resizes go on meanwhile, and
+// adds the node only if the pool is still smaller than n.
+func (p *Pool) growBack(ctx context.Context, n int) {
+	actx, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
+	got, err := p.prov.Acquire(actx, 1, ids(p.raft.State().Members))
+	cancel()
+	if err != nil || len(got) != 1 {
+		if ctx.Err() == nil {
+			p.log.Warn("cannot grow the pool back after a failure", "to", n, "err", err)
+		}
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.raft.State()
+	if _, in := st.Member(got[0].ID); in || len(st.Members) >= n {
+		p.prov.Release(context.WithoutCancel(ctx), []string{got[0].ID})
+		return
+	}
+	next := append(slices.Clone(st.Members), fsm.Member{ID: got[0].ID, HTTP: got[0].HTTP})
+	res, err := p.raft.Apply(ctx, fsm.Resize{Members: next, Epoch: st.Epoch})
+	if err != nil {
+		p.log.Warn("growing the pool back after a failure", "to", n, "err", err)
+		p.prov.Release(context.WithoutCancel(ctx), []string{got[0].ID})
+		return
+	}
+	p.log.Info("pool grown back after a failure", "to", len(next), "added", got[0].ID, "epoch", res.Epoch)
 }

@@ -28,13 +28,17 @@ type Provisioner interface {
 	// Acquire returns n nodes that are alive in the gossip cluster and not
 	// in exclude (ids of current pool members), ready to be put into the
 	// pool. It returns ErrNoCapacity (wrapped, saying how many it could
-	// find) if it cannot supply n; in that case it releases anything it
-	// started for this call.
+	// find) if it cannot supply n; in that case it releases what it started
+	// for this call (a provisioner of machines may leave those still
+	// booting for the next call to adopt).
 	Acquire(ctx context.Context, n int, exclude []string) ([]Node, error)
 	// Release is told that these nodes left the pool. A provisioner stops
 	// the nodes it started itself; others are left running, idle.
 	Release(ctx context.Context, ids []string) error
-	// Close stops everything the provisioner started and waits for it.
+	// Close stops what the provisioner started and runs on this machine,
+	// and waits for it (machines elsewhere, such as EC2 instances, keep
+	// running: the pool outlives a manager's restart); later calls of
+	// Acquire fail.
 	Close() error
 }
 

@@ -116,7 +116,7 @@ type EC2 struct {
 	pool    PoolState
 	log     *slog.Logger
 
-	mu        sync.Mutex
+	mu        sync.Mutex           // guards the fields below
 	waiting   map[string]bool      // member ids an Acquire waits for
 	unclaimed map[string]time.Time // instance id -> when first seen unclaimed
 	refused   error                // the last refusal, until refusedUntil
@@ -162,14 +162,7 @@ func NewEC2(cfg EC2Config, api EC2API, members Members, pool PoolState, log *slo
 type instance struct {
 	id       string
 	member   string
-	state    types.InstanceStateName
 	launched time.Time
-}
-
-// launch is an instance an Acquire waits for.
-type launch struct {
-	instance
-	ours bool // launched by this call (terminated if the call fails)
 }
 
 // Acquire returns n nodes running on tagged instances of this cluster:
@@ -184,14 +177,14 @@ func (e *EC2) Acquire(ctx context.Context, n int, exclude []string) ([]Node, err
 		return nil, fmt.Errorf("scaler: acquire %d nodes: n must not be negative", n)
 	}
 	if err := e.refusal(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrNoCapacity, err)
 	}
 	if n == 0 {
 		return nil, nil
 	}
 	live, err := e.describe(ctx, nil)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrNoCapacity, err)
 	}
 	a := &acquisition{e: e}
 	defer a.unhold()
@@ -233,7 +226,7 @@ func (e *EC2) Acquire(ctx context.Context, n int, exclude []string) ([]Node, err
 	defer tick.Stop()
 	for len(a.pending) > 0 {
 		joined := idleNodes(e.members.Members(), exclude)
-		var still []launch
+		var still []instance
 		for i, l := range a.pending {
 			if j := slices.IndexFunc(joined, func(nd Node) bool { return nd.ID == l.member }); j >= 0 {
 				e.log.Info("node joined", "instance", l.id, "member", l.member, "after", time.Since(l.launched).Round(time.Second))
@@ -246,8 +239,11 @@ func (e *EC2) Acquire(ctx context.Context, n int, exclude []string) ([]Node, err
 			}
 			e.log.Warn("an instance did not join in time: terminating it and launching another",
 				"instance", l.id, "member", l.member, "join_timeout", e.cfg.JoinTimeout)
-			if err := e.terminate(context.WithoutCancel(ctx), []string{l.id}); err != nil {
-				e.log.Warn("terminating an instance that did not join", "instance", l.id, "err", err)
+			if err := e.terminateWithin(time.Minute, []string{l.id}); err != nil {
+				// Launching another beside it could pass the cap.
+				a.pending = append(still, a.pending[i+1:]...)
+				return nil, a.fail(n, fmt.Errorf("instance %s (%s) did not join within %v and could not be terminated: %w",
+					l.id, l.member, e.cfg.JoinTimeout, err))
 			}
 			in, err := e.launch(ctx)
 			if err != nil {
@@ -263,11 +259,16 @@ func (e *EC2) Acquire(ctx context.Context, n int, exclude []string) ([]Node, err
 		}
 		select {
 		case <-ctx.Done():
+			// The caller stopped waiting (an HTTP deadline, a lost
+			// leadership), not EC2: what is still booting is left running
+			// for the next Acquire to adopt, and terminated as an orphan
+			// if none does within the grace.
 			names := make([]string, len(a.pending))
 			for i, l := range a.pending {
 				names[i] = l.id + " (" + l.member + ")"
+				a.ours = slices.DeleteFunc(a.ours, func(id string) bool { return id == l.id })
 			}
-			return nil, a.fail(n, fmt.Errorf("%s had not joined gossip when the wait ended: %w", strings.Join(names, ", "), ctx.Err()))
+			return nil, a.fail(n, fmt.Errorf("%s still booting when the wait ended (left for the next grow to adopt): %w", strings.Join(names, ", "), ctx.Err()))
 		case <-tick.C:
 		}
 	}
@@ -277,15 +278,15 @@ func (e *EC2) Acquire(ctx context.Context, n int, exclude []string) ([]Node, err
 // acquisition is one Acquire in progress.
 type acquisition struct {
 	e       *EC2
-	got     []Node   // nodes ready for the pool
-	pending []launch // instances waited for
-	held    []string // members marked as waited for
-	ours    []string // instances this call launched
+	got     []Node     // nodes ready for the pool
+	pending []instance // instances waited for
+	held    []string   // members marked as waited for
+	ours    []string   // instances this call launched
 }
 
 // hold marks in's member as waited for (the reconciler leaves it alone)
-// and returns it as a launch.
-func (a *acquisition) hold(in instance, ours bool) launch {
+// and returns it.
+func (a *acquisition) hold(in instance, ours bool) instance {
 	a.e.mu.Lock()
 	a.e.waiting[in.member] = true
 	a.e.mu.Unlock()
@@ -293,7 +294,7 @@ func (a *acquisition) hold(in instance, ours bool) launch {
 	if ours {
 		a.ours = append(a.ours, in.id)
 	}
-	return launch{instance: in, ours: ours}
+	return in
 }
 
 // wait adds in to the instances waited for.
@@ -314,9 +315,7 @@ func (a *acquisition) unhold() {
 // Adopted instances are left to the reconciler.
 func (a *acquisition) fail(n int, why error) error {
 	if len(a.ours) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := a.e.terminate(ctx, a.ours); err != nil {
+		if err := a.e.terminateWithin(time.Minute, a.ours); err != nil {
 			a.e.log.Warn("terminating instances launched for a failed acquire", "instances", a.ours, "err", err)
 		}
 	}
@@ -410,12 +409,9 @@ func (e *EC2) launch(ctx context.Context) (instance, error) {
 	}
 	out, err := e.api.RunInstances(ctx, in)
 	if err != nil {
-		var api smithy.APIError
-		if !errors.As(err, &api) {
-			// No answer (the deadline, a lost connection): EC2 may have
-			// launched it all the same.
-			e.cleanUpLaunch(member)
-		}
+		// An earlier attempt of the SDK's, or this one, may have launched
+		// it all the same, its answer lost.
+		e.cleanUpLaunch(member)
 		return instance{}, e.classify("RunInstances", err)
 	}
 	if len(out.Instances) != 1 || out.Instances[0].InstanceId == nil {
@@ -427,7 +423,7 @@ func (e *EC2) launch(ctx context.Context) (instance, error) {
 		launched = *i.LaunchTime
 	}
 	e.log.Info("launched a node", "instance", *i.InstanceId, "member", member, "join", join)
-	return instance{id: *i.InstanceId, member: member, state: types.InstanceStateNamePending, launched: launched}, nil
+	return instance{id: *i.InstanceId, member: member, launched: launched}, nil
 }
 
 // cleanUpLaunch terminates the instance of a launch whose answer did not
@@ -437,7 +433,11 @@ func (e *EC2) cleanUpLaunch(member string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	live, err := e.describe(ctx, []string{member})
-	if err != nil || len(live) == 0 {
+	if err != nil {
+		e.log.Warn("looking for the instance of a launch that failed", "member", member, "err", err)
+		return
+	}
+	if len(live) == 0 {
 		return
 	}
 	ids := make([]string, len(live))
@@ -459,8 +459,18 @@ func (e *EC2) Release(ctx context.Context, ids []string) error {
 	if err != nil {
 		return err
 	}
+	// A member the pool holds is not released, whatever the caller
+	// believes (a resize whose commit was uncertain, a deposed leader).
+	claimed := map[string]bool{}
+	for _, m := range e.pool.State().Members {
+		claimed[m.ID] = true
+	}
 	var term []string
 	for _, in := range live {
+		if claimed[in.member] {
+			e.log.Warn("not terminating a node the pool holds", "member", in.member, "instance", in.id)
+			continue
+		}
 		term = append(term, in.id)
 	}
 	if len(term) == 0 {
@@ -568,9 +578,6 @@ func (e *EC2) describe(ctx context.Context, members []string) ([]instance, error
 					continue
 				}
 				in := instance{id: *i.InstanceId}
-				if i.State != nil {
-					in.state = i.State.Name
-				}
 				if i.LaunchTime != nil {
 					in.launched = *i.LaunchTime
 				}
@@ -585,6 +592,14 @@ func (e *EC2) describe(ctx context.Context, members []string) ([]instance, error
 	}
 	slices.SortStableFunc(out, func(a, b instance) int { return a.launched.Compare(b.launched) })
 	return out, nil
+}
+
+// terminateWithin terminates instances by id within d, whatever the
+// caller's context.
+func (e *EC2) terminateWithin(d time.Duration, ids []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return e.terminate(ctx, ids)
 }
 
 // terminate terminates instances by id.
@@ -629,16 +644,19 @@ func (e *EC2) classify(op string, err error) error {
 	if !errors.As(err, &api) {
 		return fmt.Errorf("EC2 %s: %w", op, err)
 	}
-	var kind error
+	var wrapped error
 	switch code := api.ErrorCode(); {
 	case slices.Contains(permissionCodes, code):
-		kind = ErrEC2Permission
+		wrapped = fmt.Errorf("%w: %s: %s: %s", ErrEC2Permission, op, code, api.ErrorMessage())
 	case slices.Contains(throttleCodes, code):
-		kind = ErrEC2Throttled
+		wrapped = fmt.Errorf("%w: %s: %s: %s", ErrEC2Throttled, op, code, api.ErrorMessage())
+	case op == "RunInstances":
+		// No capacity, a vCPU limit, a bad AMI or parameter: trying again
+		// at once would fail the same way.
+		wrapped = fmt.Errorf("EC2 %s: %s: %s", op, code, api.ErrorMessage())
 	default:
 		return fmt.Errorf("EC2 %s: %s: %s", op, code, api.ErrorMessage())
 	}
-	wrapped := fmt.Errorf("%w: %s: %s: %s", kind, op, api.ErrorCode(), api.ErrorMessage())
 	e.mu.Lock()
 	e.refused, e.refusedAt = wrapped, time.Now()
 	e.mu.Unlock()

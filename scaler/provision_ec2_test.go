@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/hashicorp/raft"
 
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
@@ -40,6 +41,7 @@ type ec2Env struct {
 	pool   *poolView
 	mu     sync.Mutex
 	noBoot map[int]bool      // launch ordinals (1-based) that never join
+	gate   chan struct{}     // if set, boots wait until it is closed
 	booted []*gossip.Gossip  // guarded by mu
 	data   map[string][]byte // member -> user-data rendered, guarded by mu
 	joins  map[string][]string
@@ -97,6 +99,9 @@ func (env *ec2Env) boot(in ec2fake.Instance) {
 	env.mu.Unlock()
 	if skip {
 		return
+	}
+	if env.gate != nil {
+		<-env.gate
 	}
 	g := env.member(in.Tags[scaler.TagMember], gossip.RoleNode)
 	if g == nil {
@@ -348,6 +353,15 @@ func TestEC2ReleaseTerminates(t *testing.T) {
 	if _, ok := live[kept]; !ok {
 		t.Errorf("member %s lost its instance, want it running", kept)
 	}
+
+	// A member the pool holds is never terminated, whoever asks.
+	env.pool.set(kept)
+	if err := p.Release(t.Context(), []string{kept}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := env.live()[kept]; !ok {
+		t.Errorf("Release of %s, a member the pool holds, terminated its instance", kept)
+	}
 }
 
 // TestEC2Throttling: throttled calls are retried by the SDK with backoff;
@@ -439,7 +453,9 @@ func TestEC2PermissionError(t *testing.T) {
 func TestEC2ReplacesAnInstanceThatNeverJoins(t *testing.T) {
 	env := newEC2Env(t)
 	env.noBoot[1] = true
-	p := env.provisioner(func(c *scaler.EC2Config) { c.JoinTimeout = 500 * time.Millisecond })
+	// Long enough for the replacement to join on a busy machine (EC2's
+	// launch times have whole seconds: the first one waits 4 to 5 s).
+	p := env.provisioner(func(c *scaler.EC2Config) { c.JoinTimeout = 5 * time.Second })
 	got, err := env.acquire(p, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -456,12 +472,14 @@ func TestEC2ReplacesAnInstanceThatNeverJoins(t *testing.T) {
 	}
 }
 
-// TestEC2FailedAcquireTerminatesItsLaunches: when the wait ends before the
-// nodes joined, the acquire fails with ErrNoCapacity and terminates what it
-// launched, including a launch whose answer the cancellation cut off.
-func TestEC2FailedAcquireTerminatesItsLaunches(t *testing.T) {
+// TestEC2AcquireCutShortLeavesBootingInstances: when the caller stops
+// waiting (an HTTP deadline) before the node joined, the acquire fails with
+// ErrNoCapacity and leaves the booting instance running; the next acquire
+// adopts it instead of launching another.
+func TestEC2AcquireCutShortLeavesBootingInstances(t *testing.T) {
 	env := newEC2Env(t)
-	env.noBoot[1] = true
+	env.gate = make(chan struct{})
+	t.Cleanup(func() { closeOnce(env.gate) })
 	p := env.provisioner(nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -469,15 +487,46 @@ func TestEC2FailedAcquireTerminatesItsLaunches(t *testing.T) {
 		_, err := p.Acquire(ctx, 1, nil)
 		done <- err
 	}()
-	// Cancelled once EC2 has launched the instance, whether or not its
-	// answer has reached the provisioner yet: either way it is terminated.
 	waitfor.True(t, ec2Wait, "the launch", func() bool { return len(env.fake.Instances()) == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, scaler.ErrNoCapacity) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v, want ErrNoCapacity after the wait was cancelled", err)
 	}
+	if live := env.live(); len(live) != 1 {
+		t.Fatalf("live instances after the wait was cut short: %v, want the booting one left running", live)
+	}
+	closeOnce(env.gate)
+	got, err := env.acquire(p, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := env.fake.Calls("RunInstances"); n != 1 || got[0].ID != env.fake.Instances()[0].Tags[scaler.TagMember] {
+		t.Errorf("second acquire: %v with %d launches, want the booting instance adopted and 1 launch", got, n)
+	}
+}
+
+// TestEC2FailedLaunchTerminatesItsOtherLaunches: when a launch fails,
+// what the acquire launched before it is terminated.
+func TestEC2FailedLaunchTerminatesItsOtherLaunches(t *testing.T) {
+	env := newEC2Env(t)
+	p := env.provisioner(nil)
+	env.fake.SetOnLaunch(func(ec2fake.Instance) {
+		env.fake.Fail("RunInstances", "InsufficientInstanceCapacity", -1) // the second launch fails
+	})
+	_, err := env.acquire(p, 2)
+	if !errors.Is(err, scaler.ErrNoCapacity) || !strings.Contains(err.Error(), "InsufficientInstanceCapacity") {
+		t.Fatalf("got %v, want ErrNoCapacity with EC2's refusal", err)
+	}
 	if live := env.live(); len(live) != 0 {
-		t.Errorf("live instances after a failed acquire: %v, want none", live)
+		t.Errorf("live instances after a failed launch: %v, want the first launch terminated", live)
+	}
+}
+
+func closeOnce(c chan struct{}) {
+	select {
+	case <-c:
+	default:
+		close(c)
 	}
 }
 
@@ -517,5 +566,81 @@ func TestEC2ConfigRefused(t *testing.T) {
 		if _, err := scaler.NewEC2(cfg, env.api, env.mgr, env.pool, autoLogger(t)); err == nil {
 			t.Errorf("NewEC2(%+v): got no error", cfg)
 		}
+	}
+}
+
+// fsmApplier applies commands to a real FSM, as Raft would on one replica.
+type fsmApplier struct {
+	mu    sync.Mutex
+	f     *fsm.FSM
+	index uint64
+}
+
+func (a *fsmApplier) Apply(_ context.Context, cmd fsm.Command) (fsm.Result, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	a.index++
+	res := a.f.Apply(&raft.Log{Index: a.index, Term: 1, Type: raft.LogCommand, Data: data}).(fsm.Result)
+	return res, res.Err
+}
+
+func (a *fsmApplier) State() fsm.State { return a.f.State() }
+
+// TestPoolReplacesAFailedEC2NodeAtOnceAndGrowsBack: a failed node's
+// regions go to the survivors within the replace timeout, not after an
+// instance's boot; the pool then grows back in the background with the
+// instance launched for the replacement (adopted, not launched twice), and
+// the failed node's instance is terminated.
+func TestPoolReplacesAFailedEC2NodeAtOnceAndGrowsBack(t *testing.T) {
+	env := newEC2Env(t)
+	env.gate = make(chan struct{})
+	t.Cleanup(func() { closeOnce(env.gate) })
+	prov := env.provisioner(nil)
+	a, b := env.member("ec2-a", gossip.RoleNode), env.member("ec2-b", gossip.RoleNode)
+	defer a.Close()
+	env.add("test", "ec2-a", time.Now().Add(-time.Hour))
+	bInstance := env.add("test", "ec2-b", time.Now().Add(-time.Hour))
+	raft := &fsmApplier{f: fsm.New()}
+	members := []fsm.Member{{ID: "ec2-a", HTTP: "https://ec2-a.invalid:7100"}, {ID: "ec2-b", HTTP: "https://ec2-b.invalid:7100"}}
+	if _, err := raft.Apply(t.Context(), fsm.Resize{Members: members}); err != nil {
+		t.Fatal(err)
+	}
+	env.pool = &poolView{}
+	pool := scaler.NewPool(scaler.PoolConfig{DeadGrace: time.Hour, AcquireTimeout: ec2Wait, ReplaceTimeout: 200 * time.Millisecond},
+		raft, env.mgr, prov, autoLogger(t))
+	waitfor.True(t, ec2Wait, "both nodes alive in the manager's gossip", func() bool {
+		n := 0
+		for _, m := range env.mgr.Members() {
+			if m.Meta.Role == gossip.RoleNode && m.State == gossip.StateAlive {
+				n++
+			}
+		}
+		return n == 2
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); pool.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	b.Close() // ec2-b leaves
+	waitfor.True(t, ec2Wait, "ec2-b's regions given to ec2-a", func() bool {
+		st := raft.State()
+		return len(st.Members) == 1 && st.Members[0].ID == "ec2-a"
+	})
+	if n := len(env.fake.Instances()); n != 3 {
+		t.Errorf("instances: %d, want the two and one launched for the replacement", n)
+	}
+	waitfor.True(t, ec2Wait, "ec2-b's instance terminated", func() bool {
+		in, _ := env.fake.Instance(bInstance.ID)
+		return in.State == "shutting-down" || in.State == "terminated"
+	})
+	closeOnce(env.gate) // the replacement finishes booting
+	waitfor.True(t, ec2Wait, "the pool grown back to 2", func() bool { return len(raft.State().Members) == 2 })
+	if n := env.fake.Calls("RunInstances"); n != 1 {
+		t.Errorf("RunInstances calls: %d, want 1 (the grow-back adopts the instance launched for the replacement)", n)
 	}
 }

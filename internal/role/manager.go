@@ -93,6 +93,10 @@ type ManagerConfig struct {
 	// AcquireTimeout bounds how long the pool waits for the provisioner to
 	// supply nodes. If zero, scaler.PoolConfig's default (60 s).
 	AcquireTimeout time.Duration
+	// ReplaceTimeout bounds the wait for a failed member's replacement
+	// before its regions go to the survivors (scaler.PoolConfig). If zero,
+	// AcquireTimeout.
+	ReplaceTimeout time.Duration
 	// ScalerInterval is how often the leader's auto-scaler reads the miss
 	// rate and decides. If zero, 1 minute.
 	ScalerInterval time.Duration
@@ -197,7 +201,7 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	undo = append(undo, func() { prov.Close() })
 	m := &Manager{cluster: c, prov: prov, url: url, clusterURL: clusterURL, log: log, scraped: make(chan struct{})}
 
-	m.pool = scaler.NewPool(scaler.PoolConfig{DeadGrace: cfg.DeadGrace, InitialNodes: cfg.InitialNodes, AcquireTimeout: cfg.AcquireTimeout}, c, c.Gossip(), prov, log.With("id", cfg.Name))
+	m.pool = scaler.NewPool(scaler.PoolConfig{DeadGrace: cfg.DeadGrace, InitialNodes: cfg.InitialNodes, AcquireTimeout: cfg.AcquireTimeout, ReplaceTimeout: cfg.ReplaceTimeout}, c, c.Gossip(), prov, log.With("id", cfg.Name))
 	c.RunWhileLeader(m.pool.Run)
 	if r, ok := prov.(leaderWork); ok { // the ec2 provisioner's orphan reconciler
 		c.RunWhileLeader(r.Run)
