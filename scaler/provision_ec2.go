@@ -118,6 +118,7 @@ type EC2 struct {
 
 	mu        sync.Mutex           // guards the fields below
 	waiting   map[string]bool      // member ids an Acquire waits for
+	handed    map[string]time.Time // member ids Acquire returned, and when
 	unclaimed map[string]time.Time // instance id -> when first seen unclaimed
 	refused   error                // the last refusal, until refusedUntil
 	refusedAt time.Time
@@ -155,7 +156,7 @@ func NewEC2(cfg EC2Config, api EC2API, members Members, pool PoolState, log *slo
 		cfg.PollInterval = time.Second
 	}
 	return &EC2{cfg: cfg, api: api, members: members, pool: pool, log: log.With("component", "ec2"),
-		waiting: map[string]bool{}, unclaimed: map[string]time.Time{}}, nil
+		waiting: map[string]bool{}, handed: map[string]time.Time{}, unclaimed: map[string]time.Time{}}, nil
 }
 
 // instance is a live tagged instance.
@@ -272,8 +273,19 @@ func (e *EC2) Acquire(ctx context.Context, n int, exclude []string) ([]Node, err
 		case <-tick.C:
 		}
 	}
+	// Until the caller has committed them, the reconciler must not take
+	// the nodes for orphans.
+	e.mu.Lock()
+	for _, nd := range a.got {
+		e.handed[nd.ID] = time.Now()
+	}
+	e.mu.Unlock()
 	return a.got, nil
 }
+
+// handedGrace is how long a node Acquire returned counts as claimed
+// before the pool's state shows it: the caller's commit takes less.
+const handedGrace = 5 * time.Minute
 
 // acquisition is one Acquire in progress.
 type acquisition struct {
@@ -527,7 +539,10 @@ func (e *EC2) Reconcile(ctx context.Context) error {
 	seen := map[string]bool{}
 	for _, in := range live {
 		seen[in.id] = true
-		if claimed[in.member] || e.waiting[in.member] {
+		if t, ok := e.handed[in.member]; ok && now.Sub(t) >= handedGrace {
+			delete(e.handed, in.member)
+		}
+		if _, handed := e.handed[in.member]; claimed[in.member] || e.waiting[in.member] || handed {
 			delete(e.unclaimed, in.id)
 			continue
 		}

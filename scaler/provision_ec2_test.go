@@ -289,8 +289,17 @@ func TestEC2NewLeaderAdopts(t *testing.T) {
 	if n := env.fake.Calls("RunInstances"); n != 1 {
 		t.Errorf("RunInstances calls: got %d, want 1 (the old leader's): the new leader launched duplicates", n)
 	}
-	env.pool.set(first[0].ID, "ec2-booting")
+	// Handed out but not yet committed: not orphans either.
 	for range 2 { // the first round notes, the second would terminate
+		if err := p.Reconcile(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(env.live()); n != 2 {
+		t.Errorf("after reconciling before the pool committed what it was handed: %d live, want 2", n)
+	}
+	env.pool.set(first[0].ID, "ec2-booting")
+	for range 2 {
 		if err := p.Reconcile(t.Context()); err != nil {
 			t.Fatal(err)
 		}
