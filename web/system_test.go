@@ -123,41 +123,55 @@ func (s *system) waitNodesFollow() {
 // traffic sends PUTs and GETs straight to the nodes' cache API, each key to
 // the member that owns its region: puts keys k0..k(puts-1) of size bytes,
 // then GETs keys k0..k(gets-1) (those beyond puts miss). It returns how many
-// requests the nodes answered as expected.
+// requests the nodes answered as expected. A request refused because the
+// pool changed meanwhile (on a busy machine gossip may take a node for
+// failed and back) is sent once more with the new view; each refusal is
+// logged, so that a shortfall says what the nodes answered.
 func (s *system) traffic(prefix string, puts, gets, size int) int {
 	s.t.Helper()
-	st := s.state()
-	urls := map[string]string{}
-	for _, m := range st.Members {
-		urls[m.ID] = m.HTTP
-	}
 	nodes := s.NodeClient()
-	v := st.View()
 	body := []byte(strings.Repeat("x", size))
 	var (
 		mu sync.Mutex
 		ok int
 		wg sync.WaitGroup
 	)
-	do := func(method, key string) {
-		ctx, base := context.Background(), urls[st.Regions[region.Of(key)]]
-		var err error
-		if method == http.MethodPut {
-			err = nodes.Put(ctx, base, key, body, node.PutOptions{Epoch: v.Epoch, Generation: v.Generation(), ContentType: "image/png"})
-		} else {
-			var e *node.Entry
-			if e, err = nodes.Get(ctx, base, key, v.Epoch, node.GetOptions{}); err == nil {
-				io.Copy(io.Discard, e.Body)
-				e.Body.Close()
-			} else if errors.Is(err, node.ErrMiss) {
-				err = nil
+	first := s.state()
+	send := func(st fsm.State, method, key string) error {
+		v := st.View()
+		ctx, base := context.Background(), ""
+		for _, m := range st.Members {
+			if m.ID == st.Regions[region.Of(key)] {
+				base = m.HTTP
 			}
 		}
-		if err == nil {
-			mu.Lock()
-			ok++
-			mu.Unlock()
+		if method == http.MethodPut {
+			return nodes.Put(ctx, base, key, body, node.PutOptions{Epoch: v.Epoch, Generation: v.Generation(), ContentType: "image/png"})
 		}
+		e, err := nodes.Get(ctx, base, key, v.Epoch, node.GetOptions{})
+		if err == nil {
+			io.Copy(io.Discard, e.Body)
+			e.Body.Close()
+		} else if errors.Is(err, node.ErrMiss) {
+			err = nil
+		}
+		return err
+	}
+	do := func(method, key string) {
+		err := send(first, method, key)
+		if err != nil {
+			s.t.Logf("traffic: %s %s: %v; sending it again with the pool's view now", method, key, err)
+			if l := s.Leader(); l != nil { // not WaitLeader: this is not the test's goroutine
+				err = send(l.Cluster().State(), method, key)
+			}
+		}
+		if err != nil {
+			s.t.Logf("traffic: %s %s again: %v", method, key, err)
+			return
+		}
+		mu.Lock()
+		ok++
+		mu.Unlock()
 	}
 	for i := range puts {
 		wg.Go(func() { do(http.MethodPut, fmt.Sprintf("%s-%d", prefix, i)) })
