@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -428,14 +429,28 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 		return true
 	})
 
-	// Delete all, with confirmation.
+	// Delete all, with confirmation. The page names the pool as it is: on
+	// a busy machine gossip may have taken a starved node for failed since
+	// the grow (the pool then changed epoch), so the size is the state's.
+	opened := s.state()
 	tb.do("opening the delete confirmation", markStale, chromedp.Click(chromedp.CSS("#delete-all")),
 		chromedp.WaitVisible(fresh("#confirm-delete")))
 	list := tb.text("#delete-list")
-	for _, want := range []string{"every image in the blob store", "every key in the key index", fmt.Sprintf("the caches of the %d pool nodes", n+1)} {
+	sizes := []int{len(opened.Members)}
+	if now := s.state(); now.Epoch != opened.Epoch {
+		t.Logf("the pool changed while the confirmation page opened: %d nodes, then %d", len(opened.Members), len(now.Members))
+		sizes = append(sizes, len(now.Members))
+	}
+	if sizes[0] != n+1 {
+		t.Logf("the pool has %d nodes, not the %d it grew to: a node was taken for failed since", sizes[0], n+1)
+	}
+	for _, want := range []string{"every image in the blob store", "every key in the key index"} {
 		if !strings.Contains(list, want) {
 			t.Errorf("confirmation page says %q, want it to name %q", list, want)
 		}
+	}
+	if !slices.ContainsFunc(sizes, func(k int) bool { return strings.Contains(list, fmt.Sprintf("the caches of the %d pool nodes", k)) }) {
+		t.Errorf("confirmation page says %q, want it to name the caches of the pool's %v nodes", list, sizes)
 	}
 	term = r.cluster.Raft().CurrentTerm()
 	tb.submit("#confirm-delete", "delete")
