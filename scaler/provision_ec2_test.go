@@ -42,6 +42,7 @@ type ec2Env struct {
 	mu     sync.Mutex
 	noBoot map[int]bool      // launch ordinals (1-based) that never join
 	gate   chan struct{}     // if set, boots wait until it is closed
+	watch  *countingMembers  // if set, the provisioner's gossip view
 	booted []*gossip.Gossip  // guarded by mu
 	data   map[string][]byte // member -> user-data rendered, guarded by mu
 	joins  map[string][]string
@@ -131,7 +132,11 @@ func (env *ec2Env) provisioner(edit func(*scaler.EC2Config)) *scaler.EC2 {
 	if edit != nil {
 		edit(&cfg)
 	}
-	p, err := scaler.NewEC2(cfg, env.api, env.mgr, env.pool, autoLogger(env.t))
+	var members scaler.Members = env.mgr
+	if env.watch != nil {
+		members = env.watch
+	}
+	p, err := scaler.NewEC2(cfg, env.api, members, env.pool, autoLogger(env.t))
 	if err != nil {
 		env.t.Fatal(err)
 	}
@@ -489,6 +494,7 @@ func TestEC2AcquireCutShortLeavesBootingInstances(t *testing.T) {
 	env := newEC2Env(t)
 	env.gate = make(chan struct{})
 	t.Cleanup(func() { closeOnce(env.gate) })
+	env.watch = &countingMembers{view: env.mgr}
 	p := env.provisioner(nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -496,7 +502,13 @@ func TestEC2AcquireCutShortLeavesBootingInstances(t *testing.T) {
 		_, err := p.Acquire(ctx, 1, nil)
 		done <- err
 	}()
+	// Cancelled while the acquire waits for the node to join: after the
+	// launch was answered (a launch cut off before its answer is looked up
+	// and terminated instead), which a look at gossip after the instance
+	// exists shows.
 	waitfor.True(t, ec2Wait, "the launch", func() bool { return len(env.fake.Instances()) == 1 })
+	seen := env.watch.count()
+	waitfor.True(t, ec2Wait, "the acquire to wait for the node", func() bool { return env.watch.count() > seen })
 	cancel()
 	if err := <-done; !errors.Is(err, scaler.ErrNoCapacity) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v, want ErrNoCapacity after the wait was cancelled", err)
@@ -652,4 +664,24 @@ func TestPoolReplacesAFailedEC2NodeAtOnceAndGrowsBack(t *testing.T) {
 	if n := env.fake.Calls("RunInstances"); n != 1 {
 		t.Errorf("RunInstances calls: %d, want 1 (the grow-back adopts the instance launched for the replacement)", n)
 	}
+}
+
+// countingMembers is a gossip view that counts how often it is read.
+type countingMembers struct {
+	view scaler.Members
+	mu   sync.Mutex
+	n    int
+}
+
+func (c *countingMembers) Members() []gossip.Member {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return c.view.Members()
+}
+
+func (c *countingMembers) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
 }
