@@ -240,7 +240,7 @@ func (e *EC2) Acquire(ctx context.Context, n int, exclude []string) ([]Node, err
 			}
 			e.log.Warn("an instance did not join in time: terminating it and launching another",
 				"instance", l.id, "member", l.member, "join_timeout", e.cfg.JoinTimeout)
-			if err := e.terminateWithin(time.Minute, []string{l.id}); err != nil {
+			if err := e.terminateWithin(ec2CallTimeout, []string{l.id}); err != nil {
 				// Launching another beside it could pass the cap.
 				a.pending = append(still, a.pending[i+1:]...)
 				return nil, a.fail(n, fmt.Errorf("instance %s (%s) did not join within %v and could not be terminated: %w",
@@ -282,6 +282,10 @@ func (e *EC2) Acquire(ctx context.Context, n int, exclude []string) ([]Node, err
 	e.mu.Unlock()
 	return a.got, nil
 }
+
+// ec2CallTimeout bounds Release's and Reconcile's EC2 calls (the SDK's
+// retries included), and the termination of what a failed acquire launched.
+const ec2CallTimeout = time.Minute
 
 // handedGrace is how long a node Acquire returned counts as claimed
 // before the pool's state shows it: the caller's commit takes less.
@@ -327,7 +331,7 @@ func (a *acquisition) unhold() {
 // Adopted instances are left to the reconciler.
 func (a *acquisition) fail(n int, why error) error {
 	if len(a.ours) > 0 {
-		if err := a.e.terminateWithin(time.Minute, a.ours); err != nil {
+		if err := a.e.terminateWithin(ec2CallTimeout, a.ours); err != nil {
 			a.e.log.Warn("terminating instances launched for a failed acquire", "instances", a.ours, "err", err)
 		}
 	}
@@ -442,7 +446,7 @@ func (e *EC2) launch(ctx context.Context) (instance, error) {
 // arrive, if EC2 launched it; what it cannot find now (EC2's listings are
 // eventually consistent) the reconciler terminates as an orphan.
 func (e *EC2) cleanUpLaunch(member string) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), ec2CallTimeout)
 	defer cancel()
 	live, err := e.describe(ctx, []string{member})
 	if err != nil {
@@ -467,6 +471,9 @@ func (e *EC2) Release(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
+	// The pool releases with a context that is never cancelled.
+	ctx, cancel := context.WithTimeout(ctx, ec2CallTimeout)
+	defer cancel()
 	live, err := e.describe(ctx, ids)
 	if err != nil {
 		return err
@@ -525,6 +532,8 @@ func (e *EC2) Run(ctx context.Context) {
 
 // Reconcile is one round of Run.
 func (e *EC2) Reconcile(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, ec2CallTimeout)
+	defer cancel()
 	live, err := e.describe(ctx, nil)
 	if err != nil {
 		return err
@@ -537,11 +546,9 @@ func (e *EC2) Reconcile(ctx context.Context) error {
 	var orphans []string
 	e.mu.Lock()
 	seen := map[string]bool{}
+	maps.DeleteFunc(e.handed, func(_ string, t time.Time) bool { return now.Sub(t) >= handedGrace })
 	for _, in := range live {
 		seen[in.id] = true
-		if t, ok := e.handed[in.member]; ok && now.Sub(t) >= handedGrace {
-			delete(e.handed, in.member)
-		}
 		if _, handed := e.handed[in.member]; claimed[in.member] || e.waiting[in.member] || handed {
 			delete(e.unclaimed, in.id)
 			continue
