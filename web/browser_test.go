@@ -135,11 +135,20 @@ func (b *browser) consoleProblems() []string {
 }
 
 // do runs actions within stepTimeout, failing the test with the page's text.
+//
+// A step whose element was replaced between chromedp finding it and acting
+// on it (the page redrew it) fails before it acted, with CDP's "Could not
+// find node with given id"; such a step is run again.
 func (tb *tab) do(what string, actions ...chromedp.Action[chromedp.Void]) {
 	tb.t.Helper()
 	ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
 	defer cancel()
-	if err := chromedp.Do(ctx, actions...); err != nil {
+	err := chromedp.Do(ctx, actions...)
+	for try := 1; err != nil && try < 3 && strings.Contains(err.Error(), "Could not find node with given id"); try++ {
+		tb.t.Logf("%s: %v; the element was redrawn, running the step again", what, err)
+		err = chromedp.Do(ctx, actions...)
+	}
+	if err != nil {
 		tb.fail(what, err)
 	}
 }
