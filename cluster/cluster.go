@@ -480,6 +480,28 @@ func (c *Cluster) RaftAddr() string { return c.addr }
 // State returns this replica's copy of the pool state (possibly behind the leader's).
 func (c *Cluster) State() fsm.State { return c.fsm.State() }
 
+// ConsistentState returns the leader's state after a Raft barrier: every
+// change committed before the call is in it, so a read served from it is
+// linearizable. A deposed leader cannot complete the barrier (it needs a
+// majority), so it answers an error rather than an old state. It fails on
+// a replica that is not the leader.
+func (c *Cluster) ConsistentState(ctx context.Context) (fsm.State, error) {
+	if !c.IsLeader() {
+		return fsm.State{}, fmt.Errorf("cluster: replica %s: %w", c.cfg.Name, raft.ErrNotLeader)
+	}
+	if h, halted := c.fsm.Halted(); halted {
+		return fsm.State{}, fmt.Errorf("cluster: replica %s: %w: %v", c.cfg.Name, fsm.ErrHalted, h)
+	}
+	timeout := applyTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	if err := c.raft.Barrier(timeout).Error(); err != nil {
+		return fsm.State{}, fmt.Errorf("cluster: replica %s: barrier: %w", c.cfg.Name, err)
+	}
+	return c.fsm.State(), nil
+}
+
 // Wait returns this replica's state once it has applied the entry after
 // index `after` (for example a write's Result.Index-1), or ctx's error.
 func (c *Cluster) Wait(ctx context.Context, after uint64) (fsm.State, error) {

@@ -227,6 +227,10 @@ const (
 	// has a frontend delete every row, cached copy and object, trying each
 	// frontend for up to 30 s.
 	adminDeleteAllTimeout = 2 * time.Minute
+	// adminProbeTimeout bounds the /healthz probe that precedes an attempt
+	// with a long deadline (resize, delete-all): a paused or cut-off manager
+	// is passed over in seconds instead of holding the call for minutes.
+	adminProbeTimeout = 2 * time.Second
 )
 
 // adminTimeout returns the deadline of one attempt of r with body (see
@@ -247,8 +251,10 @@ func adminTimeout(r *http.Request, body []byte) time.Duration {
 // returns its answer. It starts at the next manager in rotation and moves
 // on to the next when one does not answer within adminTimeout, cannot be
 // reached, or answers 502, 503 or 504 — except a 503 that says the command
-// is committed (HeaderCommitted), which is the answer. The manager checks
-// the admin token.
+// is committed (HeaderCommitted), which is the answer. Before an attempt
+// with a long deadline it probes the manager's /healthz within
+// adminProbeTimeout and passes over one that does not answer. The manager
+// checks the admin token.
 func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, int, bool) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 	if err != nil {
@@ -265,6 +271,13 @@ func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, i
 	var lastErr error
 	for i := range managers {
 		m := managers[(start+i)%len(managers)]
+		if timeout > adminReadTimeout {
+			if err := f.probeManager(r.Context(), m); err != nil {
+				lastErr = err
+				f.log.Warn("admin call: manager did not answer its probe, trying the next", "manager", m, "path", r.URL.Path, "err", err)
+				continue
+			}
+		}
 		out, code, committed, err := f.adminAttempt(r, m, body, timeout)
 		if committed != "" {
 			// Committed but not yet carried out: sending it to another
@@ -286,6 +299,24 @@ func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, i
 	}
 	jsonhttp.TesterError(w, http.StatusServiceUnavailable, "no manager replica answered: %v", lastErr)
 	return nil, 0, false
+}
+
+// probeManager asks manager m's /healthz within adminProbeTimeout: any
+// answer (even "halted") means the process runs and reads its socket.
+func (f *Frontend) probeManager(ctx context.Context, m string) error {
+	ctx, cancel := context.WithTimeout(ctx, adminProbeTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("manager %s: probe: %w", m, err)
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	resp.Body.Close()
+	return nil
 }
 
 // adminAttempt sends r (with body) to manager m within timeout. committed

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -29,6 +30,9 @@ import (
 type Cluster interface {
 	Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error)
 	State() fsm.State
+	// ConsistentState returns the leader's state after a barrier: every
+	// write committed before the call is in it. It fails off the leader.
+	ConsistentState(ctx context.Context) (fsm.State, error)
 	// Wait returns the state once this replica has applied index after+1.
 	Wait(ctx context.Context, after uint64) (fsm.State, error)
 	ForwardToLeader(next http.Handler) http.Handler
@@ -98,7 +102,9 @@ func New(cfg Config, c Cluster, p Pool, m metrics.Reader, log *slog.Logger) *API
 
 // Routes mounts the API on r:
 //
-//	GET  /v1/config           {"cache":{...},"scaling":{...}}
+//	GET  /v1/config           {"cache":{...},"scaling":{...}}: read on the leader after a
+//	                          barrier (followers forward it), so it reflects every write
+//	                          answered before it; ?stale=true reads this replica's copy
 //	PUT  /v1/config/cache     {"capacity_mb":N,"policy":"LRU"|"RR"} (fields optional, at least one)
 //	PUT  /v1/config/scaling   {"mode":..,"max_miss_rate":..,"min_miss_rate":..,"expand_ratio":..,"shrink_ratio":..} (fields optional, at least one)
 //	POST /v1/pool/resize      {"nodes":N}  (served by the leader; followers forward it)
@@ -110,7 +116,7 @@ func New(cfg Config, c Cluster, p Pool, m metrics.Reader, log *slog.Logger) *API
 func (a *API) Routes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(requireToken(a.cfg.AdminToken))
-		r.Get("/v1/config", a.handleGetConfig)
+		r.Method(http.MethodGet, "/v1/config", a.consistentRead(a.handleGetConfig))
 		// Partial updates are fsm.Configure patches, merged with the
 		// current config inside Apply: none is lost, on any replica.
 		r.Put("/v1/config/cache", a.handleSetCache)
@@ -160,8 +166,40 @@ func (a *API) apply(w http.ResponseWriter, r *http.Request, cmd fsm.Command) {
 	jsonhttp.Write(w, http.StatusOK, map[string]any{"index": res.Index, "epoch": res.Epoch})
 }
 
-func (a *API) handleGetConfig(w http.ResponseWriter, _ *http.Request) {
-	st := a.cluster.State()
+// consistentRead serves h with the state a linearizable read sees: on the
+// leader after a barrier, followers forwarding to it. With ?stale=true it
+// serves this replica's copy instead, which answers during an election or
+// a partition but may miss recent writes.
+func (a *API) consistentRead(h func(http.ResponseWriter, *http.Request, fsm.State)) http.Handler {
+	consistent := a.cluster.ForwardToLeader(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
+		defer cancel()
+		st, err := a.cluster.ConsistentState(ctx)
+		if err != nil {
+			w.Header().Set("Retry-After", "1")
+			jsonhttp.Error(w, http.StatusServiceUnavailable, "%v", err)
+			return
+		}
+		h(w, r, st)
+	}))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stale := false
+		if v := r.URL.Query().Get("stale"); v != "" {
+			var err error
+			if stale, err = strconv.ParseBool(v); err != nil {
+				jsonhttp.Error(w, http.StatusBadRequest, "stale=%q: want true or false", v)
+				return
+			}
+		}
+		if stale {
+			h(w, r, a.cluster.State())
+			return
+		}
+		consistent.ServeHTTP(w, r)
+	})
+}
+
+func (a *API) handleGetConfig(w http.ResponseWriter, _ *http.Request, st fsm.State) {
 	jsonhttp.Write(w, http.StatusOK, map[string]any{"cache": st.Cache, "scaling": st.Scaling})
 }
 

@@ -65,7 +65,8 @@ func (c *fakeCluster) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, e
 	return res, res.Err
 }
 
-func (c *fakeCluster) State() fsm.State { return c.f.State() }
+func (c *fakeCluster) State() fsm.State                                   { return c.f.State() }
+func (c *fakeCluster) ConsistentState(context.Context) (fsm.State, error) { return c.f.State(), nil }
 func (c *fakeCluster) Wait(ctx context.Context, after uint64) (fsm.State, error) {
 	return c.f.Wait(ctx, after)
 }

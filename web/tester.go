@@ -70,8 +70,18 @@ func (a *API) apiDeleteAll(w http.ResponseWriter, r *http.Request) {
 	jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "delete_gen": gen})
 }
 
-func (a *API) apiGetNumNodes(w http.ResponseWriter, _ *http.Request) {
-	jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "numNodes": len(a.cluster.State().Members)})
+// apiGetNumNodes answers the pool's size as of every resize answered
+// before the call (it runs on the leader, after a barrier).
+func (a *API) apiGetNumNodes(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.WriteTimeout)
+	defer cancel()
+	st, err := a.cluster.ConsistentState(ctx)
+	if err != nil {
+		w.Header().Set("Retry-After", "1")
+		jsonhttp.TesterError(w, http.StatusServiceUnavailable, "%v", err)
+		return
+	}
+	jsonhttp.Write(w, http.StatusOK, map[string]any{"success": "true", "numNodes": len(st.Members)})
 }
 
 // apiGetRate answers the pool's miss or hit rate over the last minute, from

@@ -183,3 +183,18 @@ func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
+
+// Spawn starts cmd in the test process's own network namespace as a
+// long-running Process, with the lifecycle of Host.StartCmd: its output goes
+// to logPath, and when the test ends it gets SIGTERM (and SIGCONT), then
+// SIGKILL after grace. It serves the tests that run the same roles on
+// loopback addresses where namespaces are unavailable.
+func Spawn(t testing.TB, cmd *exec.Cmd, label, logPath string, grace time.Duration) *Process {
+	t.Helper()
+	p, err := startProcess(cmd, label, logPath, grace)
+	if err != nil {
+		t.Fatalf("netns: starting %s: %v", label, err)
+	}
+	t.Cleanup(func() { p.cleanup(t) })
+	return p
+}

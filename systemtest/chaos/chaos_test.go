@@ -1,0 +1,190 @@
+package chaos
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/memcache/memcache/internal/history"
+	"github.com/memcache/memcache/internal/netns"
+	"github.com/memcache/memcache/internal/testbin"
+)
+
+var (
+	flagDuration  = flag.Duration("chaos.duration", 75*time.Second, "how long the clients and the nemesis run")
+	flagSeed      = flag.Uint64("chaos.seed", 0, "the nemesis's and clients' seed (0: a random one, printed)")
+	flagMode      = flag.String("chaos.mode", "auto", "where the roles run: netns, loopback, or auto (netns where available)")
+	flagKeys      = flag.Int("chaos.keys", 24, "how many keys the clients share")
+	flagClients   = flag.Int("chaos.clients", 8, "how many data clients run at once")
+	flagArtefacts = flag.String("chaos.artefacts", "", "directory to keep the seed, history and visualisations in (default: a new temporary directory, kept when the run fails)")
+	flagKeep      = flag.Bool("chaos.keep", false, "keep the artefacts even when the run passes")
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Remove()
+	os.Exit(code)
+}
+
+// TestCampaign runs the campaign: the cluster of three managers, two of
+// four cache nodes and two frontends; data clients and an admin client
+// through every entry point; the nemesis; then every fault healed, a final
+// read of every key from both frontends, and the check. It fails if any
+// history is not linearizable, or any write is lost or any read stale.
+func TestCampaign(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the fault campaign runs real clusters for minutes")
+	}
+	useNetns := false
+	switch *flagMode {
+	case "netns":
+		netns.Require(t)
+		useNetns = true
+	case "loopback":
+	case "auto":
+		if err := netns.Available(); err == nil {
+			useNetns = true
+		} else if os.Getenv("MEMCACHE_TEST_REQUIRE_NETNS") == "1" {
+			t.Fatalf("MEMCACHE_TEST_REQUIRE_NETNS=1 and %v", err)
+		} else {
+			t.Logf("network namespaces unavailable (%v): roles run on loopback addresses, without partitions", err)
+		}
+	default:
+		t.Fatalf("-chaos.mode %q: want netns, loopback or auto", *flagMode)
+	}
+	seed := *flagSeed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	t.Logf("chaos seed %d (rerun: go test ./systemtest/chaos -run TestCampaign -chaos.seed %d -chaos.duration %v)", seed, seed, *flagDuration)
+
+	art := *flagArtefacts
+	if art == "" {
+		d, err := os.MkdirTemp("", "memcache-chaos-*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		art = d
+	}
+	if err := os.MkdirAll(art, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	s := newSystem(t, useNetns)
+	begin := time.Now()
+	s.startAll()
+	t.Logf("cluster serving after %v (%s)", time.Since(begin).Round(time.Millisecond), map[bool]string{true: "namespaces", false: "loopback"}[useNetns])
+
+	rec := history.NewRecorder()
+	w := newWorkload(s, rec, *flagKeys)
+	// The configuration register starts from a known value, written (and
+	// recorded) before anything else.
+	setup := rand.New(rand.NewPCG(seed, 1))
+	s.waitFor(startWait, "the first configuration write", func() error {
+		w.setConfig(-1, setup, map[string]string{"capacity_mb": "64", "policy": "LRU"})
+		if ops := rec.Ops(); ops[len(ops)-1].Outcome != history.OK {
+			return fmt.Errorf("%s", ops[len(ops)-1].Err)
+		}
+		return nil
+	})
+
+	ctx, stop := context.WithTimeout(context.Background(), *flagDuration)
+	defer stop()
+	var wg sync.WaitGroup
+	for c := range *flagClients {
+		wg.Go(func() { w.client(ctx, c, rand.New(rand.NewPCG(seed, uint64(100+c)))) })
+	}
+	wg.Go(func() { w.admin(ctx, 99, rand.New(rand.NewPCG(seed, 99)), 15*time.Second) })
+	nem := newNemesis(s, rec, seed)
+	nemDone := make(chan struct{})
+	go func() { defer close(nemDone); nem.run(ctx) }()
+	wg.Wait()
+	<-nemDone
+
+	// Heal, let the cluster come back, read every key from both frontends.
+	nem.healAll()
+	nem.logf("everything healed")
+	s.waitServing()
+	final := 1000
+	for _, k := range w.keys {
+		for fe := range s.frontends {
+			w.readImage(final, fe, k, true)
+			w.readAPI(final, fe, k, true)
+		}
+	}
+	for fe := range s.frontends {
+		w.list(final, fe, true)
+	}
+
+	ops := rec.Ops()
+	if err := history.WriteJSON(filepath.Join(art, "history.json"), ops); err != nil {
+		t.Error(err)
+	}
+	os.WriteFile(filepath.Join(art, "seed"), fmt.Appendf(nil, "%d\n", seed), 0o644)
+	nem.mu.Lock()
+	os.WriteFile(filepath.Join(art, "nemesis.log"), []byte(strings.Join(nem.log, "\n")+"\n"), 0o644)
+	byKind := nem.byKind
+	nem.mu.Unlock()
+
+	checkBegin := time.Now()
+	rep := history.Check(ops, time.Minute)
+	t.Logf("checked %d operations in %v", len(ops), time.Since(checkBegin).Round(time.Millisecond))
+	t.Logf("faults: %s", formatCounts(byKind))
+	t.Logf("answers: %s", formatCounts(w.answers))
+	t.Logf("report:\n%s", rep)
+	os.WriteFile(filepath.Join(art, "report.txt"), []byte(fmt.Sprintf("seed %d\nfaults: %s\nanswers: %s\n%s\n", seed, formatCounts(byKind), formatCounts(w.answers), rep)), 0o644)
+
+	for _, k := range slices.Concat(rep.NonLinearizable, keysOf(rep.Lost), keysOf(rep.Stale)) {
+		p := filepath.Join(art, "visual-"+strings.ReplaceAll(k, "/", "_")+".html")
+		if err := history.Visualize(ops, k, p); err != nil {
+			t.Logf("visualising %s: %v", k, err)
+		}
+	}
+	failed := !rep.Linearizable || len(rep.Lost) > 0 || len(rep.Stale) > 0
+	for _, a := range rep.Lost {
+		t.Errorf("lost: %s %s", a.Key, a.Why)
+	}
+	for _, a := range rep.Stale {
+		t.Errorf("stale: %s %s", a.Key, a.Why)
+	}
+	if !rep.Linearizable {
+		t.Errorf("not linearizable: %v", rep.NonLinearizable)
+	}
+	if failed || t.Failed() || *flagKeep {
+		t.Logf("artefacts (seed, history.json, nemesis.log, report.txt, visualisations) kept in %s", art)
+	} else {
+		os.RemoveAll(art)
+	}
+}
+
+func keysOf(as []history.Anomaly) []string {
+	var ks []string
+	for _, a := range as {
+		if !slices.Contains(ks, a.Key) {
+			ks = append(ks, a.Key)
+		}
+	}
+	return ks
+}
+
+func formatCounts[V int](m map[string]V) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
