@@ -114,6 +114,13 @@ type Config struct {
 	// cut off) is asked again, or its successor, after a jittered backoff.
 	// If zero, 15 s (the leader's own apply timeout is 10 s).
 	ForwardTimeout time.Duration
+	// ViewLease is the lease granted with every consistent pool-view
+	// answer (see package pool): a cache node serves reads only within it
+	// of a request the leader answered. It must not exceed the time the
+	// pool takes to give away the regions of a node it cannot reach (the
+	// dead grace after gossip's detection): the manager role sets the dead
+	// grace. If zero, no lease is granted and nodes are not fenced.
+	ViewLease time.Duration
 	// ProxyTimeout bounds a request ForwardToLeader proxies to the leader;
 	// an earlier deadline of the request itself wins. If zero, 2 minutes
 	// (a resize may start nodes).

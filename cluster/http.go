@@ -45,12 +45,13 @@ func (c *Cluster) Routes(r chi.Router) {
 //	                           ?index=N blocks until the view's index passes N (at most
 //	                           ?wait=, then answers the current view); ?consistent=1 is
 //	                           served by the leader after a barrier; 503 while the replica
-//	                           knows no leader (it may be cut off)
+//	                           knows no leader (it may be cut off); a consistent answer
+//	                           grants the watcher a lease of ViewLease (X-Memcache-Lease)
 //	POST /internal/v1/apply    a command forwarded to the leader
 func (c *Cluster) InternalRoutes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(auth.Require(c.cfg.Secret))
-		r.With(c.forwardConsistent).Method(http.MethodGet, "/v1/pool", pool.Handler(watchSource{c}))
+		r.With(c.forwardConsistent).Method(http.MethodGet, "/v1/pool", pool.LeasedHandler(watchSource{c}, c.cfg.ViewLease))
 		// Only a replica forwards a command to the leader.
 		r.With(auth.RequireRole(pki.RoleManager)).Post("/internal/v1/apply", c.handleApply)
 	})

@@ -64,7 +64,8 @@ type Blobs interface {
 
 // Index maps keys to stored objects (implemented by *keyindex.Index).
 type Index interface {
-	Put(ctx context.Context, e keyindex.Entry) (string, error)
+	// Put returns the object replaced ("" if none) and the row's version.
+	Put(ctx context.Context, e keyindex.Entry) (string, int64, error)
 	Get(ctx context.Context, key string) (keyindex.Entry, error)
 	List(ctx context.Context) ([]keyindex.Entry, error)
 	Count(ctx context.Context) (int, error)
@@ -102,10 +103,10 @@ type Config struct {
 	// ViewWait is how long an upload waits for the first pool view before
 	// it is refused with 503. If zero, 5 s.
 	ViewWait time.Duration
-	// InvalidateTimeout is how long an upload that replaced an image keeps
-	// trying (jittered backoff, each try against the newest view) to
-	// remove the old image from its owner's cache before it answers 503.
-	// If zero, 10 s.
+	// InvalidateTimeout is how long an upload keeps trying (jittered
+	// backoff, each try against the newest view) to fence the key at its
+	// owner — before it commits its row, and after if its own cache write
+	// failed — before it answers 503. If zero, 10 s.
 	InvalidateTimeout time.Duration
 	// WatchWait is how long one pool-state watch blocks. If zero, pool.DefaultWait.
 	WatchWait time.Duration
@@ -409,28 +410,40 @@ func (f *Frontend) readValue(body io.Reader, size int64) ([]byte, error) {
 // by an unusually large value is left to the garbage collector.
 const maxPooledReadBuf = 4 << 20
 
+// cacheWrite is how toCache writes: a fill after a read (onlyIfAbsent)
+// or an upload's write, with the key index version of the value and the
+// upload's fence token (node/fence.go).
+type cacheWrite struct {
+	onlyIfAbsent bool
+	version      int64
+	fence        string
+}
+
 // toCache stores img under key at its owner in v, stamped with v's epoch
 // and the cache generation gen (v and gen must be taken before img was
-// read, so a node that cleared since refuses it); failures are logged, not
-// returned.
-// A fill after a read (onlyIfAbsent) never replaces a value: an upload of
-// the same key may have stored a newer image meanwhile. With no view, it
-// does nothing.
-func (f *Frontend) toCache(ctx context.Context, key string, img Image, onlyIfAbsent bool, v *pool.View, gen uint64) {
+// read, so a node that cleared since refuses it) and with w's version and
+// fence. It returns the node's error, having logged the unexpected ones;
+// a write the node kept out (ErrExists) or could not hold (ErrTooLarge) is
+// not one. A fill never replaces a value: an upload of the same key may
+// have stored a newer image meanwhile. With no view, it does nothing.
+func (f *Frontend) toCache(ctx context.Context, key string, img Image, w cacheWrite, v *pool.View, gen uint64) error {
 	if v == nil {
-		return
+		return nil
 	}
 	m, ok := v.Owner(key)
 	if !ok {
-		return
+		return nil
 	}
 	err := f.nodes.Put(ctx, m.HTTP, key, img.Data, node.PutOptions{
-		Epoch: v.Epoch, Generation: gen, ContentType: img.ContentType, ETag: img.ETag, OnlyIfAbsent: onlyIfAbsent,
+		Epoch: v.Epoch, Generation: gen, ContentType: img.ContentType, ETag: img.ETag, OnlyIfAbsent: w.onlyIfAbsent,
+		Version: uint64(max(w.version, 0)), Fence: w.fence,
 	})
 	if err != nil && !errors.Is(err, node.ErrExists) && !errors.Is(err, node.ErrTooLarge) {
 		f.nodeErrors.Add(1)
-		f.log.Debug("cache fill refused or failed", "node", m.HTTP, "err", err)
+		f.log.Debug("cache write refused or failed", "node", m.HTTP, "err", err)
+		return err
 	}
+	return nil
 }
 
 // fillGeneration is the cache generation to stamp a cache write with,
@@ -457,13 +470,14 @@ func (f *Frontend) deleted(gen uint64) {
 	}
 }
 
-// invalidate removes key from its owner's cache. A 421 or 409 means the
-// frontend's view (or the node's) is behind, and an unreachable owner
-// may come back with the copy: every failure is retried with jittered
-// backoff, each time against the newest view, for up to
-// Config.InvalidateTimeout (even if the caller gives up: the row is
-// committed). It returns the last failure if the copy could not be removed.
-func (f *Frontend) invalidate(ctx context.Context, key string) error {
+// fence fences key at its owner (node.Client.Fence with opt): before an
+// upload commits its row, or after if the upload's own write failed. A
+// 421 or 409 means the frontend's view (or the node's) is behind, and an
+// unreachable owner may come back with the copy: every failure is retried
+// with jittered backoff, each time against the newest view, for up to
+// Config.InvalidateTimeout (even if the caller gives up: the row may be
+// committed). It returns the last failure if the key could not be fenced.
+func (f *Frontend) fence(ctx context.Context, key string, opt node.FenceOptions) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.InvalidateTimeout)
 	defer cancel()
 	b := &backoff.ExponentialBackOff{InitialInterval: 20 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Second}
@@ -475,10 +489,11 @@ func (f *Frontend) invalidate(ctx context.Context, key string) error {
 		if !ok {
 			return struct{}{}, nil // no node owns the key: no cache holds it
 		}
-		err := f.nodes.Invalidate(ctx, m.HTTP, key, v.Epoch)
+		opt.Epoch = v.Epoch
+		err := f.nodes.Fence(ctx, m.HTTP, key, opt)
 		if err != nil {
 			f.nodeErrors.Add(1)
-			f.log.Warn("cache invalidation failed; retrying", "node", m.ID, "epoch", v.Epoch, "attempt", attempt, "err", err)
+			f.log.Warn("fencing the cached copy failed; retrying", "node", m.ID, "epoch", v.Epoch, "attempt", attempt, "err", err)
 		}
 		return struct{}{}, err
 	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(f.cfg.InvalidateTimeout))
@@ -528,7 +543,7 @@ func (f *Frontend) load(ctx context.Context, key string, v *pool.View, gen uint6
 				return Image{}, fmt.Errorf("blob store: %w", err)
 			}
 			img := Image{Data: data, ContentType: e.ContentType, ETag: etagOf(e.SHA256)}
-			f.toCache(lctx, key, img, true, v, gen)
+			f.toCache(lctx, key, img, cacheWrite{onlyIfAbsent: true, version: e.Version}, v, gen)
 			return img, nil
 		}
 	})
@@ -540,12 +555,16 @@ func (f *Frontend) load(ctx context.Context, key string, v *pool.View, gen uint6
 
 // Put stores data under key: the blob first, then the row (so a row never
 // points at a missing blob), then the cache; the replaced image's blob is
-// removed after the row is committed. It returns the stored entry.
+// removed after the row is committed. Before replacing a row, it fences
+// the key at its owner (node/fence.go), so no read that loaded the
+// replaced row can fill the cache after it; the image is then written
+// under the fence with the row's version. It returns the stored entry.
 //
 // Until the frontend holds a pool view it stores nothing (ErrUnavailable):
-// it could not remove the cached copy of an image it replaces. When the
-// row is committed but that copy cannot be removed, Put returns the entry
-// and an error wrapping ErrUnavailable.
+// it could not fence the key. When the owner of a key to replace cannot be
+// reached to fence it, it stores nothing either (ErrUnavailable). When the row is committed
+// but neither the cache write nor a fence at the row's version took, Put
+// returns the entry and an error wrapping ErrUnavailable.
 func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.Entry, error) {
 	if err := ValidateKey(key); err != nil {
 		return keyindex.Entry{}, err
@@ -567,24 +586,51 @@ func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.E
 	if err := f.blobs.Put(ctx, object, data, ct); err != nil {
 		return keyindex.Entry{}, fmt.Errorf("blob store: %w", err)
 	}
-	now := time.Now().UTC()
-	e := keyindex.Entry{Key: key, Object: object, ContentType: ct, Size: int64(len(data)),
-		SHA256: hex.EncodeToString(sum[:]), Created: now, Updated: now}
-	prev, err := f.index.Put(ctx, e)
-	if err != nil {
-		// No row points at the new blob: remove it.
+	dropBlob := func() {
 		if derr := f.blobs.Delete(context.WithoutCancel(ctx), object); derr != nil {
 			f.log.Error("removing the blob of a failed upload", "object", object, "err", derr)
 		}
+	}
+	// A key with a row may be cached: fence it before replacing the row. A
+	// new key has no copy to fence (a concurrent first upload's is kept out
+	// by versions: the node keeps the newest, and fences at it).
+	var token string
+	fenced := time.Now()
+	if _, err := f.index.Get(ctx, key); err == nil {
+		token = newFenceToken()
+		if err := f.fence(ctx, key, node.FenceOptions{Token: token}); err != nil {
+			dropBlob()
+			return keyindex.Entry{}, fmt.Errorf("%w: the owner of %q could not be reached to fence its cached copy (%v); nothing was stored", ErrUnavailable, key, err)
+		}
+	} else if !errors.Is(err, keyindex.ErrNotFound) {
+		dropBlob()
 		return keyindex.Entry{}, fmt.Errorf("key index: %w", err)
 	}
-	// The cache must not keep serving the image this one replaces.
-	var stale error
-	if prev != "" {
-		stale = f.invalidate(ctx, key)
+	now := time.Now().UTC()
+	e := keyindex.Entry{Key: key, Object: object, ContentType: ct, Size: int64(len(data)),
+		SHA256: hex.EncodeToString(sum[:]), Created: now, Updated: now}
+	prev, version, err := f.index.Put(ctx, e)
+	if err != nil {
+		dropBlob() // no row points at the new blob
+		return keyindex.Entry{}, fmt.Errorf("key index: %w", err)
 	}
-	if stale == nil {
-		f.toCache(ctx, key, Image{Data: data, ContentType: ct, ETag: etagOf(e.SHA256)}, false, v, gen)
+	e.Version = version
+	// The write must land while the fence lives: a frontend paused past
+	// that leaves the key uncached rather than risk an old write.
+	wctx, cancel := context.WithDeadline(ctx, fenced.Add(node.FenceTTL/2))
+	werr := f.toCache(wctx, key, Image{Data: data, ContentType: ct, ETag: etagOf(e.SHA256)}, cacheWrite{version: version, fence: token}, v, gen)
+	cancel()
+	var stale error
+	if werr != nil {
+		// The owner did not take the image (it moved, or did not answer):
+		// fence the key at the row's version, so nothing older is served.
+		// A new key had no copy to keep out, but for a concurrent first
+		// upload's: that one is not worth failing the upload for.
+		stale = f.fence(ctx, key, node.FenceOptions{Version: uint64(version)})
+		if stale != nil && prev == "" {
+			f.log.Warn("first upload of a key stored, its cache write and fence failed", "key", key, "err", stale)
+			stale = nil
+		}
 	}
 	if prev != "" && prev != object {
 		if err := f.blobs.Delete(context.WithoutCancel(ctx), prev); err != nil {
@@ -592,10 +638,17 @@ func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.E
 		}
 	}
 	if stale != nil {
-		f.log.Error("upload stored, old cached copy not invalidated", "key", key, "err", stale)
-		return e, fmt.Errorf("%w: the image was stored under %q, but the cached copy of the image it replaced could not be removed (%v) and may still be served; upload it again", ErrUnavailable, key, stale)
+		f.log.Error("upload stored, old cached copy not fenced", "key", key, "err", stale)
+		return e, fmt.Errorf("%w: the image was stored under %q, but the cached copy of the image it replaced could not be fenced (%v) and may still be served; upload it again", ErrUnavailable, key, stale)
 	}
 	return e, nil
+}
+
+// newFenceToken returns an upload's fence token.
+func newFenceToken() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // newObjectName returns a unique blob name, never derived from user input.

@@ -284,8 +284,8 @@ func (failingBlobs) Put(context.Context, string, []byte, string) error {
 
 type failingIndex struct{ Index }
 
-func (failingIndex) Put(context.Context, keyindex.Entry) (string, error) {
-	return "", errors.New("injected: database unavailable")
+func (failingIndex) Put(context.Context, keyindex.Entry) (string, int64, error) {
+	return "", 0, errors.New("injected: database unavailable")
 }
 
 func TestFailedWritesLeaveNothingDangling(t *testing.T) {
@@ -386,7 +386,7 @@ func TestReadFillNeverReplacesANewerUpload(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The slow read's fill of the old image arrives now.
-	f.toCache(ctx, "k", Image{Data: red, ContentType: "image/png", ETag: etagOf(old.SHA256)}, true, &view, view.Generation())
+	f.toCache(ctx, "k", Image{Data: red, ContentType: "image/png", ETag: etagOf(old.SHA256)}, cacheWrite{onlyIfAbsent: true, version: old.Version}, &view, view.Generation())
 	img, err := f.Get(ctx, "k")
 	if err != nil || !img.FromCache || !bytes.Equal(img.Data, blue) {
 		t.Fatalf("after a late fill: cache %v, %d bytes, err %v; want the new image from the cache", img.FromCache, len(img.Data), err)

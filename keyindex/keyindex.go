@@ -61,6 +61,9 @@ type Entry struct {
 	SHA256      string    // hex
 	Created     time.Time // first upload of this key (UTC, microsecond precision)
 	Updated     time.Time // last replacement (UTC, microsecond precision)
+	// Version is 1 for a new key and goes up by one on every replacement;
+	// versions of one key are in commit order (Put sets it).
+	Version int64
 }
 
 // Index is the key index. It is safe for concurrent use by multiple
@@ -270,66 +273,69 @@ func validEntry(e Entry) error {
 	return nil
 }
 
-const entryColumns = `key, object, content_type, size, sha256, created_at, updated_at`
+const entryColumns = `key, object, content_type, size, sha256, created_at, updated_at, version`
 
 // Put inserts or replaces the row for e.Key and returns the object name it
-// replaced ("" if the key was new). Created is set on first insert and kept
-// on replace; Updated is set to the current time; the Created and Updated
-// fields of e are ignored. The read of the old row and the write happen in
-// one transaction, so among concurrent Puts of one key every replaced object
-// is returned to exactly one of them.
-func (ix *Index) Put(ctx context.Context, e Entry) (previousObject string, err error) {
+// replaced ("" if the key was new) and the row's new version. Created is
+// set on first insert and kept on replace; Updated is set to the current
+// time; Version is 1 on insert and one more than the replaced row's on
+// replace; those fields of e are ignored. The read of the old row and the
+// write happen in one transaction, so among concurrent Puts of one key
+// every replaced object is returned to exactly one of them, and their
+// versions are in commit order.
+func (ix *Index) Put(ctx context.Context, e Entry) (previousObject string, version int64, err error) {
 	if err := validEntry(e); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalidEntry, err)
+		return "", 0, fmt.Errorf("%w: %v", ErrInvalidEntry, err)
 	}
 	now := ix.now().UTC().Truncate(time.Microsecond)
 
 	tx, err := ix.db.BeginTx(ctx, nil)
 	if err != nil {
-		return "", fmt.Errorf("keyindex: put %q: begin: %w", e.Key, err)
+		return "", 0, fmt.Errorf("keyindex: put %q: begin: %w", e.Key, err)
 	}
 	defer tx.Rollback() // no-op after Commit
 
 	if ix.d.lockKey != "" {
 		if _, err := tx.ExecContext(ctx, ix.d.lockKey, e.Key); err != nil {
-			return "", fmt.Errorf("keyindex: put %q: lock: %w", e.Key, err)
+			return "", 0, fmt.Errorf("keyindex: put %q: lock: %w", e.Key, err)
 		}
 	}
 	var prev string
 	err = tx.QueryRowContext(ctx, `SELECT object FROM images WHERE key = $1`+ix.d.forUpdate, e.Key).Scan(&prev)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return "", fmt.Errorf("keyindex: put %q: read previous: %w", e.Key, err)
+		return "", 0, fmt.Errorf("keyindex: put %q: read previous: %w", e.Key, err)
 	}
 	var created sqlTime
 	err = tx.QueryRowContext(ctx, `INSERT INTO images (`+entryColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $6)
+		VALUES ($1, $2, $3, $4, $5, $6, $6, 1)
 		ON CONFLICT (key) DO UPDATE SET
 			object = excluded.object,
 			content_type = excluded.content_type,
 			size = excluded.size,
 			sha256 = excluded.sha256,
-			updated_at = excluded.updated_at
-		RETURNING created_at`,
-		e.Key, e.Object, e.ContentType, e.Size, e.SHA256, now).Scan(&created)
+			updated_at = excluded.updated_at,
+			version = images.version + 1
+		RETURNING created_at, version`,
+		e.Key, e.Object, e.ContentType, e.Size, e.SHA256, now).Scan(&created, &version)
 	if err != nil {
-		return "", fmt.Errorf("keyindex: put %q: write: %w", e.Key, err)
+		return "", 0, fmt.Errorf("keyindex: put %q: write: %w", e.Key, err)
 	}
 	// Under the lock the old row read above is the one the upsert replaced;
 	// a new row must carry this Put's timestamp.
 	if prev == "" && !time.Time(created).Equal(now) {
-		return "", fmt.Errorf("keyindex: put %q: row appeared during the transaction", e.Key)
+		return "", 0, fmt.Errorf("keyindex: put %q: row appeared during the transaction", e.Key)
 	}
 	if err := tx.Commit(); err != nil {
-		return "", fmt.Errorf("keyindex: put %q: commit: %w", e.Key, err)
+		return "", 0, fmt.Errorf("keyindex: put %q: commit: %w", e.Key, err)
 	}
-	return prev, nil
+	return prev, version, nil
 }
 
 // scanEntry reads one row of entryColumns.
 func scanEntry(row interface{ Scan(...any) error }) (Entry, error) {
 	var e Entry
 	var created, updated sqlTime
-	if err := row.Scan(&e.Key, &e.Object, &e.ContentType, &e.Size, &e.SHA256, &created, &updated); err != nil {
+	if err := row.Scan(&e.Key, &e.Object, &e.ContentType, &e.Size, &e.SHA256, &created, &updated, &e.Version); err != nil {
 		return Entry{}, err
 	}
 	e.Created, e.Updated = time.Time(created), time.Time(updated)

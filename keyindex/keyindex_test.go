@@ -63,7 +63,7 @@ func entry(key, object string) Entry {
 
 func mustPut(t *testing.T, ix *Index, e Entry) string {
 	t.Helper()
-	prev, err := ix.Put(context.Background(), e)
+	prev, _, err := ix.Put(context.Background(), e)
 	if err != nil {
 		t.Fatalf("Put(%q): %v", e.Key, err)
 	}
@@ -116,6 +116,7 @@ func TestPutNewAndGet(t *testing.T) {
 		want := e
 		want.Created = at.UTC().Truncate(time.Microsecond)
 		want.Updated = want.Created
+		want.Version = 1
 		if got != want {
 			t.Errorf("Get = %+v, want %+v", got, want)
 		}
@@ -162,6 +163,7 @@ func TestPutReplace(t *testing.T) {
 		want := repl
 		want.Created = first.Created
 		want.Updated = t0.Add(1500 * time.Microsecond)
+		want.Version = 2
 		if got != want {
 			t.Errorf("Get after replace = %+v, want %+v", got, want)
 		}
@@ -342,7 +344,7 @@ func TestPutInvalid(t *testing.T) {
 			entry("k", ""),
 			{Key: "k", Object: "o", Size: -1},
 		} {
-			if _, err := ix.Put(ctx, e); !errors.Is(err, ErrInvalidEntry) {
+			if _, _, err := ix.Put(ctx, e); !errors.Is(err, ErrInvalidEntry) {
 				t.Errorf("Put(%+q) error = %v, want ErrInvalidEntry", e.Key, err)
 			}
 		}
@@ -366,6 +368,7 @@ func TestConcurrentPuts(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 2*n)
 		prevs := make(chan string, n)
+		versions := make(chan [2]string, n) // version, object
 		start := make(chan struct{})
 		for i := 0; i < n; i++ {
 			wg.Add(2)
@@ -373,9 +376,9 @@ func TestConcurrentPuts(t *testing.T) {
 				defer wg.Done()
 				<-start
 				key := fmt.Sprintf("distinct-%02d", i)
-				prev, err := ix.Put(ctx, entry(key, "obj-"+key))
-				if err == nil && prev != "" {
-					err = fmt.Errorf("Put(%q): previous = %q, want \"\"", key, prev)
+				prev, version, err := ix.Put(ctx, entry(key, "obj-"+key))
+				if err == nil && (prev != "" || version != 1) {
+					err = fmt.Errorf("Put(%q): previous = %q, version %d, want \"\", 1", key, prev, version)
 				}
 				if err != nil {
 					errs <- err
@@ -384,18 +387,21 @@ func TestConcurrentPuts(t *testing.T) {
 			go func(ix *Index) {
 				defer wg.Done()
 				<-start
-				prev, err := ix.Put(ctx, entry("hot", fmt.Sprintf("hot-%02d", i)))
+				obj := fmt.Sprintf("hot-%02d", i)
+				prev, version, err := ix.Put(ctx, entry("hot", obj))
 				if err != nil {
 					errs <- fmt.Errorf("Put(hot) #%d: %w", i, err)
 					return
 				}
 				prevs <- prev
+				versions <- [2]string{fmt.Sprint(version), obj}
 			}(ixs[(i+1)%2])
 		}
 		close(start)
 		wg.Wait()
 		close(errs)
 		close(prevs)
+		close(versions)
 		for err := range errs {
 			t.Error(err)
 		}
@@ -406,7 +412,25 @@ func TestConcurrentPuts(t *testing.T) {
 		// No lost update: every object written to "hot" except the final
 		// one was replaced exactly once, so it is returned exactly once, and
 		// exactly one Put found the key new.
-		final := mustGet(t, ixs[1], "hot").Object
+		finalRow := mustGet(t, ixs[1], "hot")
+		final := finalRow.Object
+		// Versions are in commit order: the n Puts got 1..n once each, and
+		// the row holds the object of the one that got n.
+		byVersion := map[string]string{}
+		for v := range versions {
+			if o, dup := byVersion[v[0]]; dup {
+				t.Errorf("version %s given to both %s and %s", v[0], o, v[1])
+			}
+			byVersion[v[0]] = v[1]
+		}
+		for v := 1; v <= n; v++ {
+			if _, ok := byVersion[fmt.Sprint(v)]; !ok {
+				t.Errorf("no Put got version %d", v)
+			}
+		}
+		if finalRow.Version != n || byVersion[fmt.Sprint(n)] != final {
+			t.Errorf("final row: version %d object %s; want %d and the object of the Put that got it (%s)", finalRow.Version, final, n, byVersion[fmt.Sprint(n)])
+		}
 		written := map[string]bool{}
 		for i := 0; i < n; i++ {
 			written[fmt.Sprintf("hot-%02d", i)] = true

@@ -33,6 +33,10 @@ var migrations = []string{
 	`CREATE TABLE orphans (
 		object TEXT PRIMARY KEY
 	)`,
+	// 4: a per-key version, raised by one on every replacement under the
+	// row's lock, so versions of one key are in commit order: cache nodes
+	// keep the newest and refuse fills older than a replacement.
+	`ALTER TABLE images ADD COLUMN version BIGINT NOT NULL DEFAULT 1`,
 }
 
 // migrate applies the pending migrations in one transaction. On PostgreSQL

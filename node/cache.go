@@ -30,6 +30,9 @@ type Item struct {
 	Value       []byte
 	ContentType string
 	ETag        string
+	// Version is the key index version of the value (0: unversioned). A
+	// versioned Put never replaces a newer version.
+	Version uint64
 }
 
 // numShards is the number of independently locked parts of the key space.
@@ -179,8 +182,9 @@ func (c *Cache) Get(key string) (Item, bool, error) {
 	return e.item, true, nil
 }
 
-// Put caches item under key, replacing any previous value and evicting
-// entries by the current policy until it fits. The cache keeps item.Value
+// Put caches item under key, replacing any previous value (but a newer
+// version, when item is versioned) and evicting entries by the current
+// policy until it fits. The cache keeps item.Value
 // without copying it; the caller must not modify it afterwards.
 func (c *Cache) Put(key string, item Item) error {
 	_, err := c.put(key, item, false)
@@ -210,7 +214,7 @@ func (c *Cache) put(key string, item Item, onlyIfAbsent bool) (bool, error) {
 	}
 	s := c.shardOf(key)
 	s.mu.Lock()
-	if _, ok := s.items[key]; ok && onlyIfAbsent {
+	if old, ok := s.items[key]; ok && (onlyIfAbsent || (item.Version > 0 && old.item.Version > item.Version)) {
 		s.mu.Unlock()
 		return false, nil
 	}
@@ -247,6 +251,22 @@ func (c *Cache) Delete(key string) bool {
 		c.count.Add(-1)
 	}
 	return ok
+}
+
+// DeleteOlder removes key if its cached version is older than version
+// (or unversioned), and reports whether it did.
+func (c *Cache) DeleteOlder(key string, version uint64) bool {
+	s := c.shardOf(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.items[key]
+	if !ok || e.item.Version >= version {
+		return false
+	}
+	s.remove(e)
+	c.used.Add(-int64(len(e.item.Value)))
+	c.count.Add(-1)
+	return true
 }
 
 // Clear removes every entry.

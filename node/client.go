@@ -42,7 +42,9 @@ var (
 	// than the caller, the caller's map predates the node's ownership of
 	// the region, or a fill's generation is below the node's floor.
 	ErrConflict = errors.New("caller's and node's pool views disagree")
-	// ErrExists is a conditional fill (OnlyIfAbsent) of a key already cached (412).
+	// ErrExists is a write the node kept out (412): a conditional fill
+	// (OnlyIfAbsent) of a key already cached, or a versioned write of a key
+	// holding a newer version or fenced against it.
 	ErrExists = errors.New("key is already cached")
 	// ErrMisdirected is a request for a key whose region the node does not own (421).
 	ErrMisdirected = errors.New("node does not own the key's region")
@@ -196,6 +198,11 @@ type PutOptions struct {
 	// OnlyIfAbsent stores the value only if the key is not cached
 	// (If-None-Match: *); otherwise the answer wraps ErrExists.
 	OnlyIfAbsent bool
+	// Version is the key index version of the value (0: unversioned); a
+	// node holding a newer one, or fencing older ones, refuses the write
+	// (ErrExists). Fence is the upload's fence token (see Fence).
+	Version uint64
+	Fence   string
 }
 
 // Put stores value under key at the node at base. A refusal because of the
@@ -215,7 +222,39 @@ func (c *Client) Put(ctx context.Context, base, key string, value []byte, opt Pu
 	if opt.OnlyIfAbsent {
 		hdr.Set("If-None-Match", "*")
 	}
+	if opt.Version > 0 {
+		hdr.Set(HeaderVersion, strconv.FormatUint(opt.Version, 10))
+	}
+	if opt.Fence != "" {
+		hdr.Set(HeaderFence, opt.Fence)
+	}
 	return c.call(ctx, http.MethodPut, keyURL(base, key), hdr, value, nil)
+}
+
+// FenceOptions say how Fence fences a key.
+type FenceOptions struct {
+	Epoch uint64 // the caller's region-map epoch
+	// Token, if set, blocks fills and every write but one carrying it,
+	// until that write (an upload's, after its row is committed).
+	Token string
+	// Version, if set, refuses writes older than it from now on.
+	Version uint64
+}
+
+// Fence removes key's copy from the node at base and fences the key (see
+// fence.go): before an upload commits its row, with the upload's Token;
+// after, with the row's Version if the upload's own write failed. Success
+// means the owner's copy is gone and the fence holds. Errors are as
+// Invalidate's.
+func (c *Client) Fence(ctx context.Context, base, key string, opt FenceOptions) error {
+	hdr := http.Header{HeaderEpoch: {strconv.FormatUint(opt.Epoch, 10)}}
+	if opt.Token != "" {
+		hdr.Set(HeaderFence, opt.Token)
+	}
+	if opt.Version > 0 {
+		hdr.Set(HeaderVersion, strconv.FormatUint(opt.Version, 10))
+	}
+	return c.call(ctx, http.MethodDelete, keyURL(base, key), hdr, nil, nil)
 }
 
 // Invalidate removes key from the node at base. Success means the node

@@ -51,7 +51,11 @@ const maxJSONBody = 64 << 10
 //	                     with If-None-Match: * only if the key is not cached (412 if it is);
 //	                     409 if the caller's epoch predates the node's ownership of the region,
 //	                     or its X-Memcache-Generation is below the node's floor (see HeaderGeneration)
-//	DELETE /cache/{key}  invalidate one key; 204
+//	                     GET and PUT answer 503 while the node's serving lease has lapsed (lease.go)
+//	                     X-Memcache-Version and X-Memcache-Fence: versioned writes under fences (fence.go);
+//	                     412 too when a newer version is cached or a fence refuses the write
+//	DELETE /cache/{key}  invalidate one key; 204; with X-Memcache-Fence, fence it for that upload,
+//	                     with X-Memcache-Version, refuse older versions from now on (fence.go)
 //	DELETE /cache        clear every entry, raising the floor to X-Memcache-Generation if sent; 204
 //	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
 //	GET    /regions      the region map held; PUT /regions installs a newer one
@@ -157,7 +161,7 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if !n.checkRoute(w, r, key) {
+	if !n.checkRoute(w, r, key) || !n.checkLease(w) {
 		return
 	}
 	item, ok, err := n.cache.Get(key)
@@ -197,22 +201,7 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if !n.checkRoute(w, r, key) {
-		return
-	}
-	capacity := n.cache.Capacity()
-	if r.ContentLength > capacity {
-		jsonhttp.Error(w, http.StatusRequestEntityTooLarge, "value of %d bytes exceeds the cache capacity of %d bytes; not cached", r.ContentLength, capacity)
-		return
-	}
-	value, err := readValue(r, capacity)
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			jsonhttp.Error(w, http.StatusRequestEntityTooLarge, "value exceeds the cache capacity of %d bytes; not cached", capacity)
-			return
-		}
-		jsonhttp.Error(w, http.StatusBadRequest, "reading value: %v", err)
+	if !n.checkRoute(w, r, key) || !n.checkLease(w) {
 		return
 	}
 	gen, err := generation(r)
@@ -220,26 +209,49 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	item := Item{Value: value, ContentType: r.Header.Get("Content-Type"), ETag: r.Header.Get(HeaderETag)}
+	version, token, err := fenceHeaders(r)
+	if err != nil {
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	capacity := n.cache.Capacity()
+	if r.ContentLength > capacity {
+		n.refuseTooLarge(w, key, version, "value of %d bytes exceeds the cache capacity of %d bytes; not cached", r.ContentLength, capacity)
+		return
+	}
+	value, err := readValue(r, capacity)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			n.refuseTooLarge(w, key, version, "value exceeds the cache capacity of %d bytes; not cached", capacity)
+			return
+		}
+		jsonhttp.Error(w, http.StatusBadRequest, "reading value: %v", err)
+		return
+	}
+	fill := r.Header.Get("If-None-Match") == "*"
+	item := Item{Value: value, ContentType: r.Header.Get("Content-Type"), ETag: r.Header.Get(HeaderETag), Version: version}
 	stored := true
 	ran, floor := n.fill(gen, func() {
-		if r.Header.Get("If-None-Match") == "*" {
-			stored, err = n.cache.Add(key, item)
-		} else {
-			err = n.cache.Put(key, item)
+		admitted := n.admit(key, version, token, fill, func() bool {
+			stored, err = n.cache.put(key, item, fill)
+			return stored
+		})
+		if !admitted && err == nil {
+			stored = false
 		}
 	})
 	switch {
 	case !ran:
 		jsonhttp.Error(w, http.StatusConflict, "fill of cache generation %d refused: the node cleared its cache at generation %d since (the value may predate a clear or delete-all); not cached", gen, floor)
 	case errors.Is(err, ErrTooLarge):
-		jsonhttp.Error(w, http.StatusRequestEntityTooLarge, "%v; not cached", err)
+		n.refuseTooLarge(w, key, version, "%v; not cached", err)
 	case errors.Is(err, ErrNotOwner):
 		jsonhttp.Error(w, http.StatusMisdirectedRequest, "region of key is not owned by node %s", n.id)
 	case err != nil:
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 	case !stored:
-		jsonhttp.Error(w, http.StatusPreconditionFailed, "key is already cached (If-None-Match: *)")
+		jsonhttp.Error(w, http.StatusPreconditionFailed, "not cached: the key is cached already (If-None-Match: *), a newer version is, or an upload fences it")
 	default:
 		w.WriteHeader(http.StatusNoContent)
 	}
@@ -286,7 +298,22 @@ func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 	if !n.checkRoute(w, r, key) {
 		return
 	}
-	n.cache.Delete(key)
+	version, token, err := fenceHeaders(r)
+	if err != nil {
+		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	switch {
+	case token != "":
+		n.block(key, token)
+		if version > 0 {
+			n.raise(key, version)
+		}
+	case version > 0:
+		n.raise(key, version)
+	default:
+		n.cache.Delete(key)
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -67,6 +67,14 @@ type Node struct {
 	genMu sync.RWMutex
 	floor uint64 // the newest cache generation cleared at; guarded by genMu
 
+	// The serving lease (lease.go): leaseUntil is in nanoseconds since
+	// start, on the monotonic clock.
+	start      time.Time
+	leased     atomic.Bool
+	leaseUntil atomic.Int64
+
+	fences *fences // fence.go
+
 	registry *prometheus.Registry
 	latency  *prometheus.HistogramVec
 }
@@ -89,7 +97,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{id: cfg.ID, secret: cfg.Secret, log: log, cache: cache}
+	n := &Node{id: cfg.ID, secret: cfg.Secret, log: log, cache: cache, start: time.Now(), fences: newFences()}
 	for r := range n.regions.Owners {
 		n.regions.Owners[r] = cfg.ID
 	}
@@ -120,6 +128,8 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 			func() float64 { return float64(n.cache.Capacity()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_region_epoch", Help: "Epoch of the region map the node holds."},
 			func() float64 { return float64(n.epoch.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_lease_remaining_seconds", Help: "How long the serving lease still holds (negative: lapsed, reads refused); 0 if the node follows no managers."},
+			func() float64 { left, _ := n.leaseRemaining(); return left.Seconds() }),
 	)
 	return n, nil
 }
@@ -177,6 +187,7 @@ func (n *Node) ClearAt(gen uint64) {
 	defer n.genMu.Unlock()
 	n.floor = max(n.floor, gen)
 	n.cache.Clear()
+	n.clearFences()
 }
 
 // fill runs store unless gen is below the floor, holding the floor steady

@@ -63,10 +63,13 @@ type Pool struct {
 	wg sync.WaitGroup // grow-backs in flight; Run waits for them
 }
 
+// DefaultDeadGrace is PoolConfig.DeadGrace's default.
+const DefaultDeadGrace = 10 * time.Second
+
 // NewPool returns a pool maintainer. Run it with Run on the leader only.
 func NewPool(cfg PoolConfig, raft Applier, members Membership, prov Provisioner, log *slog.Logger) *Pool {
 	if cfg.DeadGrace <= 0 {
-		cfg.DeadGrace = 10 * time.Second
+		cfg.DeadGrace = DefaultDeadGrace
 	}
 	if cfg.InitialNodes <= 0 {
 		cfg.InitialNodes = 1

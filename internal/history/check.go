@@ -381,7 +381,7 @@ func (a acked) latestBefore(t time.Duration) (Op, bool) {
 
 // anomalies applies the lost and stale rules of the package doc.
 func anomalies(ops []Op) (lost, stale []Anomaly) {
-	written := map[string]Op{}        // value -> its write (not failed)
+	written := map[string]Op{}       // value -> its write (not failed)
 	ackedWrites := map[string][]Op{} // key -> acknowledged writes
 	var ackedDeletes, deletes []Op   // acknowledged; not failed
 	for _, op := range ops {

@@ -46,11 +46,11 @@ func cfg(client int, write bool, c map[string]string, call, ret int) Op {
 // keys it must not, and how many reads are stale and lost.
 func TestCheck(t *testing.T) {
 	cases := []struct {
-		name           string
-		ops            []Op
-		illegal        []string
-		stale, lost    int
-		why            string // a word every anomaly's Why must contain
+		name        string
+		ops         []Op
+		illegal     []string
+		stale, lost int
+		why         string // a word every anomaly's Why must contain
 	}{
 		{name: "sequential write then read", ops: []Op{w(0, "a", "1", 0, 1), rd(1, "a", "1", 2, 3)}},
 		{name: "read concurrent with a write sees either", ops: []Op{

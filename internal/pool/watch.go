@@ -12,6 +12,18 @@ package pool
 // once it holds it. A replica that knows no leader answers 503 (it may be
 // cut off from the majority and hold an old view), sending the watcher to
 // another replica.
+//
+// # Leases
+//
+// A replica configured with a lease (LeasedHandler) grants one on every
+// consistent answer, in the HeaderLease header: the watcher may act on the
+// view it holds until the lease has run from the moment it sent the
+// request, and no longer unless another answer renews it. A cache node
+// serves reads only under a lease, so a node cut off from the leader stops
+// serving its regions before the managers give them to another node (they
+// wait gossip's detection and then the dead grace, at least the lease). To keep a healthy watcher's
+// lease from lapsing, the replica caps the wait at half the lease, and a
+// leased consistent request long-polls for a change before its barrier.
 
 import (
 	"context"
@@ -31,6 +43,10 @@ import (
 // HeaderIndex carries the view's Index on watch responses.
 const HeaderIndex = "X-Memcache-Index"
 
+// HeaderLease carries the lease a consistent answer grants (a duration
+// such as "1.5s"), counted from when the watcher sent the request.
+const HeaderLease = "X-Memcache-Lease"
+
 // Watch timings.
 const (
 	// DefaultWait is how long one watch request blocks by default. It is
@@ -42,6 +58,10 @@ const (
 	// slack is how much longer than the wait a watcher gives a replica to
 	// answer before it moves on.
 	slack = 2 * time.Second
+	// leaseSlack is how much longer a leased watcher gives a replica: its
+	// answer waits on a Raft barrier at the leader, which a loaded machine
+	// may take seconds to commit.
+	leaseSlack = 4 * time.Second
 )
 
 // ErrNoLeader is returned by a Source that knows no leader.
@@ -59,9 +79,13 @@ type Source interface {
 	ConsistentView(ctx context.Context) (View, error)
 }
 
-// Handler serves GET /v1/pool from src. Authentication is the caller's
-// (mount it behind the cluster's middleware).
-func Handler(src Source) http.Handler {
+// Handler serves GET /v1/pool from src, granting no lease. Authentication
+// is the caller's (mount it behind the cluster's middleware).
+func Handler(src Source) http.Handler { return LeasedHandler(src, 0) }
+
+// LeasedHandler is Handler granting lease (if positive) on every
+// consistent answer; it caps a request's wait at lease/2.
+func LeasedHandler(src Source, lease time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		var index uint64
@@ -82,11 +106,24 @@ func Handler(src Source) http.Handler {
 			}
 			wait = min(d, MaxWait)
 		}
+		if lease > 0 {
+			wait = min(wait, lease/2)
+		}
 		var (
 			v   View
 			err error
 		)
 		consistent := q.Get("consistent") != ""
+		if consistent && lease > 0 && wait > 0 {
+			// A leased watcher renews with every answer: wait here (on the
+			// leader: the request was forwarded) for a change first.
+			ctx, cancel := context.WithTimeout(r.Context(), wait)
+			src.WaitView(ctx, index)
+			cancel()
+			if r.Context().Err() != nil {
+				return // the watcher went away
+			}
+		}
 		if consistent {
 			v, err = src.ConsistentView(r.Context())
 		} else {
@@ -107,6 +144,9 @@ func Handler(src Source) http.Handler {
 			}
 		}
 		w.Header().Set(HeaderIndex, strconv.FormatUint(v.Index, 10))
+		if consistent && lease > 0 {
+			w.Header().Set(HeaderLease, lease.String())
+		}
 		jsonhttp.Write(w, http.StatusOK, v)
 	})
 }
@@ -128,6 +168,10 @@ type WatchConfig struct {
 	// pauses grow to MaxBackoff, each jittered by ±50% so that watchers do
 	// not come back in step. If zero, 100 ms and 2 s.
 	Backoff, MaxBackoff time.Duration
+	// OnLease, if set, makes every request a consistent one and is called
+	// after each answer that grants a lease (after fn has the answer's
+	// view, if it is newer): the view held is current until sent+lease.
+	OnLease func(sent time.Time, lease time.Duration)
 }
 
 // Watch follows the view the manager replicas serve and calls fn with every
@@ -169,7 +213,8 @@ func Watch(ctx context.Context, cfg WatchConfig, log *slog.Logger, fn func(View)
 			continue
 		}
 		u := urls[next%len(urls)]
-		v, err := poll(ctx, client, u, index, cfg.Wait, consistent)
+		sent := time.Now()
+		v, lease, err := poll(ctx, client, u, index, cfg.Wait, consistent || cfg.OnLease != nil)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -196,6 +241,9 @@ func Watch(ctx context.Context, cfg WatchConfig, log *slog.Logger, fn func(View)
 			index = max(index, v.Index)
 			fn(v)
 		}
+		if cfg.OnLease != nil && lease > 0 {
+			cfg.OnLease(sent, lease)
+		}
 	}
 }
 
@@ -214,12 +262,18 @@ func pause(ctx context.Context, d time.Duration) bool {
 // leader after a barrier): at least as new as every change committed
 // before the call. It gives the replica the default slack to answer.
 func Current(ctx context.Context, client *http.Client, base string) (View, error) {
-	return poll(ctx, client, base, 0, 0, true)
+	v, _, err := poll(ctx, client, base, 0, 0, true)
+	return v, err
 }
 
-// poll makes one blocking request for the view after index.
-func poll(ctx context.Context, client *http.Client, base string, index uint64, wait time.Duration, consistent bool) (View, error) {
-	ctx, cancel := context.WithTimeout(ctx, wait+slack)
+// poll makes one blocking request for the view after index. It returns
+// the lease the answer grants (0 if none).
+func poll(ctx context.Context, client *http.Client, base string, index uint64, wait time.Duration, consistent bool) (View, time.Duration, error) {
+	timeout := wait + slack
+	if consistent && index > 0 {
+		timeout += leaseSlack // a leased watcher's (a first read is quick)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	url := fmt.Sprintf("%s/v1/pool?index=%d&wait=%s", base, index, wait)
 	if consistent {
@@ -227,23 +281,29 @@ func poll(ctx context.Context, client *http.Client, base string, index uint64, w
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return View{}, err
+		return View{}, 0, err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return View{}, err
+		return View{}, 0, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return View{}, fmt.Errorf("%s: %s", resp.Status, b)
+		return View{}, 0, fmt.Errorf("%s: %s", resp.Status, b)
 	}
 	var v View
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v); err != nil {
-		return View{}, fmt.Errorf("decoding pool view: %w", err)
+		return View{}, 0, fmt.Errorf("decoding pool view: %w", err)
 	}
 	if v.Members == nil {
 		v.Members = []Member{}
 	}
-	return v, nil
+	var lease time.Duration
+	if h := resp.Header.Get(HeaderLease); h != "" {
+		if lease, err = time.ParseDuration(h); err != nil || lease < 0 {
+			return View{}, 0, fmt.Errorf("%s header %q is not a duration", HeaderLease, h)
+		}
+	}
+	return v, lease, nil
 }

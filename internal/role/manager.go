@@ -30,6 +30,20 @@ import (
 	"github.com/memcache/memcache/web"
 )
 
+// ViewLease is the lease the managers grant cache nodes with each pool
+// view (cluster.Config.ViewLease): the dead grace (its default if zero).
+// Only the leader grants it, after a barrier, so a node cut off from the
+// leader at t stops serving by t + lease, while the pool gives its regions
+// away no sooner than t + gossip's detection + the dead grace. A lease no
+// shorter lets nodes keep serving through a leader election that takes
+// less than that.
+func ViewLease(deadGrace time.Duration) time.Duration {
+	if deadGrace <= 0 {
+		deadGrace = scaler.DefaultDeadGrace
+	}
+	return deadGrace
+}
+
 // ManagerConfig configures one manager replica.
 type ManagerConfig struct {
 	// Name is the replica's Raft server ID and gossip id. Required.
@@ -188,7 +202,8 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 		RaftAddr: cfg.RaftAddr, RaftAdvertise: cfg.RaftAdvertise,
 		HTTPURL: clusterURL, PublicURL: url, BootstrapExpect: cfg.BootstrapExpect, Secret: cfg.Secret, AdminToken: cfg.AdminToken,
 		TLS: cfg.TLS, Timing: cfg.Timing,
-		Gossip: cfg.Gossip,
+		Gossip:    cfg.Gossip,
+		ViewLease: ViewLease(cfg.DeadGrace),
 	}, fsm.NewLogged(log.With("id", cfg.Name)), log)
 	if err != nil {
 		return fail(err)

@@ -165,7 +165,10 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	s.bg.Go(func() { n.Run(runCtx) })
 	s.bg.Go(func() {
 		client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: pki.Transport(cfg.TLS)}}
-		pool.Watch(runCtx, pool.WatchConfig{Managers: func() []string { return g.HTTPURLs(gossip.RoleManager) }, Client: client, Wait: cfg.WatchWait}, log, n.ApplyPool)
+		// Every answer is a consistent one from the leader, renewing the
+		// node's serving lease (node/lease.go).
+		pool.Watch(runCtx, pool.WatchConfig{Managers: func() []string { return g.HTTPURLs(gossip.RoleManager) }, Client: client, Wait: cfg.WatchWait,
+			OnLease: n.Renew}, log, n.ApplyPool)
 	})
 	if publisher != nil {
 		s.bg.Go(func() { publisher.Run(runCtx) })

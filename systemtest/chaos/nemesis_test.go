@@ -302,4 +302,3 @@ func (n *nemesis) healAll() {
 		n.s.start(m)
 	}
 }
-
