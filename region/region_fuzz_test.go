@@ -17,9 +17,9 @@ import (
 // regions, and both move exactly that many.
 // go test -run '^$' -fuzz '^FuzzResizeWalk$' ./region.
 func FuzzResizeWalk(f *testing.F) {
-	f.Add([]byte{}, []byte{0, 0, 0, 0, 0, 0, 0})                                  // 1 -> 8 one at a time
+	f.Add([]byte{}, []byte{0, 0, 0, 0, 0, 0, 0})                                   // 1 -> 8 one at a time
 	f.Add([]byte{8, 0, 1, 2, 3, 4, 5, 6, 7}, []byte{1, 1, 1, 1, 1, 1, 1, 0, 0, 0}) // 8 -> 1 -> 4
-	f.Add([]byte{3, 0, 1, 2}, []byte{6, 3, 9, 1, 0, 4})                           // jumps of several members
+	f.Add([]byte{3, 0, 1, 2}, []byte{6, 3, 9, 1, 0, 4})                            // jumps of several members
 	f.Add([]byte{2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, []byte{0, 5, 2, 0xff, 0xfe})
 	f.Add([]byte{16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, []byte{0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1})
 	f.Fuzz(func(t *testing.T, start, steps []byte) {
