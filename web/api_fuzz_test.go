@@ -32,6 +32,9 @@ func (s *swapCluster) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, e
 	return s.cur.Load().Apply(ctx, cmd)
 }
 func (s *swapCluster) State() fsm.State { return s.cur.Load().State() }
+func (s *swapCluster) ConsistentState(ctx context.Context) (fsm.State, error) {
+	return s.cur.Load().ConsistentState(ctx)
+}
 func (s *swapCluster) Wait(ctx context.Context, after uint64) (fsm.State, error) {
 	return s.cur.Load().Wait(ctx, after)
 }
