@@ -247,6 +247,10 @@ func adminTimeout(r *http.Request, body []byte) time.Duration {
 	return adminReadTimeout
 }
 
+// maxAdminBody bounds the body of an admin API request the frontend
+// forwards; a manager takes no larger one either.
+const maxAdminBody = 64 << 10
+
 // proxyAdmin forwards an admin API request to a manager replica and
 // returns its answer. It starts at the next manager in rotation and moves
 // on to the next when one does not answer within adminTimeout, cannot be
@@ -256,9 +260,15 @@ func adminTimeout(r *http.Request, body []byte) time.Duration {
 // adminProbeTimeout and passes over one that does not answer. The manager
 // checks the admin token.
 func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, int, bool) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
 	if err != nil {
 		jsonhttp.TesterError(w, http.StatusBadRequest, "reading request: %v", err)
+		return nil, 0, false
+	}
+	if len(body) > maxAdminBody {
+		// Forwarding the first part would have the manager act on a
+		// different request (a form cut short can still parse).
+		jsonhttp.TesterError(w, http.StatusRequestEntityTooLarge, "the request body is over %d bytes", maxAdminBody)
 		return nil, 0, false
 	}
 	managers := f.cfg.Managers()

@@ -7,6 +7,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/memcache/memcache/keyindex"
 )
@@ -14,8 +15,15 @@ import (
 //go:embed templates/*.html
 var templateFS embed.FS
 
-// imageURL is the path of key's image, with the key path-escaped.
-func imageURL(key string) string { return "/images/" + url.PathEscape(key) }
+// imageURL is the path of key's image, with the key path-escaped. A key
+// "." or ".." has its dots escaped too: a browser would resolve the path
+// segment away (to /images/ or /) before asking for it.
+func imageURL(key string) string {
+	if key == "." || key == ".." {
+		return "/images/" + strings.Repeat("%2E", len(key))
+	}
+	return "/images/" + url.PathEscape(key)
+}
 
 func retrieveURL(key string) string { return "/retrieve?key=" + url.QueryEscape(key) }
 

@@ -298,7 +298,12 @@ func (s *State) applyClearCaches(ClearCaches) { s.ClearGen++ }
 func (s *State) applyDeleteAll(DeleteAll) { s.DeleteGen++ }
 
 func (s *State) applyRecordDecision(c RecordDecision) {
-	s.Decisions = append(s.Decisions, c.Decision.clone())
+	d := c.Decision.clone()
+	// In UTC, as a snapshot restores it: a time decoded with a zero offset
+	// may otherwise carry the replica's Local zone, and a replica restored
+	// from a snapshot (or in another zone) would hold a different state.
+	d.Time = d.Time.UTC()
+	s.Decisions = append(s.Decisions, d)
 	if extra := len(s.Decisions) - MaxDecisions; extra > 0 {
 		s.Decisions = slices.Delete(s.Decisions, 0, extra)
 	}

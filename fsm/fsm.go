@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -225,7 +226,11 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 // checks it, and only then replaces the current state and wakes watchers. On
 // error the current state is kept and the error wraps ErrCorruptSnapshot.
 func (f *FSM) Restore(rc io.ReadCloser) error {
-	d := json.NewDecoder(rc)
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrCorruptSnapshot, err)
+	}
+	d := json.NewDecoder(bytes.NewReader(data))
 	d.DisallowUnknownFields()
 	var sf snapshotFile
 	if err := d.Decode(&sf); err != nil {
@@ -235,9 +240,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("%w: format version %d, want %d", ErrCorruptSnapshot, sf.Version, snapshotVersion)
 	}
 	st := sf.State.Clone() // Members never nil, as in every state Apply makes
-	if st.ViewIndex == 0 {
+	if !hasViewIndex(data) {
 		// A snapshot from before views had their own index: every part of
-		// the state may have changed at its index.
+		// the state may have changed at its index. (A view index of 0 that
+		// is written down is kept: only changes outside the view were
+		// applied, and a replica that applied them has 0 too.)
 		st.ViewIndex = st.Index
 	}
 	if err := st.check(); err != nil {
@@ -256,6 +263,17 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.state = st
 	f.notifyLocked()
 	return nil
+}
+
+// hasViewIndex reports whether the snapshot document data writes down the
+// state's view_index.
+func hasViewIndex(data []byte) bool {
+	var probe struct {
+		State struct {
+			ViewIndex *uint64 `json:"view_index"`
+		} `json:"state"`
+	}
+	return json.NewDecoder(bytes.NewReader(data)).Decode(&probe) == nil && probe.State.ViewIndex != nil
 }
 
 // snapshot is a point-in-time copy of the state.

@@ -184,7 +184,8 @@ func (p ScalingPolicy) problems() FieldErrors {
 
 // Decision is one round of the leader's scaler (DESIGN.md §7): a resize it
 // asked for, or a non-decision with its reason. The proposer fills in every
-// field, Time included; Apply stores it as it is and never reads the clock.
+// field, Time included; Apply stores it as it is (its Time in UTC) and never
+// reads the clock.
 type Decision struct {
 	Time     time.Time `json:"time"`      // when the scaler decided
 	Mode     string    `json:"mode"`      // ModeManual or ModeAuto, the policy's mode

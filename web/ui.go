@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -96,6 +97,12 @@ func (a *API) uiRoutes(r chi.Router) {
 	}
 	files := http.StripPrefix("/ui/static/", http.FileServerFS(static))
 	r.Get("/ui/static/*", func(w http.ResponseWriter, r *http.Request) {
+		if !utf8.ValidString(r.URL.Path) {
+			// No file has such a name; the file server would answer 500
+			// (the embedded tree refuses the name as invalid).
+			http.NotFound(w, r)
+			return
+		}
 		w.Header().Set("Cache-Control", "no-cache")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		files.ServeHTTP(w, r)
