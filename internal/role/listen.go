@@ -3,7 +3,6 @@ package role
 import (
 	"crypto/tls"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,6 +16,12 @@ import (
 // Timeouts bounds what one HTTP connection may hold on a role's listeners,
 // so a client that is slow, silent or gone costs a descriptor and a
 // goroutine for a bounded time only. The zero value is the defaults.
+//
+// The other listeners have their own bounds: Raft's TLS stream layer
+// (cluster/stream.go) drops a peer that has not completed its handshake in
+// 10 s; memberlist sets a deadline of its TCPTimeout (10 s with the LAN
+// defaults, 1 s with gossip's fast test timings) on every inbound stream
+// before reading it, and its UDP side holds no connection.
 type Timeouts struct {
 	// ReadHeader bounds the TLS handshake and the reading of a request's
 	// header, from the connection's first byte (or the end of the previous
@@ -24,7 +29,8 @@ type Timeouts struct {
 	ReadHeader time.Duration
 	// Read bounds the reading of a whole request, body included: the
 	// largest upload must fit in it at the slowest rate a client may
-	// have. If zero, 60 s.
+	// have. It ends with the body (net/http lifts the read deadline then),
+	// so it does not bound a handler's run. If zero, 60 s.
 	Read time.Duration
 	// Write bounds the answer to a request, from the end of its header:
 	// the handler's work and the response. Long polls (the pool watch)
@@ -127,45 +133,8 @@ func listen(what, addr, advertise, scheme string) (net.Listener, string, error) 
 // handshakes among them: scanners, health checks) go to log at debug level.
 func newServer(h http.Handler, t Timeouts, log *slog.Logger) *http.Server {
 	t = t.withDefaults()
-	return &http.Server{Handler: readBound(h),
+	return &http.Server{Handler: h,
 		ReadHeaderTimeout: t.ReadHeader, ReadTimeout: t.Read, WriteTimeout: t.Write, IdleTimeout: t.Idle,
 		MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-}
-
-// readBound makes the server's ReadTimeout bound the reading of a request
-// only, not the handler's run: once the request is read (at once if it has
-// no body, else when its body reaches EOF) it lifts the connection's read
-// deadline. Without it, net/http's background read of an idle connection
-// times out ReadTimeout after the request began and cancels the request's
-// context, cutting off any handler that runs longer (an admin resize
-// waiting for nodes, a long-polling watch). The handler stays bounded by
-// WriteTimeout and by its own context; the next request's header by
-// ReadHeaderTimeout.
-func readBound(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rc := http.NewResponseController(w)
-		if r.Body == nil || r.Body == http.NoBody {
-			_ = rc.SetReadDeadline(time.Time{})
-		} else {
-			r.Body = &liftAtEOF{ReadCloser: r.Body, rc: rc}
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-// liftAtEOF lifts the connection's read deadline when the body is read.
-type liftAtEOF struct {
-	io.ReadCloser
-	rc     *http.ResponseController
-	lifted bool
-}
-
-func (b *liftAtEOF) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF && !b.lifted {
-		b.lifted = true
-		_ = b.rc.SetReadDeadline(time.Time{})
-	}
-	return n, err
 }

@@ -2,6 +2,8 @@ package role_test
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/internal/role"
 	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/internal/waitfor"
@@ -246,5 +249,57 @@ func TestFrontendBoundsConnections(t *testing.T) {
 	held = held[1:]
 	if err := getOK(client, base+"/healthz", []byte("ok\n")); err != nil {
 		t.Fatalf("after a held connection closed: %v", err)
+	}
+}
+
+// TestWatchOutlivesServerTimeouts: a watch that blocks longer than the
+// cluster listener's read and write timeouts still gets its answer: the
+// watch extends its own write deadline (and net/http does not let the read
+// timeout cut a request that has been read).
+func TestWatchOutlivesServerTimeouts(t *testing.T) {
+	m, err := role.StartManager(context.Background(), role.ManagerConfig{Name: "m1", DataDir: t.TempDir(), BootstrapExpect: 1,
+		Timeouts: role.Timeouts{Read: time.Second, Write: time.Second}}, testcluster.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testcluster.Wait)
+		defer cancel()
+		m.Close(ctx)
+	})
+	waitfor.True(t, testcluster.StartWait, "a leader", m.Cluster().IsLeader)
+	watch := func(query string) (*http.Response, []byte, error) {
+		resp, err := http.Get(m.ClusterURL() + "/v1/pool" + query)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp, b, err
+	}
+	// The first view's index; while the pool is empty it is 0, and even
+	// this call blocks its default wait (4 s).
+	var index string
+	waitfor.True(t, testcluster.Wait, "the watch to answer", func() bool {
+		resp, _, err := watch("")
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return false
+		}
+		index = resp.Header.Get(pool.HeaderIndex)
+		return true
+	})
+	// Nothing changes: the watch blocks its full wait, three times the
+	// server's timeouts, then answers the current view.
+	start := time.Now()
+	resp, body, err := watch("?index=" + index + "&wait=3s")
+	if err != nil {
+		t.Fatalf("watch blocking past the server's timeouts: %v (after %v)", err, time.Since(start))
+	}
+	var v pool.View
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &v) != nil {
+		t.Fatalf("watch blocking past the server's timeouts: %d %q, want 200 and a view", resp.StatusCode, body)
+	}
+	if got := resp.Header.Get(pool.HeaderIndex); got != index {
+		t.Errorf("index %s, want the unchanged %s", got, index)
 	}
 }
