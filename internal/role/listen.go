@@ -24,8 +24,9 @@ import (
 // before reading it, and its UDP side holds no connection.
 type Timeouts struct {
 	// ReadHeader bounds the TLS handshake and the reading of a request's
-	// header, from the connection's first byte (or the end of the previous
-	// request). If zero, 10 s.
+	// header, from the accept (on a kept-alive connection, from the next
+	// request's first bytes): trickling bytes does not extend it. If zero,
+	// 10 s.
 	ReadHeader time.Duration
 	// Read bounds the reading of a whole request, body included: the
 	// largest upload must fit in it at the slowest rate a client may
