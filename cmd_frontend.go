@@ -36,7 +36,29 @@ func frontendFlags() []cli.Flag {
 		intFlag("max-upload", 10<<20, "largest accepted image, in bytes"),
 		intFlag("hot-cache-mb", 64, "size of the frontend's copy of popular images, revalidated with the owner node on every read (0: off)"),
 	}
+	flags = append(flags, listenerFlags()...)
 	return append(append(flags, clusterTLSFlags()...), publicTLSFlags()...)
+}
+
+// listenerFlags bound what one connection may hold on a server's listeners
+// (role.Timeouts).
+func listenerFlags() []cli.Flag {
+	dur := func(name string, value time.Duration, usage string) cli.Flag {
+		return &cli.DurationFlag{Name: name, Value: value, Usage: usage, Sources: cli.EnvVars(envName(name))}
+	}
+	return []cli.Flag{
+		intFlag("max-conns", role.DefaultMaxConns, "most connections the public listener holds at once; more wait in the kernel's queue (-1: unbounded)"),
+		dur("read-header-timeout", role.DefaultReadHeaderTimeout, "time a client has for the TLS handshake and a request's header"),
+		dur("read-timeout", role.DefaultReadTimeout, "time a client has to send a whole request, body included (the largest upload must fit)"),
+		dur("write-timeout", role.DefaultWriteTimeout, "time a request has to be answered, from the end of its header (watches extend their own)"),
+		dur("idle-timeout", role.DefaultIdleTimeout, "time a kept-alive connection may wait for its next request"),
+	}
+}
+
+// listenerTimeouts reads listenerFlags.
+func listenerTimeouts(cmd *cli.Command) role.Timeouts {
+	return role.Timeouts{ReadHeader: cmd.Duration("read-header-timeout"), Read: cmd.Duration("read-timeout"),
+		Write: cmd.Duration("write-timeout"), Idle: cmd.Duration("idle-timeout"), MaxConns: cmd.Int("max-conns")}
 }
 
 func frontendCommand() *cli.Command {
@@ -78,6 +100,7 @@ func runFrontend(ctx context.Context, cmd *cli.Command) error {
 		S3: blob.S3Config{Bucket: cmd.String("s3-bucket"), Prefix: cmd.String("s3-prefix"),
 			Endpoint: cmd.String("s3-endpoint"), Region: cmd.String("s3-region")},
 		MaxUpload: int64(cmd.Int("max-upload")), HotCacheMB: cmd.Int("hot-cache-mb"),
+		Timeouts: listenerTimeouts(cmd),
 	}, log.With("id", id))
 	if err != nil {
 		return err

@@ -47,6 +47,7 @@ func managerFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "dead-grace", Value: 10 * time.Second, Usage: "how long a pool node may be missing from gossip before its regions are reassigned", Sources: cli.EnvVars(envName("dead-grace"))},
 	}
 	flags = append(flags, ec2Flags()...)
+	flags = append(flags, listenerFlags()...)
 	return append(append(flags, clusterTLSFlags()...), publicTLSFlags()...)
 }
 
@@ -160,6 +161,7 @@ func runManager(ctx context.Context, cmd *cli.Command) error {
 		Secret: clusterSecret, AdminToken: adminToken, DeadGrace: cmd.Duration("dead-grace"),
 		ScalerInterval: cmd.Duration("scaler-interval"),
 		Timing:         cluster.DefaultTiming(),
+		Timeouts:       listenerTimeouts(cmd),
 	}
 	switch b := cmd.String("metrics"); b {
 	case "embedded":

@@ -36,7 +36,7 @@ func upCommand() *cli.Command {
 			"admin token, and writes them as JSON to --info-file once the cluster is ready.\n" +
 			"Ctrl-C stops everything. Restarting on the same --data-dir keeps the data, the\n" +
 			"secrets and the pool config.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			renamedStringFlag("data-dir", "./memcache-data", "directory for every replica's data, secrets and node logs", "data"),
 			stringFlag("host", "127.0.0.1", "IP address every process listens on"),
 			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i, cluster HTTP port-base+300+i; the frontend gossips on port-base+204 and takes cluster calls on port-base+304"),
@@ -44,7 +44,7 @@ func upCommand() *cli.Command {
 			stringFlag("info-file", "", "write the addresses as JSON here once ready"),
 			&cli.DurationFlag{Name: "scaler-interval", Value: time.Minute, Usage: "how often the leader's auto-scaler reads the miss rate and decides (shorten it for a demo)", Sources: cli.EnvVars(envName("scaler-interval"))},
 			&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, Usage: "how long to wait for a leader and the first node", Sources: cli.EnvVars(envName("ready-timeout"))},
-		},
+		}, listenerFlags()...),
 		Action: runUp,
 	}
 }
@@ -89,6 +89,8 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	data, host, base := cmd.String("data-dir"), cmd.String("host"), cmd.Int("port-base")
+	// The managers' and the frontend's listeners (the nodes keep the defaults).
+	timeouts := listenerTimeouts(cmd)
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return err
 	}
@@ -166,7 +168,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 			// The nodes are this process's children: after a restart the
 			// old ones are certainly gone, so replace them quickly.
 			DeadGrace: 3 * time.Second, Timing: cluster.DefaultTiming(), ScalerInterval: cmd.Duration("scaler-interval"),
-			Provisioner: shared.Provisioner(),
+			Provisioner: shared.Provisioner(), Timeouts: timeouts,
 		}, log.With("replica", name))
 		if err != nil {
 			stopAll()
@@ -187,7 +189,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		Gossip:   gossip.Config{BindAddr: fmt.Sprintf("%s:%d", host, base+200+replicas+1), Join: gossipAddrs, SecretKey: key},
 		Managers: clusterURLs, Secret: secret,
 		DB: filepath.Join(data, "frontend", "keys.db"), BlobDir: filepath.Join(data, "frontend", "blobs"),
-		MaxUpload: 10 << 20, HotCacheMB: 64,
+		MaxUpload: 10 << 20, HotCacheMB: 64, Timeouts: timeouts,
 	}, log.With("id", "frontend"))
 	if err != nil {
 		stopAll()

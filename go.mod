@@ -47,7 +47,7 @@ require (
 	// raft-boltdb/v2 v2.3.0 asks for bbolt v1.3.5; raised to the last v1.3 patch
 	// release (same API, later fixes).
 	go.etcd.io/bbolt v1.3.11 // indirect
-	golang.org/x/net v0.61.0 // indirect
+	golang.org/x/net v0.61.0
 	golang.org/x/sys v0.49.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )

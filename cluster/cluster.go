@@ -219,6 +219,13 @@ func (c *Cluster) openRaft() error {
 		}
 		advertise = a
 	}
+	// Timeout bounds each outbound RPC's I/O. Inbound connections: over
+	// TLS the stream layer bounds a handshake to handshakeTimeout, so only
+	// a manager of this cluster can hold one; raft then reads it without a
+	// deadline (a follower's heartbeat connection idles between
+	// heartbeats). Without TLS raft accepts anyone and sets no deadline: a
+	// silent peer holds a goroutine until the transport closes, one reason
+	// an exposed Raft port needs TLS.
 	tcfg := &raft.NetworkTransportConfig{
 		ServerAddressProvider: cfg.AddressProvider, Logger: hlog, MaxPool: 3, Timeout: 10 * time.Second,
 	}

@@ -51,9 +51,25 @@ func (c *Cluster) Routes(r chi.Router) {
 func (c *Cluster) InternalRoutes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(auth.Require(c.cfg.Secret))
-		r.With(c.forwardConsistent).Method(http.MethodGet, "/v1/pool", pool.LeasedHandler(watchSource{c}, c.cfg.ViewLease))
+		r.With(extendWriteDeadline, c.forwardConsistent).Method(http.MethodGet, "/v1/pool", pool.LeasedHandler(watchSource{c}, c.cfg.ViewLease))
 		// Only a replica forwards a command to the leader.
 		r.With(auth.RequireRole(pki.RoleManager)).Post("/internal/v1/apply", c.handleApply)
+	})
+}
+
+// watchWriteSlack is how long a watch answer may take to write once its
+// wait (at most pool.MaxWait) is over.
+const watchWriteSlack = 30 * time.Second
+
+// extendWriteDeadline lets a watch outlive the server's WriteTimeout: a
+// long poll may block up to pool.MaxWait before it answers, so it moves its
+// own connection's write deadline past that. A ResponseWriter that cannot
+// (a test recorder) is left as it is.
+func extendWriteDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		_ = rc.SetWriteDeadline(time.Now().Add(pool.MaxWait + watchWriteSlack))
+		next.ServeHTTP(w, r)
 	})
 }
 

@@ -53,7 +53,7 @@ func FuzzValidateKey(f *testing.F) {
 
 		// Whatever the frontend accepts, the key index stores as it is.
 		ctx := context.Background()
-		if _, err := st.index.Put(ctx, keyindex.Entry{Key: key, Object: "img/fuzz", ContentType: "image/png", Size: 1}); err != nil {
+		if _, _, err := st.index.Put(ctx, keyindex.Entry{Key: key, Object: "img/fuzz", ContentType: "image/png", Size: 1}); err != nil {
 			t.Fatalf("index Put(%q) of a key ValidateKey accepts: %v", key, err)
 		}
 		e, err := st.index.Get(ctx, key)

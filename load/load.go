@@ -33,7 +33,7 @@ type Config struct {
 	Concurrency int           // workers; if zero, 8
 	Duration    time.Duration // how long to run after seeding; if zero, 1 min
 	Seed        bool          // upload every key before the run
-	Client      *http.Client  // if nil, a client with a 30 s timeout
+	Client      *http.Client  // if nil, a client with a 30 s timeout that keeps a connection per worker
 }
 
 // Validate reports what is wrong with c.
@@ -73,7 +73,13 @@ func (c *Config) defaults() {
 		c.Duration = time.Minute
 	}
 	if c.Client == nil {
-		c.Client = &http.Client{Timeout: 30 * time.Second}
+		// Keep one idle connection per worker: with the default two per
+		// host, every other request opens a new connection, and at a few
+		// hundred workers the closed ones (TIME_WAIT) can use up the
+		// ephemeral ports.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConns, t.MaxIdleConnsPerHost = c.Concurrency, c.Concurrency
+		c.Client = &http.Client{Timeout: 30 * time.Second, Transport: t}
 	}
 }
 
@@ -205,6 +211,7 @@ func (c *Config) upload(ctx context.Context, key string) error {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 		return fmt.Errorf("upload %s: %s: %s", key, resp.Status, b)
 	}
+	io.Copy(io.Discard, resp.Body) // read to the end, so the connection is reused
 	return nil
 }
 

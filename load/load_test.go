@@ -3,9 +3,13 @@ package load
 import (
 	"context"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,4 +98,105 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("Validate(%+v) = %v, want an error mentioning %q", tc.cfg, err, tc.msg)
 		}
 	}
+}
+
+// countingFrontend runs a real frontend on the embedded stores, counting
+// the connections its clients open; wrap, if set, wraps its handler.
+func countingFrontend(t *testing.T, wrap func(http.Handler) http.Handler) (string, *atomic.Int64) {
+	t.Helper()
+	dir := t.TempDir()
+	b, err := blob.NewDir(filepath.Join(dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := keyindex.Open(context.Background(), filepath.Join(dir, "keys.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	h := frontend.New(frontend.Config{}, b, ix, slog.New(slog.DiscardHandler)).Handler()
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewUnstartedServer(h)
+	opened := new(atomic.Int64)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.URL, opened
+}
+
+// TestRunReusesConnections: the workers keep their connections instead of
+// opening one per request (hundreds of workers would otherwise fill the
+// ephemeral ports with closed sockets): an upload's answer is read to the
+// end, and the client keeps an idle connection per worker even when every
+// worker's read ends at once.
+func TestRunReusesConnections(t *testing.T) {
+	t.Run("uploads", func(t *testing.T) {
+		const workers = 16
+		url, opened := countingFrontend(t, nil)
+		total, err := Run(context.Background(), Config{
+			Frontend: url, Keys: 20, ImageKB: 1, ReadRatio: 0, Concurrency: workers,
+			Duration: 1500 * time.Millisecond, Seed: true,
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if total.Writes == 0 || total.Errors != 0 {
+			t.Fatalf("totals %+v: want writes and no errors", total)
+		}
+		// A worker may dial while another's connection is on its way back
+		// to the pool: allow twice the workers, far below one per request.
+		if n := opened.Load(); n > 2*workers {
+			t.Errorf("%d connections opened for %d uploads by %d workers, want at most %d", n, total.Writes+20, workers, 2*workers)
+		}
+	})
+	t.Run("reads ending together", func(t *testing.T) {
+		const workers = 32
+		// Every read waits until all the workers' reads are in, then they
+		// all answer at once: their connections go back to the pool
+		// together.
+		var (
+			mu      sync.Mutex
+			waiting int
+			gate    = make(chan struct{})
+		)
+		barrier := func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet {
+					mu.Lock()
+					g := gate
+					if waiting++; waiting == workers {
+						close(gate)
+						gate, waiting = make(chan struct{}), 0
+					}
+					mu.Unlock()
+					select {
+					case <-g:
+					case <-r.Context().Done():
+						return
+					}
+				}
+				next.ServeHTTP(w, r)
+			})
+		}
+		url, opened := countingFrontend(t, barrier)
+		total, err := Run(context.Background(), Config{
+			Frontend: url, Keys: 5, ImageKB: 1, ReadRatio: 1, Concurrency: workers,
+			Duration: 1500 * time.Millisecond, Seed: true,
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if total.Reads < 2*workers || total.Errors != 0 {
+			t.Fatalf("totals %+v: want at least two rounds of reads and no errors", total)
+		}
+		if n := opened.Load(); n > 2*workers {
+			t.Errorf("%d connections opened for %d reads by %d workers, want at most %d", n, total.Reads, workers, 2*workers)
+		}
+	})
 }

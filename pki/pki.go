@@ -361,6 +361,13 @@ func Scheme(t *TLS) string {
 
 // Listen wraps ln so that it admits only peers ServerConfig(roles...)
 // admits. A nil t returns ln unchanged.
+//
+// Accept returns at once; the handshake runs on the connection's first
+// Read or Write, so it is bounded by the deadline its server sets: an
+// http.Server sets min(ReadHeaderTimeout, ReadTimeout, WriteTimeout) (the
+// roles' servers: 10 s by default), so a peer that connects and stays
+// silent is dropped. A server that sets no deadline must call
+// HandshakeContext itself, with one.
 func Listen(ln net.Listener, t *TLS, roles ...Role) net.Listener {
 	if t == nil {
 		return ln

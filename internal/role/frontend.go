@@ -66,6 +66,10 @@ type FrontendConfig struct {
 	HotCacheMB int
 	// WatchWait is how long one pool-state watch request blocks. If zero, pool.DefaultWait.
 	WatchWait time.Duration
+	// Timeouts bounds what one connection may hold on the listeners, and
+	// MaxConns the connections of the public one. If zero, the defaults
+	// (see Timeouts).
+	Timeouts Timeouts
 }
 
 // Frontend is a running frontend: the pages and data API over the blob
@@ -126,7 +130,7 @@ func StartFrontend(ctx context.Context, cfg FrontendConfig, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	ln, url, err := listenPublic("frontend", cfg.HTTPAddr, cfg.AdvertiseHTTP, cfg.PublicTLS)
+	ln, url, err := listenPublic("frontend", cfg.HTTPAddr, cfg.AdvertiseHTTP, cfg.PublicTLS, cfg.Timeouts.withDefaults().MaxConns)
 	if err != nil {
 		index.Close()
 		return nil, err
@@ -153,7 +157,7 @@ func StartFrontend(ctx context.Context, cfg FrontendConfig, log *slog.Logger) (*
 		HotCacheMB: cfg.HotCacheMB, WatchWait: cfg.WatchWait}, blobs, index, log)
 	runCtx, stop := context.WithCancel(context.Background())
 	p := &Frontend{fe: fe, url: url, clusterURL: clusterURL, gossip: g, index: index, log: log, stop: stop,
-		srv: newServer(fe.Handler(), log), internal: newServer(fe.InternalHandler(), log)}
+		srv: newServer(fe.Handler(), cfg.Timeouts, log), internal: newServer(fe.InternalHandler(), cfg.Timeouts, log)}
 	p.bg.Go(func() { fe.Run(runCtx) })
 	for srv, l := range map[*http.Server]net.Listener{p.srv: ln, p.internal: cln} {
 		p.bg.Go(func() {

@@ -120,6 +120,10 @@ type ManagerConfig struct {
 	// CloudWatch (credentials and region from the AWS SDK's default chain)
 	// instead of scraping the nodes (the embedded backend).
 	CloudWatch *metrics.CloudWatchConfig
+	// Timeouts bounds what one connection may hold on the listeners, and
+	// MaxConns the connections of the public one. If zero, the defaults
+	// (see Timeouts).
+	Timeouts Timeouts
 }
 
 // Manager is a running manager replica: its Raft and gossip membership,
@@ -178,7 +182,7 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 		scrape = 5 * time.Second // the embedded scrape period's default
 	}
 
-	ln, url, err := listenPublic("manager", cfg.HTTPAddr, cfg.AdvertiseHTTP, cfg.PublicTLS)
+	ln, url, err := listenPublic("manager", cfg.HTTPAddr, cfg.AdvertiseHTTP, cfg.PublicTLS, cfg.Timeouts.withDefaults().MaxConns)
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +297,7 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	// long-polling watches that Shutdown would otherwise wait for.
 	base, cancel := context.WithCancel(context.Background())
 	m.cancelRequests = cancel
-	m.srv, m.internal = newServer(router(false), log), newServer(router(true), log)
+	m.srv, m.internal = newServer(router(false), cfg.Timeouts, log), newServer(router(true), cfg.Timeouts, log)
 	for _, s := range []*http.Server{m.srv, m.internal} {
 		s.BaseContext = func(net.Listener) context.Context { return base }
 	}

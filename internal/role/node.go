@@ -55,6 +55,10 @@ type NodeConfig struct {
 	// PutMetricData (credentials and region from the AWS SDK's default
 	// chain). Its Interval, if zero, is SampleInterval.
 	CloudWatch *metrics.CloudWatchConfig
+	// Timeouts bounds what one connection may hold on the HTTP API (its
+	// MaxConns is not used: the API is a cluster listener). If zero, the
+	// defaults (see Timeouts).
+	Timeouts Timeouts
 	// EC2Identity, if set, makes StartNode first read the EC2 instance's
 	// identity from the instance metadata service (IMDSv2, see
 	// ec2meta.Config for the endpoint and the bound on the read) and fill
@@ -160,7 +164,7 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	runCtx, stop := context.WithCancel(context.Background())
 	s := &Node{
 		node: n, log: log, url: url, gossip: g, stop: stop,
-		srv: newServer(n.Handler(), log),
+		srv: newServer(n.Handler(), cfg.Timeouts, log),
 	}
 	s.bg.Go(func() { n.Run(runCtx) })
 	s.bg.Go(func() {
