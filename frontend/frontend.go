@@ -23,7 +23,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v5"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/blob"
@@ -124,7 +123,7 @@ type Frontend struct {
 	log    *slog.Logger
 	client *http.Client // to managers, with the cluster secret
 	nodes  *node.Client // to cache nodes, with the cluster secret
-	loads  singleflight.Group
+	loads  flights
 	pool   atomic.Pointer[pool.View] // nil until the first view (see Config.Managers)
 	pages  map[string]*template.Template
 
@@ -519,9 +518,10 @@ func (f *Frontend) Get(ctx context.Context, key string) (Image, error) {
 
 // load reads key from the stores and fills its owner in v (the view held
 // when the read began), stamped with gen (fillGeneration before the row was
-// read). Concurrent loads of one key are made once.
+// read). Concurrent reads of one key share a load (flight.go), but never
+// one that began before they did.
 func (f *Frontend) load(ctx context.Context, key string, v *pool.View, gen uint64) (Image, error) {
-	res, err, _ := f.loads.Do(key, func() (any, error) {
+	return f.loads.do(key, func() (Image, error) {
 		// The load outlives a caller that gives up: others may share it.
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
@@ -547,10 +547,6 @@ func (f *Frontend) load(ctx context.Context, key string, v *pool.View, gen uint6
 			return img, nil
 		}
 	})
-	if err != nil {
-		return Image{}, err
-	}
-	return res.(Image), nil
 }
 
 // Put stores data under key: the blob first, then the row (so a row never

@@ -20,13 +20,14 @@ import (
 )
 
 var (
-	flagDuration  = flag.Duration("chaos.duration", 75*time.Second, "how long the clients and the nemesis run")
-	flagSeed      = flag.Uint64("chaos.seed", 0, "the nemesis's and clients' seed (0: a random one, printed)")
-	flagMode      = flag.String("chaos.mode", "auto", "where the roles run: netns, loopback, or auto (netns where available)")
-	flagKeys      = flag.Int("chaos.keys", 24, "how many keys the clients share")
-	flagClients   = flag.Int("chaos.clients", 8, "how many data clients run at once")
-	flagArtefacts = flag.String("chaos.artefacts", "", "directory to keep the seed, history and visualisations in (default: a new temporary directory, kept when the run fails)")
-	flagKeep      = flag.Bool("chaos.keep", false, "keep the artefacts even when the run passes")
+	flagDuration    = flag.Duration("chaos.duration", 75*time.Second, "how long the clients and the nemesis run")
+	flagSeed        = flag.Uint64("chaos.seed", 0, "the nemesis's and clients' seed (0: a random one, printed)")
+	flagMode        = flag.String("chaos.mode", "auto", "where the roles run: netns, loopback, or auto (netns where available)")
+	flagKeys        = flag.Int("chaos.keys", 24, "how many keys the clients share")
+	flagClients     = flag.Int("chaos.clients", 8, "how many data clients run at once")
+	flagArtefacts   = flag.String("chaos.artefacts", "", "directory to keep the seed, history and visualisations in (default: a new temporary directory, kept when the run fails)")
+	flagKeep        = flag.Bool("chaos.keep", false, "keep the artefacts even when the run passes")
+	flagRegressions = flag.Bool("chaos.regressions", false, "run TestRegressions: the campaigns of testdata/regressions.txt")
 )
 
 func TestMain(m *testing.M) {
@@ -44,6 +45,55 @@ func TestCampaign(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault campaign runs real clusters for minutes")
 	}
+	seed := *flagSeed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	runCampaign(t, campaign{seed: seed, duration: *flagDuration, keys: *flagKeys, clients: *flagClients})
+}
+
+// TestRegressions reruns the campaigns of testdata/regressions.txt, one
+// line each: "seed duration keys clients # what it found". Each found a
+// defect, fixed since and kept as a focused test too (the line says
+// which); timings differ from run to run, so a rerun is a campaign with the
+// same schedule of faults and operations, not a replay. They take minutes
+// each: run them with -chaos.regressions.
+func TestRegressions(t *testing.T) {
+	if !*flagRegressions {
+		t.Skip("run with -chaos.regressions (minutes per campaign)")
+	}
+	b, err := os.ReadFile(filepath.Join("testdata", "regressions.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		line, _, _ = strings.Cut(line, "#")
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) != 4 {
+			t.Fatalf("regressions.txt: %q: want seed duration keys clients", line)
+		}
+		var c campaign
+		d, err1 := time.ParseDuration(f[1])
+		_, err2 := fmt.Sscan(f[0]+" "+f[2]+" "+f[3], &c.seed, &c.keys, &c.clients)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("regressions.txt: %q: %v %v", line, err1, err2)
+		}
+		c.duration = d
+		t.Run(f[0], func(t *testing.T) { runCampaign(t, c) })
+	}
+}
+
+// campaign is one run's parameters.
+type campaign struct {
+	seed          uint64
+	duration      time.Duration
+	keys, clients int
+}
+
+func runCampaign(t *testing.T, c campaign) {
 	useNetns := false
 	switch *flagMode {
 	case "netns":
@@ -61,11 +111,8 @@ func TestCampaign(t *testing.T) {
 	default:
 		t.Fatalf("-chaos.mode %q: want netns, loopback or auto", *flagMode)
 	}
-	seed := *flagSeed
-	if seed == 0 {
-		seed = rand.Uint64()
-	}
-	t.Logf("chaos seed %d (rerun: go test ./systemtest/chaos -run TestCampaign -chaos.seed %d -chaos.duration %v)", seed, seed, *flagDuration)
+	seed := c.seed
+	t.Logf("chaos seed %d (rerun: go test ./systemtest/chaos -run TestCampaign -chaos.seed %d -chaos.duration %v -chaos.keys %d -chaos.clients %d)", seed, seed, c.duration, c.keys, c.clients)
 
 	art := *flagArtefacts
 	if art == "" {
@@ -85,7 +132,7 @@ func TestCampaign(t *testing.T) {
 	t.Logf("cluster serving after %v (%s)", time.Since(begin).Round(time.Millisecond), map[bool]string{true: "namespaces", false: "loopback"}[useNetns])
 
 	rec := history.NewRecorder()
-	w := newWorkload(s, rec, *flagKeys)
+	w := newWorkload(s, rec, c.keys)
 	// The configuration register starts from a known value, written (and
 	// recorded) before anything else.
 	setup := rand.New(rand.NewPCG(seed, 1))
@@ -97,11 +144,11 @@ func TestCampaign(t *testing.T) {
 		return nil
 	})
 
-	ctx, stop := context.WithTimeout(context.Background(), *flagDuration)
+	ctx, stop := context.WithTimeout(context.Background(), c.duration)
 	defer stop()
 	var wg sync.WaitGroup
-	for c := range *flagClients {
-		wg.Go(func() { w.client(ctx, c, rand.New(rand.NewPCG(seed, uint64(100+c)))) })
+	for i := range c.clients {
+		wg.Go(func() { w.client(ctx, i, rand.New(rand.NewPCG(seed, uint64(100+i)))) })
 	}
 	wg.Go(func() { w.admin(ctx, 99, rand.New(rand.NewPCG(seed, 99)), 15*time.Second) })
 	nem := newNemesis(s, rec, seed)
