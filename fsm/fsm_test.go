@@ -129,6 +129,7 @@ func decision(i int) fsm.Decision {
 		Nodes:  1 + i%7,
 		Gets:   uint64(i * 10),
 		Reason: fmt.Sprintf("decision %d", i),
+		By:     fmt.Sprintf("manager-%d", i%3+1),
 	}
 	d.Target = d.Nodes
 	d.Action = fsm.ActionNone
@@ -583,7 +584,11 @@ func (s *memSink) ID() string    { return "mem" }
 func (s *memSink) Close() error  { s.closed = true; return nil }
 func (s *memSink) Cancel() error { s.canceled = true; return nil }
 
-// busyLog returns a log that went through every kind of command.
+// busyLogDecisions is how many decisions busyLog records, decision(0) on.
+const busyLogDecisions = 5
+
+// busyLog returns a log that went through every kind of command. Its state
+// has every field set (checkPopulated).
 func busyLog(t *testing.T) *log {
 	t.Helper()
 	l := newLog(t)
@@ -591,7 +596,7 @@ func busyLog(t *testing.T) *log {
 	l.mustApply(fsm.SetScaling{Policy: fsm.ScalingPolicy{Mode: fsm.ModeAuto, MaxMissRate: 0.6, MinMissRate: 0.05, ExpandRatio: 2.5, ShrinkRatio: 0.3}})
 	l.mustApply(fsm.Resize{Members: pool(3)})
 	l.mustApply(fsm.ClearCaches{})
-	for i := range 5 {
+	for i := range busyLogDecisions {
 		l.mustApply(fsm.RecordDecision{Decision: decision(i)})
 	}
 	l.mustApply(fsm.MarkFailed{ID: "n2", Replacement: &fsm.Member{ID: "r2", HTTP: "http://r2.test"}})
@@ -604,9 +609,77 @@ func busyLog(t *testing.T) *log {
 	return l
 }
 
+// checkPopulated fails the test unless every field of v, at every depth,
+// holds a non-zero value: every field of a struct, every element of an
+// array, and, for a slice, each field set in at least one element (a
+// decision with a miss rate, one with an error, one applied, ...). A state
+// that passes it can show a snapshot that loses any field.
+func checkPopulated(t *testing.T, path string, v reflect.Value) {
+	t.Helper()
+	switch v.Kind() {
+	case reflect.Struct:
+		if v.Type() == reflect.TypeFor[time.Time]() {
+			if v.Interface().(time.Time).IsZero() {
+				t.Errorf("%s: got the zero time, want a time", path)
+			}
+			return
+		}
+		for i := range v.NumField() {
+			checkPopulated(t, path+"."+v.Type().Field(i).Name, v.Field(i))
+		}
+	case reflect.Array:
+		for i := range v.Len() {
+			checkPopulated(t, fmt.Sprintf("%s[%d]", path, i), v.Index(i))
+		}
+	case reflect.Slice:
+		if v.Len() == 0 {
+			t.Errorf("%s: got an empty list, want elements", path)
+			return
+		}
+		if v.Type().Elem().Kind() != reflect.Struct {
+			for i := range v.Len() {
+				checkPopulated(t, fmt.Sprintf("%s[%d]", path, i), v.Index(i))
+			}
+			return
+		}
+		for f := range v.Type().Elem().NumField() {
+			set := false
+			for i := range v.Len() {
+				if !v.Index(i).Field(f).IsZero() {
+					set = true
+					break
+				}
+			}
+			if !set {
+				t.Errorf("%s[*].%s: got zero in every element, want it set in at least one", path, v.Type().Elem().Field(f).Name)
+			}
+		}
+	case reflect.Pointer:
+		if v.IsNil() {
+			t.Errorf("%s: got nil, want a value", path)
+		}
+	default:
+		if v.IsZero() {
+			t.Errorf("%s: got the zero value, want it set", path)
+		}
+	}
+}
+
+// TestSnapshotRestore: a state with every field set, built by applying
+// real commands, comes back from a snapshot identical, field for field.
 func TestSnapshotRestore(t *testing.T) {
 	l := busyLog(t)
 	want := l.f.State()
+	checkPopulated(t, "state", reflect.ValueOf(want))
+	// The decisions, By included, are the ones applied, so the state to
+	// compare with is right before any snapshot is taken.
+	var applied []fsm.Decision
+	for i := range busyLogDecisions {
+		applied = append(applied, decision(i))
+	}
+	if !reflect.DeepEqual(want.Decisions, applied) {
+		t.Fatalf("decisions before the snapshot:\ngot  %+v\nwant %+v", want.Decisions, applied)
+	}
 
 	snap, err := l.f.Snapshot()
 	if err != nil {
@@ -629,9 +702,11 @@ func TestSnapshotRestore(t *testing.T) {
 		if err := f.Restore(io.NopCloser(&sink.Buffer)); err != nil {
 			t.Fatalf("Restore: %v", err)
 		}
-		if got := f.State(); !reflect.DeepEqual(got, want) {
+		got := f.State()
+		if !reflect.DeepEqual(got, want) {
 			t.Errorf("restored:\ngot  %+v\nwant %+v", got, want)
 		}
+		checkPopulated(t, "restored", reflect.ValueOf(got))
 		select {
 		case <-ch:
 		default:
@@ -664,9 +739,11 @@ func TestSnapshotRestore(t *testing.T) {
 		if err := f.Restore(rc); err != nil {
 			t.Fatalf("Restore: %v", err)
 		}
-		if got := f.State(); !reflect.DeepEqual(got, want) {
+		got := f.State()
+		if !reflect.DeepEqual(got, want) {
 			t.Errorf("restored:\ngot  %+v\nwant %+v", got, want)
 		}
+		checkPopulated(t, "restored", reflect.ValueOf(got))
 	})
 
 	t.Run("persist error cancels", func(t *testing.T) {
