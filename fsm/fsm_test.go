@@ -330,6 +330,7 @@ func TestRefused(t *testing.T) {
 		{"decision grow down", recordDecision(func(d *fsm.Decision) { d.Target = 1 }), "decision grow from 2 to 1 nodes"},
 		{"decision grow same", recordDecision(func(d *fsm.Decision) { d.Target = 2 }), "decision grow from 2 to 2 nodes"},
 		{"decision shrink up", recordDecision(func(d *fsm.Decision) { d.Action = fsm.ActionShrink }), "decision shrink from 2 to 4 nodes"},
+		{"decision shrink same", recordDecision(func(d *fsm.Decision) { d.Action, d.Target = fsm.ActionShrink, 2 }), "decision shrink from 2 to 2 nodes"},
 		{"decision none moves", recordDecision(func(d *fsm.Decision) { d.Action, d.Applied = fsm.ActionNone, false }), "decision with no action has target 4, want nodes 2"},
 		{"decision none applied", recordDecision(func(d *fsm.Decision) { d.Action, d.Target = fsm.ActionNone, 2 }), "decision with no action is applied"},
 		{"decision miss rate 1.5", recordDecision(func(d *fsm.Decision) { d.MissRate = rate(1.5) }), "decision miss_rate 1.5 is outside 0..1"},
@@ -769,6 +770,27 @@ func TestRestoreEmptyPool(t *testing.T) {
 		t.Fatalf("Restore: %v", err)
 	}
 	if got, want := g.State(), fsm.DefaultState(); !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+}
+
+// TestRestoreFullPool: a snapshot of a pool at the maximum size restores.
+func TestRestoreFullPool(t *testing.T) {
+	l := newLog(t)
+	want := l.mustApply(fsm.Resize{Members: pool(fsm.MaxNodes)})
+	snap, err := l.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := fsm.New()
+	if err := g.Restore(io.NopCloser(&sink.Buffer)); err != nil {
+		t.Fatalf("Restore of %d members: got %v, want none", fsm.MaxNodes, err)
+	}
+	if got := g.State(); !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v, want %+v", got, want)
 	}
 }
