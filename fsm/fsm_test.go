@@ -306,6 +306,8 @@ func TestRefused(t *testing.T) {
 		{"shrink ratio 0", scaling(func(p *fsm.ScalingPolicy) { p.ShrinkRatio = 0 }), "shrink_ratio 0 must be between 0 and 1"},
 		{"min above max", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate, p.MaxMissRate = 0.9, 0.5 }), "min_miss_rate 0.9 is above max_miss_rate 0.5"},
 		{"min equals max", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate, p.MaxMissRate = 0.5, 0.5 }), "min_miss_rate 0.5 equals max_miss_rate 0.5"},
+		{"min equals max at 0", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate, p.MaxMissRate = 0, 0 }), "min_miss_rate 0 equals max_miss_rate 0"},
+		{"min equals max at 1", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate, p.MaxMissRate = 1, 1 }), "min_miss_rate 1 equals max_miss_rate 1"},
 		{"max above 1", scaling(func(p *fsm.ScalingPolicy) { p.MaxMissRate = 1.5 }), "max_miss_rate 1.5 is outside 0..1"},
 		{"min below 0", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate = -0.1 }), "min_miss_rate -0.1 is outside 0..1"},
 		{"mode sometimes", scaling(func(p *fsm.ScalingPolicy) { p.Mode = "sometimes" }), `mode "sometimes" is not manual or auto`},
@@ -774,10 +776,24 @@ func TestRestoreEmptyPool(t *testing.T) {
 	}
 }
 
-// TestRestoreFullPool: a snapshot of a pool at the maximum size restores.
-func TestRestoreFullPool(t *testing.T) {
+// TestRestoreAtTheBounds: a snapshot of a state at every bound restores
+// as it was: a pool at the maximum size, a full decision log, miss-rate
+// thresholds of 0 and 1, and a view index behind the index (the last
+// commands were decisions, which the data plane does not see). A snapshot
+// written before states had a view index restores with the index as its
+// view index.
+func TestRestoreAtTheBounds(t *testing.T) {
 	l := newLog(t)
-	want := l.mustApply(fsm.Resize{Members: pool(fsm.MaxNodes)})
+	l.mustApply(fsm.Resize{Members: pool(fsm.MaxNodes)})
+	l.mustApply(fsm.SetScaling{Policy: fsm.ScalingPolicy{Mode: fsm.ModeAuto, MaxMissRate: 1, MinMissRate: 0, ExpandRatio: 2, ShrinkRatio: 0.5}})
+	for i := range fsm.MaxDecisions {
+		l.mustApply(fsm.RecordDecision{Decision: decision(i)})
+	}
+	want := l.f.State()
+	if len(want.Decisions) != fsm.MaxDecisions || want.ViewIndex >= want.Index {
+		t.Fatalf("got %d decisions, view index %d, index %d; want %d decisions and the view index behind",
+			len(want.Decisions), want.ViewIndex, want.Index, fsm.MaxDecisions)
+	}
 	snap, err := l.f.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -786,12 +802,25 @@ func TestRestoreFullPool(t *testing.T) {
 	if err := snap.Persist(&sink); err != nil {
 		t.Fatal(err)
 	}
+	data := sink.Bytes()
 	g := fsm.New()
-	if err := g.Restore(io.NopCloser(&sink.Buffer)); err != nil {
-		t.Fatalf("Restore of %d members: got %v, want none", fsm.MaxNodes, err)
+	if err := g.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatalf("Restore: got %v, want none", err)
 	}
 	if got := g.State(); !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v, want %+v", got, want)
+	}
+
+	old := bytes.Replace(data, fmt.Appendf(nil, `"view_index":%d,`, want.ViewIndex), nil, 1)
+	if bytes.Equal(old, data) {
+		t.Fatalf("no view_index in the snapshot %s", data)
+	}
+	g = fsm.New()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(old))); err != nil {
+		t.Fatalf("Restore without view_index: got %v, want none", err)
+	}
+	if got := g.State(); got.ViewIndex != want.Index {
+		t.Errorf("restored without view_index: got view index %d, want the index %d", got.ViewIndex, want.Index)
 	}
 }
 
