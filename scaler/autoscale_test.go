@@ -69,6 +69,8 @@ func TestDecide(t *testing.T) {
 		{"rate equals min", 3, autoPolicy, missTotals(100, 10), 3, fsm.ActionNone, "miss rate 0.10 within min 0.10 and max 0.50: no action"},
 		{"rate just above max", 3, autoPolicy, missTotals(10000, 5001), 6, fsm.ActionGrow, "miss rate 0.5001 > max 0.5000"},
 		{"rate between", 3, autoPolicy, mid, 3, fsm.ActionNone, "miss rate 0.30 within min 0.10 and max 0.50: no action"},
+		{"rate just under max", 3, autoPolicy, missTotals(10000, 4996), 3, fsm.ActionNone, "miss rate 0.4996 within min 0.10 and max 0.5000: no action"},
+		{"rate just over min", 3, autoPolicy, missTotals(10000, 1004), 3, fsm.ActionNone, "miss rate 0.1004 within min 0.1000 and max 0.50: no action"},
 		{"rate 1 at max 1", 3, policyWith(func(p *fsm.ScalingPolicy) { p.MaxMissRate = 1 }), missTotals(10, 10), 3, fsm.ActionNone, "no action"},
 		{"rate 0 at min 0", 3, policyWith(func(p *fsm.ScalingPolicy) { p.MinMissRate = 0 }), missTotals(10, 0), 3, fsm.ActionNone, "no action"},
 		{"manual, high", 2, manual, high, 2, fsm.ActionNone, "manual mode: the scaler is idle"},
