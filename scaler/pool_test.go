@@ -238,6 +238,9 @@ func TestPoolResize(t *testing.T) {
 	if _, err := p.Resize(ctx, 5); !errors.Is(err, scaler.ErrNoCapacity) {
 		t.Errorf("Resize(5) with 4 nodes in all: got %v, want ErrNoCapacity", err)
 	}
+	if _, err := p.Resize(ctx, fsm.MaxNodes); !errors.Is(err, scaler.ErrNoCapacity) {
+		t.Errorf("Resize(%d) with 4 nodes in all: got %v, want ErrNoCapacity (a valid size)", fsm.MaxNodes, err)
+	}
 	if st := env.raft.State(); st.Index != grown.Index || !slices.Equal(memberIDs(st), memberIDs(grown)) {
 		t.Errorf("after a grow without capacity: got members %q index %d, want %q index %d", memberIDs(st), st.Index, memberIDs(grown), grown.Index)
 	}
