@@ -110,6 +110,19 @@ func TestSettledRecognisesAnAppliedResizeAndMarkFailed(t *testing.T) {
 	if other.SettledIn(st) {
 		t.Error("MarkFailed of a member still in the pool reported settled")
 	}
+	// The member is out, but not by this command: its replacement is
+	// missing, or is in the pool with another address.
+	gone := fsm.MarkFailed{ID: "n2", Replacement: &fsm.Member{ID: "r9", HTTP: "http://r9.test:7000"}}
+	if gone.SettledIn(st) {
+		t.Error("MarkFailed whose replacement is not in the pool reported settled")
+	}
+	moved := fsm.MarkFailed{ID: "n2", Replacement: &fsm.Member{ID: "r1", HTTP: "http://r1.test:7999"}}
+	if moved.SettledIn(st) {
+		t.Error("MarkFailed whose replacement is in the pool with another address reported settled")
+	}
+	if plain := (fsm.MarkFailed{ID: "n2"}); !plain.SettledIn(st) {
+		t.Error("MarkFailed without replacement of a member out of the pool: not settled, want settled")
+	}
 }
 
 // TestConfigureNamesEveryRefusedField: a refusal carries one FieldError per

@@ -129,6 +129,7 @@ func decision(i int) fsm.Decision {
 		Nodes:  1 + i%7,
 		Gets:   uint64(i * 10),
 		Reason: fmt.Sprintf("decision %d", i),
+		By:     fmt.Sprintf("manager-%d", i%3+1),
 	}
 	d.Target = d.Nodes
 	d.Action = fsm.ActionNone
@@ -305,6 +306,8 @@ func TestRefused(t *testing.T) {
 		{"shrink ratio 0", scaling(func(p *fsm.ScalingPolicy) { p.ShrinkRatio = 0 }), "shrink_ratio 0 must be between 0 and 1"},
 		{"min above max", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate, p.MaxMissRate = 0.9, 0.5 }), "min_miss_rate 0.9 is above max_miss_rate 0.5"},
 		{"min equals max", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate, p.MaxMissRate = 0.5, 0.5 }), "min_miss_rate 0.5 equals max_miss_rate 0.5"},
+		{"min equals max at 0", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate, p.MaxMissRate = 0, 0 }), "min_miss_rate 0 equals max_miss_rate 0"},
+		{"min equals max at 1", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate, p.MaxMissRate = 1, 1 }), "min_miss_rate 1 equals max_miss_rate 1"},
 		{"max above 1", scaling(func(p *fsm.ScalingPolicy) { p.MaxMissRate = 1.5 }), "max_miss_rate 1.5 is outside 0..1"},
 		{"min below 0", scaling(func(p *fsm.ScalingPolicy) { p.MinMissRate = -0.1 }), "min_miss_rate -0.1 is outside 0..1"},
 		{"mode sometimes", scaling(func(p *fsm.ScalingPolicy) { p.Mode = "sometimes" }), `mode "sometimes" is not manual or auto`},
@@ -329,6 +332,7 @@ func TestRefused(t *testing.T) {
 		{"decision grow down", recordDecision(func(d *fsm.Decision) { d.Target = 1 }), "decision grow from 2 to 1 nodes"},
 		{"decision grow same", recordDecision(func(d *fsm.Decision) { d.Target = 2 }), "decision grow from 2 to 2 nodes"},
 		{"decision shrink up", recordDecision(func(d *fsm.Decision) { d.Action = fsm.ActionShrink }), "decision shrink from 2 to 4 nodes"},
+		{"decision shrink same", recordDecision(func(d *fsm.Decision) { d.Action, d.Target = fsm.ActionShrink, 2 }), "decision shrink from 2 to 2 nodes"},
 		{"decision none moves", recordDecision(func(d *fsm.Decision) { d.Action, d.Applied = fsm.ActionNone, false }), "decision with no action has target 4, want nodes 2"},
 		{"decision none applied", recordDecision(func(d *fsm.Decision) { d.Action, d.Target = fsm.ActionNone, 2 }), "decision with no action is applied"},
 		{"decision miss rate 1.5", recordDecision(func(d *fsm.Decision) { d.MissRate = rate(1.5) }), "decision miss_rate 1.5 is outside 0..1"},
@@ -583,7 +587,11 @@ func (s *memSink) ID() string    { return "mem" }
 func (s *memSink) Close() error  { s.closed = true; return nil }
 func (s *memSink) Cancel() error { s.canceled = true; return nil }
 
-// busyLog returns a log that went through every kind of command.
+// busyLogDecisions is how many decisions busyLog records, decision(0) on.
+const busyLogDecisions = 5
+
+// busyLog returns a log that went through every kind of command. Its state
+// has every field set (checkPopulated).
 func busyLog(t *testing.T) *log {
 	t.Helper()
 	l := newLog(t)
@@ -591,7 +599,7 @@ func busyLog(t *testing.T) *log {
 	l.mustApply(fsm.SetScaling{Policy: fsm.ScalingPolicy{Mode: fsm.ModeAuto, MaxMissRate: 0.6, MinMissRate: 0.05, ExpandRatio: 2.5, ShrinkRatio: 0.3}})
 	l.mustApply(fsm.Resize{Members: pool(3)})
 	l.mustApply(fsm.ClearCaches{})
-	for i := range 5 {
+	for i := range busyLogDecisions {
 		l.mustApply(fsm.RecordDecision{Decision: decision(i)})
 	}
 	l.mustApply(fsm.MarkFailed{ID: "n2", Replacement: &fsm.Member{ID: "r2", HTTP: "http://r2.test"}})
@@ -604,9 +612,77 @@ func busyLog(t *testing.T) *log {
 	return l
 }
 
+// checkPopulated fails the test unless every field of v, at every depth,
+// holds a non-zero value: every field of a struct, every element of an
+// array, and, for a slice, each field set in at least one element (a
+// decision with a miss rate, one with an error, one applied, ...). A state
+// that passes it can show a snapshot that loses any field.
+func checkPopulated(t *testing.T, path string, v reflect.Value) {
+	t.Helper()
+	switch v.Kind() {
+	case reflect.Struct:
+		if v.Type() == reflect.TypeFor[time.Time]() {
+			if v.Interface().(time.Time).IsZero() {
+				t.Errorf("%s: got the zero time, want a time", path)
+			}
+			return
+		}
+		for i := range v.NumField() {
+			checkPopulated(t, path+"."+v.Type().Field(i).Name, v.Field(i))
+		}
+	case reflect.Array:
+		for i := range v.Len() {
+			checkPopulated(t, fmt.Sprintf("%s[%d]", path, i), v.Index(i))
+		}
+	case reflect.Slice:
+		if v.Len() == 0 {
+			t.Errorf("%s: got an empty list, want elements", path)
+			return
+		}
+		if v.Type().Elem().Kind() != reflect.Struct {
+			for i := range v.Len() {
+				checkPopulated(t, fmt.Sprintf("%s[%d]", path, i), v.Index(i))
+			}
+			return
+		}
+		for f := range v.Type().Elem().NumField() {
+			set := false
+			for i := range v.Len() {
+				if !v.Index(i).Field(f).IsZero() {
+					set = true
+					break
+				}
+			}
+			if !set {
+				t.Errorf("%s[*].%s: got zero in every element, want it set in at least one", path, v.Type().Elem().Field(f).Name)
+			}
+		}
+	case reflect.Pointer:
+		if v.IsNil() {
+			t.Errorf("%s: got nil, want a value", path)
+		}
+	default:
+		if v.IsZero() {
+			t.Errorf("%s: got the zero value, want it set", path)
+		}
+	}
+}
+
+// TestSnapshotRestore: a state with every field set, built by applying
+// real commands, comes back from a snapshot identical, field for field.
 func TestSnapshotRestore(t *testing.T) {
 	l := busyLog(t)
 	want := l.f.State()
+	checkPopulated(t, "state", reflect.ValueOf(want))
+	// The decisions, By included, are the ones applied, so the state to
+	// compare with is right before any snapshot is taken.
+	var applied []fsm.Decision
+	for i := range busyLogDecisions {
+		applied = append(applied, decision(i))
+	}
+	if !reflect.DeepEqual(want.Decisions, applied) {
+		t.Fatalf("decisions before the snapshot:\ngot  %+v\nwant %+v", want.Decisions, applied)
+	}
 
 	snap, err := l.f.Snapshot()
 	if err != nil {
@@ -629,9 +705,11 @@ func TestSnapshotRestore(t *testing.T) {
 		if err := f.Restore(io.NopCloser(&sink.Buffer)); err != nil {
 			t.Fatalf("Restore: %v", err)
 		}
-		if got := f.State(); !reflect.DeepEqual(got, want) {
+		got := f.State()
+		if !reflect.DeepEqual(got, want) {
 			t.Errorf("restored:\ngot  %+v\nwant %+v", got, want)
 		}
+		checkPopulated(t, "restored", reflect.ValueOf(got))
 		select {
 		case <-ch:
 		default:
@@ -664,9 +742,11 @@ func TestSnapshotRestore(t *testing.T) {
 		if err := f.Restore(rc); err != nil {
 			t.Fatalf("Restore: %v", err)
 		}
-		if got := f.State(); !reflect.DeepEqual(got, want) {
+		got := f.State()
+		if !reflect.DeepEqual(got, want) {
 			t.Errorf("restored:\ngot  %+v\nwant %+v", got, want)
 		}
+		checkPopulated(t, "restored", reflect.ValueOf(got))
 	})
 
 	t.Run("persist error cancels", func(t *testing.T) {
@@ -693,6 +773,54 @@ func TestRestoreEmptyPool(t *testing.T) {
 	}
 	if got, want := g.State(), fsm.DefaultState(); !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v, want %+v", got, want)
+	}
+}
+
+// TestRestoreAtTheBounds: a snapshot of a state at every bound restores
+// as it was: a pool at the maximum size, a full decision log, miss-rate
+// thresholds of 0 and 1, and a view index behind the index (the last
+// commands were decisions, which the data plane does not see). A snapshot
+// written before states had a view index restores with the index as its
+// view index.
+func TestRestoreAtTheBounds(t *testing.T) {
+	l := newLog(t)
+	l.mustApply(fsm.Resize{Members: pool(fsm.MaxNodes)})
+	l.mustApply(fsm.SetScaling{Policy: fsm.ScalingPolicy{Mode: fsm.ModeAuto, MaxMissRate: 1, MinMissRate: 0, ExpandRatio: 2, ShrinkRatio: 0.5}})
+	for i := range fsm.MaxDecisions {
+		l.mustApply(fsm.RecordDecision{Decision: decision(i)})
+	}
+	want := l.f.State()
+	if len(want.Decisions) != fsm.MaxDecisions || want.ViewIndex >= want.Index {
+		t.Fatalf("got %d decisions, view index %d, index %d; want %d decisions and the view index behind",
+			len(want.Decisions), want.ViewIndex, want.Index, fsm.MaxDecisions)
+	}
+	snap, err := l.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	data := sink.Bytes()
+	g := fsm.New()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatalf("Restore: got %v, want none", err)
+	}
+	if got := g.State(); !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+
+	old := bytes.Replace(data, fmt.Appendf(nil, `"view_index":%d,`, want.ViewIndex), nil, 1)
+	if bytes.Equal(old, data) {
+		t.Fatalf("no view_index in the snapshot %s", data)
+	}
+	g = fsm.New()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(old))); err != nil {
+		t.Fatalf("Restore without view_index: got %v, want none", err)
+	}
+	if got := g.State(); got.ViewIndex != want.Index {
+		t.Errorf("restored without view_index: got view index %d, want the index %d", got.ViewIndex, want.Index)
 	}
 }
 

@@ -488,3 +488,137 @@ func FuzzAssign(f *testing.F) {
 		}
 	})
 }
+
+// minMoves is the fewest regions any balanced map for members can move from
+// cur, worked out in closed form (not by the brute force of lowerBound, nor
+// by Assign's own steps). With n members, q = Count/n and r = Count%n, a
+// balanced map gives r members q+1 regions and the rest q. A region must
+// move if its owner is not a member, or if its owner holds more than its
+// quota; each member above q that gets one of the r larger quotas keeps one
+// more, and giving them to such members is all they can save.
+func minMoves(cur Map, members []string) int {
+	n := len(members)
+	orphans := 0
+	have := map[string]int{}
+	for _, owner := range cur {
+		if slices.Contains(members, owner) {
+			have[owner]++
+		} else if owner != "" || n > 0 {
+			orphans++ // unowned regions move only if there is someone to take them
+		}
+	}
+	if n == 0 {
+		return orphans
+	}
+	q, r := Count/n, Count%n
+	surplus, above := 0, 0
+	for _, id := range members {
+		if have[id] > q {
+			surplus += have[id] - q
+			above++
+		}
+	}
+	return orphans + surplus - min(r, above)
+}
+
+// differ counts, without using the package, the regions whose owner differs.
+func differ(a, b Map) int {
+	n := 0
+	for reg := range Count {
+		if a[reg] != b[reg] {
+			n++
+		}
+	}
+	return n
+}
+
+// balancedMaps returns balanced maps for members (none if members is
+// empty): the one Assign grows to one member at a time, the seed's mod-n
+// map, and shuffled ones where the larger quotas go to random members.
+func balancedMaps(rng *rand.Rand, members []string) []Map {
+	n := len(members)
+	if n == 0 {
+		return []Map{{}}
+	}
+	var grown Map
+	for k := 1; k <= n; k++ {
+		grown = Assign(grown, members[:k])
+	}
+	maps := []Map{grown, ModN(members)}
+	for range 6 {
+		var owners []string
+		for i, j := range rng.Perm(n) {
+			c := Count / n
+			if i < Count%n {
+				c++
+			}
+			for range c {
+				owners = append(owners, members[j])
+			}
+		}
+		rng.Shuffle(len(owners), func(a, b int) { owners[a], owners[b] = owners[b], owners[a] })
+		var m Map
+		copy(m[:], owners)
+		maps = append(maps, m)
+	}
+	return maps
+}
+
+// TestAssignExactMinimumMovement: from a balanced map, adding one member
+// (n-1 -> n) or removing one (n -> n-1), for every n in 1..8, every
+// position of the member added or removed and several starting maps, moves
+// exactly the minimum the rule implies, computed independently by minMoves;
+// one region more is a failure. The first rows pin the minimum itself for
+// members appended and the last one removed: the new member takes q =
+// Count/n (the r larger quotas go to old members, which already hold more
+// than q), and the last member leaves with what it took.
+func TestAssignExactMinimumMovement(t *testing.T) {
+	// want[n] is the minimum moved growing n-1 -> n by appending a member,
+	// and shrinking n -> n-1 by removing the last one, from the map Assign
+	// grew one member at a time: 16/1, 16/2, 16/3, ... rounded down.
+	want := map[int]int{1: 16, 2: 8, 3: 5, 4: 4, 5: 3, 6: 2, 7: 2, 8: 2}
+	all := []string{"A", "B", "C", "D", "E", "F", "G", "H"}
+	var grown Map
+	for n := 1; n <= 8; n++ {
+		next := Assign(grown, all[:n])
+		if got := differ(grown, next); got != want[n] || minMoves(grown, all[:n]) != want[n] {
+			t.Errorf("growing %d -> %d by appending: got %d moved (minMoves %d), want %d",
+				n-1, n, got, minMoves(grown, all[:n]), want[n])
+		}
+		if got := differ(next, Assign(next, all[:n-1])); got != want[n] {
+			t.Errorf("shrinking %d -> %d by removing the last member: got %d moved, want %d", n, n-1, got, want[n])
+		}
+		grown = next
+	}
+
+	rng := rand.New(rand.NewPCG(1, 8))
+	for n := 1; n <= 8; n++ {
+		t.Run(fmt.Sprintf("grow %d to %d", n-1, n), func(t *testing.T) {
+			old := all[:n-1]
+			for k, cur := range balancedMaps(rng, old) {
+				for pos := range n {
+					members := slices.Insert(slices.Clone(old), pos, "N")
+					next := Assign(cur, members)
+					checkBalanced(t, next, members)
+					if got, want := differ(cur, next), minMoves(cur, members); got != want {
+						t.Errorf("map %d %s, %q: got %d moved (%s), want exactly %d",
+							k, show(cur), members, got, show(next), want)
+					}
+				}
+			}
+		})
+		t.Run(fmt.Sprintf("shrink %d to %d", n, n-1), func(t *testing.T) {
+			for k, cur := range balancedMaps(rng, all[:n]) {
+				for pos := range n {
+					members := slices.Delete(slices.Clone(all[:n]), pos, pos+1)
+					next := Assign(cur, members)
+					checkBalanced(t, next, members)
+					if got, want := differ(cur, next), minMoves(cur, members); got != want {
+						t.Errorf("map %d %s, %q: got %d moved (%s), want exactly %d",
+							k, show(cur), members, got, show(next), want)
+					}
+				}
+			}
+		})
+	}
+}

@@ -69,6 +69,8 @@ func TestDecide(t *testing.T) {
 		{"rate equals min", 3, autoPolicy, missTotals(100, 10), 3, fsm.ActionNone, "miss rate 0.10 within min 0.10 and max 0.50: no action"},
 		{"rate just above max", 3, autoPolicy, missTotals(10000, 5001), 6, fsm.ActionGrow, "miss rate 0.5001 > max 0.5000"},
 		{"rate between", 3, autoPolicy, mid, 3, fsm.ActionNone, "miss rate 0.30 within min 0.10 and max 0.50: no action"},
+		{"rate just under max", 3, autoPolicy, missTotals(10000, 4996), 3, fsm.ActionNone, "miss rate 0.4996 within min 0.10 and max 0.5000: no action"},
+		{"rate just over min", 3, autoPolicy, missTotals(10000, 1004), 3, fsm.ActionNone, "miss rate 0.1004 within min 0.1000 and max 0.50: no action"},
 		{"rate 1 at max 1", 3, policyWith(func(p *fsm.ScalingPolicy) { p.MaxMissRate = 1 }), missTotals(10, 10), 3, fsm.ActionNone, "no action"},
 		{"rate 0 at min 0", 3, policyWith(func(p *fsm.ScalingPolicy) { p.MinMissRate = 0 }), missTotals(10, 0), 3, fsm.ActionNone, "no action"},
 		{"manual, high", 2, manual, high, 2, fsm.ActionNone, "manual mode: the scaler is idle"},
@@ -545,5 +547,104 @@ func TestNewAutoScalerDefaults(t *testing.T) {
 	}
 	if d.Time.Before(before.Add(-time.Second)) || d.Time.After(time.Now().Add(time.Second)) || d.Time.Location() != time.UTC {
 		t.Errorf("time: got %v, want about now, in UTC (the default clock)", d.Time)
+	}
+}
+
+// lateRates is a scaler.RateReader over a stream of 5-second samples that
+// reach it lag after they end, as the embedded metrics' scrapes do: Totals
+// sums the samples that end in the window and that have arrived by the
+// clock's time.
+type lateRates struct {
+	clock   func() time.Time
+	lag     time.Duration
+	samples []metrics.Totals // samples[k] ends at start + 5s × (k+1)
+	start   time.Time
+
+	mu   sync.Mutex
+	nows []time.Time // guarded by mu; the window ends asked for
+}
+
+func (r *lateRates) Totals(_ context.Context, now time.Time, window time.Duration) (metrics.Totals, error) {
+	r.mu.Lock()
+	r.nows = append(r.nows, now)
+	r.mu.Unlock()
+	arrived := r.clock().Add(-r.lag)
+	var t metrics.Totals
+	for k, s := range r.samples {
+		end := r.start.Add(time.Duration(k+1) * 5 * time.Second)
+		if end.After(now.Add(-window)) && !end.After(now) && !end.After(arrived) {
+			t.Gets += s.Gets
+			t.Misses += s.Misses
+			t.Hits += s.Hits
+			t.Requests += s.Requests
+		}
+	}
+	return t, nil
+}
+
+// TestTickReadsTheWindowLagAgo: with Lag set, each round reads the window
+// of one Interval that ended Lag before the round, so the samples still on
+// their way are not missing from it, consecutive rounds' windows meet, and
+// every sample is counted once. The traffic misses only in the first 15 s
+// of each minute (3 of 12 samples, a miss rate of 0.25, above the 0.2
+// maximum): a scaler that read up to now would see the minute's hits but
+// not its misses and shrink the pool instead of growing it.
+func TestTickReadsTheWindowLagAgo(t *testing.T) {
+	const (
+		interval = time.Minute
+		lag      = 15 * time.Second
+		rounds   = 5
+	)
+	start := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	var samples []metrics.Totals
+	for k := range rounds * 12 {
+		if k%12 < 3 {
+			samples = append(samples, missTotals(10, 10))
+		} else {
+			samples = append(samples, missTotals(10, 0))
+		}
+	}
+	var mu sync.Mutex
+	clock := start.Add(interval + lag) // the first minute has just reached the reader
+	now := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return clock
+	}
+	rates := &lateRates{clock: now, lag: lag, samples: samples, start: start}
+	policy := policyWith(func(p *fsm.ScalingPolicy) { p.MaxMissRate, p.MinMissRate = 0.2, 0.1 })
+	raft := newFakeRaft(2, policy)
+	resizer := &fakeResizer{raft: raft}
+	as := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: interval, Lag: lag, Now: now, Name: "m1"},
+		raft, resizer, rates, autoLogger(t))
+
+	var gets uint64
+	for i := range rounds {
+		at := now()
+		d := as.Tick(t.Context())
+		if !d.Time.Equal(at) || d.By != "m1" {
+			t.Errorf("round %d: got time %v by %q, want the round's time %v by m1", i+1, d.Time, d.By, at)
+		}
+		if d.Gets != 120 || d.MissRate == nil || *d.MissRate != 0.25 {
+			t.Errorf("round %d: got %d GETs, %s, want the whole minute: 120 GETs, miss rate 0.25",
+				i+1, d.Gets, d.Reason)
+		}
+		if d.Action == fsm.ActionShrink || (i == 0 && d.Action != fsm.ActionGrow) {
+			t.Errorf("round %d: got action %q, want grow (or none at the maximum)", i+1, d.Action)
+		}
+		gets += d.Gets
+		mu.Lock()
+		clock = clock.Add(interval)
+		mu.Unlock()
+	}
+	if want := uint64(len(samples) * 10); gets != want {
+		t.Errorf("GETs over %d rounds: got %d, want every sample's once, %d", rounds, gets, want)
+	}
+	rates.mu.Lock()
+	defer rates.mu.Unlock()
+	for i, end := range rates.nows {
+		if want := start.Add(time.Duration(i+1) * interval); !end.Equal(want) {
+			t.Errorf("round %d: read the window ending %v, want %v (Lag %v before the round)", i+1, end, want, lag)
+		}
 	}
 }

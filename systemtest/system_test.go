@@ -3,6 +3,7 @@ package systemtest
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -48,24 +49,149 @@ func startSystem(t *testing.T, n int, deadGrace time.Duration) *testcluster.Clus
 	return testcluster.Start(t, testcluster.Options{Managers: n, LocalNodes: true, DeadGrace: deadGrace, AdminToken: testcluster.Token})
 }
 
-// checkRegionRule fails unless m is balanced over members and moved no
-// more regions than it had to from prev.
-func checkRegionRule(t *testing.T, prev, m region.Map, members []fsm.Member) {
+// ruleMap is the region map the rule documented in the README ("The region
+// rule") gives members, starting from prev. It is written here from that
+// text, independently of region.Assign, which the managers run: with n
+// members, 16 mod n of them get a quota of ceil(16/n) regions and the
+// rest floor(16/n); the larger quotas go to the members that own the most
+// regions in prev, ties by member order; a region stays with its owner
+// while that owner is a member within its quota (so a member over quota
+// gives up its highest-numbered regions); the freed regions go, in
+// ascending order, to the members under quota, the first in member order
+// filling up first.
+func ruleMap(prev region.Map, ids []string) region.Map {
+	var next region.Map
+	if len(ids) == 0 {
+		return next
+	}
+	owns := map[string]int{}
+	for _, owner := range prev {
+		if slices.Contains(ids, owner) {
+			owns[owner]++
+		}
+	}
+	quota := map[string]int{}
+	for _, id := range ids {
+		quota[id] = 16 / len(ids)
+	}
+	for range 16 % len(ids) { // each larger quota to the largest owner still without one
+		best := ""
+		for _, id := range ids {
+			if quota[id] == 16/len(ids) && (best == "" || owns[id] > owns[best]) {
+				best = id
+			}
+		}
+		quota[best]++
+	}
+	kept := map[string]int{}
+	var freed []int
+	for r := range 16 {
+		if owner := prev[r]; slices.Contains(ids, owner) && kept[owner] < quota[owner] {
+			next[r] = owner
+			kept[owner]++
+		} else {
+			freed = append(freed, r)
+		}
+	}
+	for _, r := range freed {
+		for _, id := range ids {
+			if kept[id] < quota[id] {
+				next[r] = id
+				kept[id]++
+				break
+			}
+		}
+	}
+	return next
+}
+
+// checkRegionRule fails unless m is the map the documented rule gives
+// members from prev (ruleMap), balanced, and, prev being balanced over
+// its own members, moved only what it must: growing, only the regions the
+// new members take; shrinking, only the removed members' regions.
+func checkRegionRule(t *testing.T, prev, m region.Map, prevMembers, members []fsm.Member) {
 	t.Helper()
-	var ids []string
+	var ids, prevIDs []string
 	for _, mb := range members {
 		ids = append(ids, mb.ID)
 	}
-	if want := region.Assign(prev, ids); m != want {
-		t.Fatalf("region map %v, want region.Assign's %v", m, want)
+	for _, mb := range prevMembers {
+		prevIDs = append(prevIDs, mb.ID)
 	}
-	counts := m.Counts()
-	lo, hi := region.Count/len(ids), (region.Count+len(ids)-1)/len(ids)
+	if want := ruleMap(prev, ids); m != want {
+		t.Fatalf("region map from %q over %q: got %q, want the documented rule's %q", prev, ids, m, want)
+	}
+	counts := map[string]int{}
+	for _, owner := range m {
+		counts[owner]++
+	}
+	lo, hi := 16/len(ids), (16+len(ids)-1)/len(ids)
 	for _, id := range ids {
 		if counts[id] < lo || counts[id] > hi {
 			t.Fatalf("%s owns %d regions, want %d..%d", id, counts[id], lo, hi)
 		}
 	}
+	for r := range 16 {
+		if prev[r] == m[r] {
+			continue
+		}
+		stayed := slices.Contains(ids, prev[r])
+		if len(prevIDs) > 0 && stayed && len(ids) <= len(prevIDs) {
+			t.Fatalf("shrinking %q -> %q: region %d moved from %s, which stayed, to %s", prevIDs, ids, r, prev[r], m[r])
+		}
+		if len(prevIDs) > 0 && len(ids) > len(prevIDs) && slices.Contains(prevIDs, m[r]) {
+			t.Fatalf("growing %q -> %q: region %d moved from %s to %s, not a new member", prevIDs, ids, r, prev[r], m[r])
+		}
+	}
+}
+
+// TestRuleMapFollowsTheREADME: the test's own reading of the rule gives the
+// maps the README shows for 1, 2 and 3 nodes, and those of its text for
+// shrinking and for the larger quotas.
+func TestRuleMapFollowsTheREADME(t *testing.T) {
+	parse := func(s string) region.Map {
+		var m region.Map
+		for r, c := range strings.ReplaceAll(s, " ", "") {
+			if c != '.' {
+				m[r] = string(c)
+			}
+		}
+		return m
+	}
+	tests := []struct {
+		prev, members, want string
+	}{
+		{"................", "A", "AAAAAAAAAAAAAAAA"},
+		{"AAAAAAAAAAAAAAAA", "AB", "AAAAAAAABBBBBBBB"},
+		{"AAAAAAAABBBBBBBB", "ABC", "AAAAAACCBBBBBCCC"},
+		{"AAAAAACCBBBBBCCC", "BC", "BBBCCCCCBBBBBCCC"},  // A's regions, in order, to B then C
+		{"AAAABBBBBBBBBBBB", "ABC", "AAAABBBBBBACCCCC"}, // B owns the most: the larger quota
+		{"AAAAAAAABBBBBBBB", "BAC", "AAAAACCCBBBBBBCC"}, // a tie: B first in member order
+	}
+	for _, tt := range tests {
+		var ids []string
+		for _, c := range tt.members {
+			ids = append(ids, string(c))
+		}
+		if got, want := ruleMap(parse(tt.prev), ids), parse(tt.want); got != want {
+			t.Errorf("ruleMap(%s, %q): got %q, want %q", tt.prev, ids, got, want)
+		}
+	}
+	for _, tt := range []struct {
+		key  string
+		want int
+	}{{"", 0xd}, {"a", 0x0}, {"image-1", 0x7}} { // printf '%s' KEY | md5sum
+		if got := regionOf(tt.key); got != tt.want {
+			t.Errorf("regionOf(%q): got %d, want %d", tt.key, got, tt.want)
+		}
+	}
+}
+
+// regionOf is the region of key as the README defines it, the first 4 bits
+// of MD5(key), computed here rather than by region.Of.
+func regionOf(key string) int {
+	sum := md5.Sum([]byte(key))
+	return int(sum[0] >> 4)
 }
 
 // keysByRegion returns one key in each region.
@@ -74,7 +200,7 @@ func keysByRegion() [region.Count]string {
 	found := 0
 	for i := 0; found < region.Count; i++ {
 		k := "img-" + strconv.Itoa(i)
-		if r := region.Of(k); keys[r] == "" {
+		if r := regionOf(k); keys[r] == "" {
 			keys[r] = k
 			found++
 		}
@@ -119,7 +245,7 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 		if st.Epoch != prev.Epoch+1 {
 			t.Fatalf("epoch %d after resize from %d, want %d", st.Epoch, prev.Epoch, prev.Epoch+1)
 		}
-		checkRegionRule(t, prev.Regions, st.Regions, st.Members)
+		checkRegionRule(t, prev.Regions, st.Regions, prev.Members, st.Members)
 		// Every member node follows the new map.
 		for _, mb := range st.Members {
 			var got node.Regions
