@@ -20,9 +20,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/memcache/memcache/blob"
 	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/keyindex"
 	"github.com/memcache/memcache/node"
 )
@@ -312,7 +314,7 @@ func TestFailedWritesLeaveNothingDangling(t *testing.T) {
 	})
 }
 
-// countingIndex counts Get calls.
+// countingIndex counts Get calls and holds each until gate is closed.
 type countingIndex struct {
 	Index
 	gets atomic.Int64
@@ -325,6 +327,41 @@ func (c *countingIndex) Get(ctx context.Context, key string) (keyindex.Entry, er
 	return c.Index.Get(ctx, key)
 }
 
+// countingBlobs counts Get calls.
+type countingBlobs struct {
+	Blobs
+	gets atomic.Int64
+}
+
+func (c *countingBlobs) Get(ctx context.Context, name string) ([]byte, error) {
+	c.gets.Add(1)
+	return c.Blobs.Get(ctx, name)
+}
+
+// singleflightWaiters counts the goroutines blocked in a singleflight
+// Group's Do waiting for another caller's call to finish.
+func singleflightWaiters() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	waiting := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "singleflight.(*Group).Do") && strings.Contains(g, "sync.(*WaitGroup).Wait") {
+			waiting++
+		}
+	}
+	return waiting
+}
+
+// TestConcurrentMissesLoadOnce: 20 reads of one key miss at the same time
+// (a barrier holds the first load until every other read waits for a
+// load); they make exactly one index read and one blob read.
 func TestConcurrentMissesLoadOnce(t *testing.T) {
 	st := newStores(t)
 	red := mustRead(t, "red.png")
@@ -333,30 +370,34 @@ func TestConcurrentMissesLoadOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	ci := &countingIndex{Index: st.index, gate: make(chan struct{})}
-	f.index = ci
+	cb := &countingBlobs{Blobs: st.blobs}
+	f.index, f.blobs = ci, cb
+	const readers = 20
 	var wg sync.WaitGroup
-	for range 20 {
+	for range readers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			img, err := f.Get(context.Background(), "k")
 			if err != nil || !bytes.Equal(img.Data, red) {
-				t.Errorf("Get: %v", err)
+				t.Errorf("Get: %d bytes, %v; want the image", len(img.Data), err)
 			}
 		}()
 	}
-	// Let the first load start, then release it: the others wait on it.
-	for ci.gets.Load() == 0 {
-		runtimeGosched()
-	}
+	// Barrier: every read is in the miss path, either loading (held at the
+	// index) or waiting for a load, before any load may proceed.
+	waitfor.True(t, 30*time.Second, "every read to be loading or waiting for a load", func() bool {
+		return int(ci.gets.Load())+singleflightWaiters() >= readers
+	})
 	close(ci.gate)
 	wg.Wait()
-	if n := ci.gets.Load(); n >= 20 {
-		t.Errorf("20 concurrent misses made %d index reads, want far fewer (single flight)", n)
+	if n, b := ci.gets.Load(), cb.gets.Load(); n != 1 || b != 1 {
+		t.Errorf("%d concurrent misses made %d index reads and %d blob reads, want 1 and 1 (single flight)", readers, n, b)
+	}
+	if m := f.misses.Load(); m != readers {
+		t.Errorf("frontend counted %d misses, want %d", m, readers)
 	}
 }
-
-func runtimeGosched() { runtime.Gosched() }
 
 // TestReadFillNeverReplacesANewerUpload replays the race of a read that
 // loaded the old image, then filled the cache after an upload replaced it.
