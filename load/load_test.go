@@ -74,8 +74,8 @@ func TestRunSeedsReadsAndWrites(t *testing.T) {
 // fakeFrontend answers uploads with 200 and reads of key with source(key)
 // as X-Memcache-Source ("" for a 500), counting what it answered.
 type fakeFrontend struct {
-	source         func(key string) string
-	reads, uploads atomic.Int64
+	source               func(key string) string
+	reads, uploads, hits atomic.Int64
 }
 
 func (f *fakeFrontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -90,6 +90,9 @@ func (f *fakeFrontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if src == "" {
 			http.Error(w, "injected", http.StatusInternalServerError)
 			return
+		}
+		if src == "cache" {
+			f.hits.Add(1)
 		}
 		w.Header().Set("X-Memcache-Source", src)
 		w.Write([]byte("\x89PNG\r\n\x1a\n"))
@@ -128,8 +131,8 @@ func TestRunCountsHitsAsTheFrontendReportsThem(t *testing.T) {
 		{"half the keys from the cache", func(k string) string {
 			return map[bool]string{true: "cache", false: "store"}[strings.HasSuffix(k, "0")]
 		}, func(t *testing.T, s Stats) {
-			if s.Reads < 20 || s.CacheHits == 0 || s.CacheHits == s.Reads || s.Errors != 0 {
-				t.Errorf("%+v: want some reads hits and some not", s)
+			if s.Reads == 0 || s.Errors != 0 {
+				t.Errorf("%+v: want reads and no error", s)
 			}
 		}},
 		{"every read fails", func(string) string { return "" }, func(t *testing.T, s Stats) {
@@ -148,8 +151,13 @@ func TestRunCountsHitsAsTheFrontendReportsThem(t *testing.T) {
 			if total.Writes != 0 || fake.uploads.Load() != 0 {
 				t.Errorf("%d writes, %d uploads at the frontend; want none with read ratio 1 and no seeding", total.Writes, fake.uploads.Load())
 			}
+			// Every answer is counted, but those cut off by the end of the
+			// run (at most one per worker).
 			if got, served := total.Reads+total.Errors, fake.reads.Load(); got > served || got < served-2 {
 				t.Errorf("%d reads and errors counted, %d served; want all but those cut off at the end (at most 2)", got, served)
+			}
+			if got, served := total.CacheHits, fake.hits.Load(); got > served || got < served-2 {
+				t.Errorf("%d hits counted, %d reads answered from the cache; want all but those cut off at the end (at most 2)", got, served)
 			}
 			tc.check(t, total)
 		})
