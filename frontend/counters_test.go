@@ -149,3 +149,21 @@ func decodeContent(t *testing.T, out map[string]any) []byte {
 	}
 	return b
 }
+
+// TestUploadAtTheLimit: an image of exactly MaxUpload bytes is stored; one
+// byte more is refused with 413 and stores nothing.
+func TestUploadAtTheLimit(t *testing.T) {
+	st := newStores(t)
+	_, srv := newTestFrontend(t, st.blobs, st.index) // MaxUpload 64 KB
+	red := mustRead(t, "red.png")
+	exact := append(append([]byte{}, red...), make([]byte, 64<<10-len(red))...)
+	if code, out := upload(t, srv.URL, "/api/upload", ptr("exact"), exact); code != http.StatusOK {
+		t.Fatalf("upload of exactly the limit: %d %v, want 200", code, out)
+	}
+	if code, out := upload(t, srv.URL, "/api/upload", ptr("over"), append(exact, 0)); code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("upload one byte over the limit: %d %v, want 413", code, out)
+	}
+	if n, _ := st.index.Count(context.Background()); n != 1 {
+		t.Errorf("%d rows, want 1 (only the upload at the limit)", n)
+	}
+}
