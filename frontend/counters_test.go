@@ -160,6 +160,9 @@ func TestUploadAtTheLimit(t *testing.T) {
 	if code, out := upload(t, srv.URL, "/api/upload", ptr("exact"), exact); code != http.StatusOK {
 		t.Fatalf("upload of exactly the limit: %d %v, want 200", code, out)
 	}
+	if _, out := post(t, srv.URL+"/api/key/exact"); !bytes.Equal(decodeContent(t, out), exact) {
+		t.Fatal("the upload at the limit was not stored whole")
+	}
 	if code, out := upload(t, srv.URL, "/api/upload", ptr("over"), append(exact, 0)); code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("upload one byte over the limit: %d %v, want 413", code, out)
 	}

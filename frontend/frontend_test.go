@@ -97,6 +97,23 @@ func upload(t *testing.T, base, path string, key *string, file []byte) (int, map
 	return resp.StatusCode, out
 }
 
+// uploadRequest returns a multipart upload of file under key to u.
+func uploadRequest(t *testing.T, u, key string, file []byte) *http.Request {
+	t.Helper()
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	mw.WriteField("key", key)
+	fw, _ := mw.CreateFormFile("file", "photo.png")
+	fw.Write(file)
+	mw.Close()
+	req, err := http.NewRequest(http.MethodPost, u, &body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	return req
+}
+
 func ptr(s string) *string { return &s }
 
 func post(t *testing.T, u string) (int, map[string]any) {
