@@ -169,8 +169,8 @@ func TestAdminCallsGoToTheNextManagerWhenOneRefuses(t *testing.T) {
 
 	down := adminFrontend(t, refusingURL(t), managers[2])
 	code, body := adminCall(t, down, "/api/delete_all", "", "")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "no manager replica answered") {
-		t.Errorf("no manager working: %d %s, want 503 saying no manager answered", code, body)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "no manager replica answered") || !strings.Contains(body, "answered 502") {
+		t.Errorf("no manager working: %d %s, want 503 saying no manager answered, with the last one's 502", code, body)
 	}
 	none := adminFrontend(t)
 	code, body = adminCall(t, none, "/api/getRate?rate=miss", "", "")
