@@ -20,9 +20,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/memcache/memcache/blob"
 	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/keyindex"
 	"github.com/memcache/memcache/node"
 )
@@ -93,6 +95,23 @@ func upload(t *testing.T, base, path string, key *string, file []byte) (int, map
 		out = map[string]any{"body": string(b)}
 	}
 	return resp.StatusCode, out
+}
+
+// uploadRequest returns a multipart upload of file under key to u.
+func uploadRequest(t *testing.T, u, key string, file []byte) *http.Request {
+	t.Helper()
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	mw.WriteField("key", key)
+	fw, _ := mw.CreateFormFile("file", "photo.png")
+	fw.Write(file)
+	mw.Close()
+	req, err := http.NewRequest(http.MethodPost, u, &body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	return req
 }
 
 func ptr(s string) *string { return &s }
@@ -312,7 +331,7 @@ func TestFailedWritesLeaveNothingDangling(t *testing.T) {
 	})
 }
 
-// countingIndex counts Get calls.
+// countingIndex counts Get calls and holds each until gate is closed.
 type countingIndex struct {
 	Index
 	gets atomic.Int64
@@ -325,6 +344,43 @@ func (c *countingIndex) Get(ctx context.Context, key string) (keyindex.Entry, er
 	return c.Index.Get(ctx, key)
 }
 
+// countingBlobs counts Get calls.
+type countingBlobs struct {
+	Blobs
+	gets atomic.Int64
+}
+
+func (c *countingBlobs) Get(ctx context.Context, name string) ([]byte, error) {
+	c.gets.Add(1)
+	return c.Blobs.Get(ctx, name)
+}
+
+// flightWaiters counts the goroutines blocked in flights.do waiting for a
+// load (theirs to start, or another's to end).
+func flightWaiters() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	waiting := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "frontend.(*flights).do") && strings.Contains(g, "[chan receive") {
+			waiting++
+		}
+	}
+	return waiting
+}
+
+// TestConcurrentMissesLoadOnce: one read misses and loads (held at the
+// index); 19 more reads of the key miss while it loads. They must not
+// share the running load (it began before them), and they share one load
+// of their own: exactly two index reads and two blob reads in all, every
+// read answering the image.
 func TestConcurrentMissesLoadOnce(t *testing.T) {
 	st := newStores(t)
 	red := mustRead(t, "red.png")
@@ -333,30 +389,37 @@ func TestConcurrentMissesLoadOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	ci := &countingIndex{Index: st.index, gate: make(chan struct{})}
-	f.index = ci
+	cb := &countingBlobs{Blobs: st.blobs}
+	f.index, f.blobs = ci, cb
+	const readers = 20
 	var wg sync.WaitGroup
-	for range 20 {
+	read := func() {
+		defer wg.Done()
+		img, err := f.Get(context.Background(), "k")
+		if err != nil || !bytes.Equal(img.Data, red) {
+			t.Errorf("Get: %d bytes, %v; want the image", len(img.Data), err)
+		}
+	}
+	wg.Add(1)
+	go read()
+	waitfor.True(t, 30*time.Second, "the first read to load", func() bool { return ci.gets.Load() == 1 })
+	for range readers - 1 {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			img, err := f.Get(context.Background(), "k")
-			if err != nil || !bytes.Equal(img.Data, red) {
-				t.Errorf("Get: %v", err)
-			}
-		}()
+		go read()
 	}
-	// Let the first load start, then release it: the others wait on it.
-	for ci.gets.Load() == 0 {
-		runtimeGosched()
-	}
+	// Barrier: every later read waits in flights.do before the load ends.
+	waitfor.True(t, 30*time.Second, "every later read to wait for a load", func() bool {
+		return flightWaiters() >= readers-1
+	})
 	close(ci.gate)
 	wg.Wait()
-	if n := ci.gets.Load(); n >= 20 {
-		t.Errorf("20 concurrent misses made %d index reads, want far fewer (single flight)", n)
+	if n, b := ci.gets.Load(), cb.gets.Load(); n != 2 || b != 2 {
+		t.Errorf("%d concurrent misses made %d index reads and %d blob reads, want 2 and 2 (the first read's load, and one shared by the rest)", readers, n, b)
+	}
+	if m := f.misses.Load(); m != readers {
+		t.Errorf("frontend counted %d misses, want %d", m, readers)
 	}
 }
-
-func runtimeGosched() { runtime.Gosched() }
 
 // TestReadFillNeverReplacesANewerUpload replays the race of a read that
 // loaded the old image, then filled the cache after an upload replaced it.

@@ -309,9 +309,14 @@ func TestNoCacheTrafficAndNoUploadBeforeTheFirstView(t *testing.T) {
 	if got := n.Counters().Requests; got != beforeReq {
 		t.Fatalf("a frontend without a view sent %d requests to the node, want 0", got-beforeReq)
 	}
-	code, out := upload(t, url2, "/api/upload", ptr("k"), blue)
-	if code != http.StatusServiceUnavailable {
-		t.Fatalf("upload v2 without a view: %d %v, want 503", code, out)
+	req := uploadRequest(t, url2+"/api/upload", "k", blue)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("upload v2 without a view: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 	if got := n.Counters().Requests; got != beforeReq {
 		t.Fatalf("a frontend without a view sent %d requests to the node, want 0", got-beforeReq)

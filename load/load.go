@@ -34,6 +34,10 @@ type Config struct {
 	Duration    time.Duration // how long to run after seeding; if zero, 1 min
 	Seed        bool          // upload every key before the run
 	Client      *http.Client  // if nil, a client with a 30 s timeout that keeps a connection per worker
+
+	// newTicker, if set (by tests), replaces time.NewTicker for the pacer:
+	// it returns the channel of ticks and a stop function.
+	newTicker func(d time.Duration) (<-chan time.Time, func())
 }
 
 // Validate reports what is wrong with c.
@@ -188,6 +192,15 @@ func image(n int) []byte {
 	return b
 }
 
+// ticker returns a ticker's channel and stop function (see newTicker).
+func (c *Config) ticker(d time.Duration) (<-chan time.Time, func()) {
+	if c.newTicker != nil {
+		return c.newTicker(d)
+	}
+	t := time.NewTicker(d)
+	return t.C, t.Stop
+}
+
 func (c *Config) key(i int) string { return c.Prefix + strconv.Itoa(i) }
 
 func (c *Config) upload(ctx context.Context, key string) error {
@@ -272,13 +285,13 @@ func Run(ctx context.Context, cfg Config, progress func(Stats)) (Stats, error) {
 		wg.Add(1)
 		go func() { // pacer: one token per 1/Rate
 			defer wg.Done()
-			t := time.NewTicker(time.Duration(float64(time.Second) / cfg.Rate))
-			defer t.Stop()
+			ticks, stop := cfg.ticker(time.Duration(float64(time.Second) / cfg.Rate))
+			defer stop()
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-t.C:
+				case <-ticks:
 					select {
 					case tokens <- struct{}{}:
 					default: // workers are behind: drop, the rate is a ceiling

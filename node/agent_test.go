@@ -31,20 +31,30 @@ func TestApplyPoolFollowsRegionsConfigAndGenerations(t *testing.T) {
 			t.Errorf("owns region %d = %v, want %v", r, n.Cache().Owns(r), r%2 == 0)
 		}
 	}
-	// Fill the owned regions, then raise each generation in turn.
-	fill := func() int {
-		for i := range 50 {
-			n.Cache().Put(keysIn(2*(i%8), 1)[0]+string(rune('a'+i%26)), Item{Value: []byte("v")})
+	// Fill the owned regions (every Put must succeed, so each count below
+	// is exact), then raise each generation in turn.
+	const perRegion = 3
+	fill := func() {
+		t.Helper()
+		for r := 0; r < 16; r += 2 {
+			for _, k := range keysIn(r, perRegion) {
+				if err := n.Cache().Put(k, Item{Value: []byte("v")}); err != nil {
+					t.Fatalf("put %q (region %d, owned): %v", k, r, err)
+				}
+			}
 		}
-		return n.Cache().Len()
+		if got := n.Cache().Len(); got != 8*perRegion {
+			t.Fatalf("%d items cached after the fill, want %d", got, 8*perRegion)
+		}
 	}
-	if fill() == 0 {
-		t.Fatal("nothing cached")
+	if err := n.Cache().Put(keysIn(1, 1)[0], Item{Value: []byte("v")}); err == nil {
+		t.Error("put into region 1, owned by b: accepted, want refused")
 	}
+	fill()
 	st.Index++
 	n.ApplyPool(st) // same generations: nothing cleared
-	if n.Cache().Len() == 0 {
-		t.Fatal("cache cleared without a new generation")
+	if got := n.Cache().Len(); got != 8*perRegion {
+		t.Fatalf("same generations: %d items left, want %d (nothing cleared)", got, 8*perRegion)
 	}
 	st.Index, st.ClearGen = st.Index+1, 1
 	n.ApplyPool(st)
@@ -56,6 +66,36 @@ func TestApplyPoolFollowsRegionsConfigAndGenerations(t *testing.T) {
 	n.ApplyPool(st)
 	if n.Cache().Len() != 0 {
 		t.Fatalf("delete generation 4: %d items left, want 0", n.Cache().Len())
+	}
+	fill()
+	// A view with older generations (from a lagging replica) clears nothing.
+	old := st
+	old.ClearGen, old.DeleteGen = 0, 3
+	n.ApplyPool(old)
+	if got := n.Cache().Len(); got != 8*perRegion {
+		t.Fatalf("older generations: %d items left, want %d (nothing cleared)", got, 8*perRegion)
+	}
+	// Nor does the current view again after it: the node remembers the
+	// newest generations it acted on, not the last it saw.
+	st.Index++
+	n.ApplyPool(st)
+	if got := n.Cache().Len(); got != 8*perRegion {
+		t.Fatalf("the current view after an older one: %d items left, want %d (nothing cleared)", got, 8*perRegion)
+	}
+	st.Index, st.ClearGen = st.Index+1, 2 // only the clear generation moves
+	n.ApplyPool(st)
+	if n.Cache().Len() != 0 {
+		t.Fatalf("clear generation 2 after delete generation 4: %d items left, want 0", n.Cache().Len())
+	}
+	// A view with no pool yet (epoch 0) leaves the region map alone.
+	older := st
+	older.Epoch = 0
+	for r := range older.Regions {
+		older.Regions[r] = "b"
+	}
+	n.ApplyPool(older)
+	if got := n.Regions(); got.Epoch != 1 || !n.Cache().Owns(0) {
+		t.Fatalf("after an older region map: epoch %d, owns region 0 %v; want epoch 1, owned", got.Epoch, n.Cache().Owns(0))
 	}
 	// A node that is not a pool member owns nothing.
 	st.Index, st.Epoch = st.Index+1, 2
