@@ -55,7 +55,8 @@ const maxJSONBody = 64 << 10
 //	                     X-Memcache-Version and X-Memcache-Fence: versioned writes under fences (fence.go);
 //	                     412 too when a newer version is cached or a fence refuses the write
 //	DELETE /cache/{key}  invalidate one key; 204; with X-Memcache-Fence, fence it for that upload,
-//	                     with X-Memcache-Version, refuse older versions from now on (fence.go)
+//	                     with X-Memcache-Version, refuse older versions from now on (fence.go);
+//	                     a fence answers 503 while the node's serving lease has lapsed
 //	DELETE /cache        clear every entry, raising the floor to X-Memcache-Generation if sent; 204
 //	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
 //	GET    /regions      the region map held; PUT /regions installs a newer one
@@ -301,6 +302,12 @@ func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 	version, token, err := fenceHeaders(r)
 	if err != nil {
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	// A fence must hold at the node that serves the key: one whose lease
+	// has lapsed may have lost the region to a node the fence never
+	// reached, so it refuses (the upload then stores nothing).
+	if (token != "" || version > 0) && !n.checkLease(w) {
 		return
 	}
 	switch {

@@ -69,8 +69,27 @@ func TestLeaseFencesReadsAndFills(t *testing.T) {
 	if _, ok, _ := n2.Cache().Get("k"); ok {
 		t.Error("the invalidation under a lapsed lease did not remove the copy")
 	}
+	// A fence must be refused: the node may have lost the region to a node
+	// the fence never reached, and the upload must not go on.
+	for _, h := range []string{HeaderFence, HeaderVersion} {
+		req, _ := http.NewRequest(http.MethodDelete, srv2.URL+"/cache/k", nil)
+		req.Header.Set(h, "7")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("fence (%s) with the lease lapsed: %d, want 503", h, resp.StatusCode)
+		}
+	}
 	n2.Renew(time.Now(), time.Hour)
-	if code, _ := http.Get(srv2.URL + "/cache/k"); code == nil || code.StatusCode != http.StatusNotFound {
-		t.Errorf("get after renewal: %v, want 404 (served again, nothing cached)", code)
+	resp, err := http.Get(srv2.URL + "/cache/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("get after renewal: %d, want 404 (served again, nothing cached)", resp.StatusCode)
 	}
 }
