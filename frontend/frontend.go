@@ -622,7 +622,7 @@ func (f *Frontend) Put(ctx context.Context, key string, data []byte) (keyindex.E
 		// fence the key at the row's version, so nothing older is served.
 		// A new key had no copy to keep out, but for a concurrent first
 		// upload's: that one is not worth failing the upload for.
-		stale = f.fence(ctx, key, node.FenceOptions{Version: uint64(version)})
+		stale = f.fence(ctx, key, node.FenceOptions{Token: token, Version: uint64(version)})
 		if stale != nil && prev == "" {
 			f.log.Warn("first upload of a key stored, its cache write and fence failed", "key", key, "err", stale)
 			stale = nil

@@ -237,7 +237,8 @@ type FenceOptions struct {
 	// Token, if set, blocks fills and every write but one carrying it,
 	// until that write (an upload's, after its row is committed).
 	Token string
-	// Version, if set, refuses writes older than it from now on.
+	// Version, if set, refuses writes older than it from now on; with
+	// Token, it also ends that upload's block (its write failed).
 	Version uint64
 }
 

@@ -3,6 +3,7 @@ package node
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -16,13 +17,15 @@ import (
 //
 //  1. fences k with a token before it commits its row (if k has a row to
 //     replace): the node drops its copy and refuses every fill of k (a read
-//     may have loaded the row the upload replaces) and every upload write
-//     but the token holder's;
+//     may have loaded the row the upload replaces) and every write but a
+//     fencing upload's;
 //  2. commits the row, getting version v;
 //  3. writes its image with version v and the token: the node stores it
-//     (unless it holds a newer version), lifts the block and refuses from
-//     then on anything older than v. Had the write failed, the upload raises
-//     the fence to v instead (a fence with a version and no token).
+//     if no other fencing upload is still pending (one may be about to
+//     commit a newer row) and it holds nothing newer, ends the token's
+//     block, and refuses from then on anything older than v. Had the write
+//     failed, the upload raises the fence to v instead (a fence with a
+//     version and no token); its block then lapses with the fence.
 //
 // So a fill that read the row before the upload committed never lands after
 // it, and of concurrent uploads the newest version stays cached: the cache
@@ -47,8 +50,13 @@ const (
 const FenceTTL = 2 * time.Minute
 
 type fence struct {
-	token   string // while set, only a write carrying it is admitted
-	min     uint64 // writes of older versions are refused
+	// tokens are the uploads that fenced the key and have not written
+	// yet: while any is pending, fills are refused, and a pending upload's
+	// write is stored only if it is the last one pending (another may be
+	// about to commit a newer row; the cache must not serve this one's
+	// meanwhile). A write ends its upload's token, stored or not.
+	tokens []string
+	min    uint64 // writes of older versions are refused
 	expires time.Time
 }
 
@@ -101,9 +109,25 @@ func (n *Node) block(key, token string) {
 	defer fs.mu.Unlock()
 	now := fs.now()
 	f, _ := fs.get(key, now)
-	f.token = token
+	if !slices.Contains(f.tokens, token) {
+		f.tokens = append(slices.Clip(f.tokens), token)
+	}
 	fs.set(key, f, now)
 	n.cache.Delete(key)
+}
+
+// release ends token's block (its upload will not write) and raises the
+// fence to version, dropping a cached copy older than it.
+func (n *Node) release(key, token string, version uint64) {
+	fs := n.fences
+	fs.mu.Lock()
+	f, _ := fs.get(key, fs.now())
+	if i := slices.Index(f.tokens, token); i >= 0 {
+		f.tokens = slices.Delete(slices.Clone(f.tokens), i, i+1)
+		fs.set(key, f, fs.now())
+	}
+	fs.mu.Unlock()
+	n.raise(key, version)
 }
 
 // raise refuses from now on writes of key older than version, and drops a
@@ -119,32 +143,45 @@ func (n *Node) raise(key string, version uint64) {
 	n.cache.DeleteOlder(key, version)
 }
 
-// admit runs store (a cache write of key at version, by token's holder if
+// admit runs store (a cache write of key at version, by token's upload if
 // token is set; a read's fill if fill) if the key's fence lets it, and
-// reports whether it did. A stored write by the token holder lifts the
-// block. Every version comes from a committed row, so a fence rises to any
-// version it sees, admitted or not: an upload whose write the block
-// refused still keeps older writes out. An upload's stored write fences
-// the key at its version even without a prior fence (a new key's upload
-// fences nothing before it commits), so that once it is evicted a slow fill
-// of an older row cannot take its place.
+// reports whether it did: a pending upload's write only if it is the last
+// upload pending, another write only if none is; either only if not older
+// than the fence's version. Every version comes from a committed row, so a
+// fence rises to any version it sees, admitted or not. An upload's stored
+// write fences the key at its version even without a prior fence (a new
+// key's upload fences nothing before it commits), so that once it is
+// evicted a slow fill of an older row cannot take its place.
 func (n *Node) admit(key string, version uint64, token string, fill bool, store func() bool) bool {
 	fs := n.fences
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	now := fs.now()
 	f, fenced := fs.get(key, now)
-	refused := fenced && ((f.token != "" && token != f.token) || version < f.min)
+	pending := slices.Index(f.tokens, token)
+	var refused bool
+	switch {
+	case !fenced:
+	case version < f.min:
+		refused = true
+	case len(f.tokens) == 0:
+	case fill || pending < 0:
+		refused = true // an upload is pending: nothing but its write goes in
+	default:
+		refused = len(f.tokens) > 1 // another upload is pending too
+	}
 	stored := !refused && store()
-	if version > 0 && (fenced || (stored && !fill)) {
-		nf := f
-		if stored && token != "" && token == f.token {
-			nf.token = ""
-		}
-		nf.min = max(f.min, version)
-		if !fenced || nf != f {
-			fs.set(key, nf, now)
-		}
+	changed := false
+	if fenced && pending >= 0 && !fill {
+		f.tokens = slices.Delete(slices.Clone(f.tokens), pending, pending+1)
+		changed = true
+	}
+	if version > 0 && (fenced || (stored && !fill)) && version > f.min {
+		f.min = version
+		changed = true
+	}
+	if changed || (!fenced && stored && !fill && version > 0) {
+		fs.set(key, f, now)
 	}
 	return stored
 }

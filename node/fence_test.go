@@ -196,3 +196,30 @@ func TestUploadWriteFencesANewKey(t *testing.T) {
 	wantStatus(t, "a fill of v1 after v2 was evicted", fn.write("v1", 1, "", true), ErrExists)
 	wantStatus(t, "a fill of v2", fn.write("v2", 2, "", true), nil)
 }
+
+// TestOnlyTheLastPendingUploadIsCached is the campaign's fourth finding as
+// a focused case: upload a fenced the key, upload b fenced it too and
+// wrote first; b's image was cached while a, about to commit a newer row,
+// was still pending, so for a moment the store held a's image and the
+// cache b's. A write is stored only when no other fencing upload is
+// pending; a failed upload releases its fence.
+func TestOnlyTheLastPendingUploadIsCached(t *testing.T) {
+	fn := newFenceNode(t, 1)
+	fn.fence("a", 0)
+	fn.fence("b", 0)
+	wantStatus(t, "b's write while a is pending", fn.write("vb", 1, "b", false), ErrExists)
+	if got := fn.cached(); got != "" {
+		t.Fatalf("cached %q while an upload is pending, want nothing", got)
+	}
+	wantStatus(t, "a fill while a is pending", fn.write("vb", 1, "", true), ErrExists)
+	wantStatus(t, "a's write, the last pending", fn.write("va", 2, "a", false), nil)
+	if got := fn.cached(); got != "va" {
+		t.Fatalf("cached %q, want va", got)
+	}
+
+	// c fences, then fails to write: it releases its fence at its version.
+	fn.fence("c", 0)
+	fn.fence("c", 3) // token and version: released
+	wantStatus(t, "a fill of v3 after c released", fn.write("vc", 3, "", true), nil)
+	wantStatus(t, "a fill of v2 after c released", fn.write("va", 2, "", true), ErrExists)
+}

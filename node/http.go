@@ -55,7 +55,8 @@ const maxJSONBody = 64 << 10
 //	                     X-Memcache-Version and X-Memcache-Fence: versioned writes under fences (fence.go);
 //	                     412 too when a newer version is cached or a fence refuses the write
 //	DELETE /cache/{key}  invalidate one key; 204; with X-Memcache-Fence, fence it for that upload,
-//	                     with X-Memcache-Version, refuse older versions from now on (fence.go);
+//	                     with X-Memcache-Version, refuse older versions from now on, with both,
+//	                     end that upload's fence at that version (fence.go);
 //	                     a fence answers 503 while the node's serving lease has lapsed
 //	DELETE /cache        clear every entry, raising the floor to X-Memcache-Generation if sent; 204
 //	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
@@ -311,11 +312,10 @@ func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch {
+	case token != "" && version > 0:
+		n.release(key, token, version)
 	case token != "":
 		n.block(key, token)
-		if version > 0 {
-			n.raise(key, version)
-		}
 	case version > 0:
 		n.raise(key, version)
 	default:

@@ -207,7 +207,10 @@ func runCampaign(t *testing.T, c campaign) {
 		t.Errorf("not linearizable: %v", rep.NonLinearizable)
 	}
 	if failed || t.Failed() || *flagKeep {
-		t.Logf("artefacts (seed, history.json, nemesis.log, report.txt, visualisations) kept in %s", art)
+		if err := os.CopyFS(filepath.Join(art, "logs"), os.DirFS(s.logDir)); err != nil {
+			t.Logf("keeping the roles' logs: %v", err)
+		}
+		t.Logf("artefacts (seed, history.json, nemesis.log, report.txt, visualisations, the roles' logs) kept in %s", art)
 	} else {
 		os.RemoveAll(art)
 	}
