@@ -55,8 +55,8 @@ type fence struct {
 	// write is stored only if it is the last one pending (another may be
 	// about to commit a newer row; the cache must not serve this one's
 	// meanwhile). A write ends its upload's token, stored or not.
-	tokens []string
-	min    uint64 // writes of older versions are refused
+	tokens  []string
+	min     uint64 // writes of older versions are refused
 	expires time.Time
 }
 
