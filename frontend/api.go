@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -253,12 +254,16 @@ const maxAdminBody = 64 << 10
 
 // proxyAdmin forwards an admin API request to a manager replica and
 // returns its answer. It starts at the next manager in rotation and moves
-// on to the next when one does not answer within adminTimeout, cannot be
-// reached, or answers 502, 503 or 504 — except a 503 that says the command
-// is committed (HeaderCommitted), which is the answer. Before an attempt
-// with a long deadline it probes the manager's /healthz within
-// adminProbeTimeout and passes over one that does not answer. The manager
-// checks the admin token.
+// on to the next when one cannot be reached, or for a read (getNumNodes,
+// getRate) when one does not answer within adminTimeout or answers 502,
+// 503 or 504. A write (configure_cache, delete_all) goes to another
+// manager only if it surely never reached the first (no connection, or no
+// answer to the /healthz probe of adminProbeTimeout that precedes every
+// write and every long call): a manager that took it may still apply it
+// later, and a second copy could undo writes answered in between, so any
+// other failure is answered 503, outcome unknown. A 503 that says the
+// command is committed (HeaderCommitted) is the answer. The manager checks
+// the admin token.
 func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, int, bool) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
 	if err != nil {
@@ -277,11 +282,12 @@ func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, i
 		return nil, 0, false
 	}
 	timeout := adminTimeout(r, body)
+	write := isAdminWrite(r)
 	start := int(f.adminNext.Add(1)-1) % len(managers)
 	var lastErr error
 	for i := range managers {
 		m := managers[(start+i)%len(managers)]
-		if timeout > adminReadTimeout {
+		if timeout > adminReadTimeout || write {
 			if err := f.probeManager(r.Context(), m); err != nil {
 				lastErr = err
 				f.log.Warn("admin call: manager did not answer its probe, trying the next", "manager", m, "path", r.URL.Path, "err", err)
@@ -298,6 +304,18 @@ func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, i
 		if err == nil && code != http.StatusBadGateway && code != http.StatusServiceUnavailable && code != http.StatusGatewayTimeout {
 			return out, code, true
 		}
+		if write && !isDialError(err) {
+			// The manager may have taken the write (a leader cut off may
+			// commit it later still): sending it to another would let it
+			// take effect twice, the late copy undoing writes made after
+			// this call answered (the fault campaign saw a config revert).
+			// The outcome is unknown; the caller decides.
+			if err == nil {
+				return out, code, true
+			}
+			jsonhttp.TesterError(w, http.StatusServiceUnavailable, "manager %s did not answer (%v); the call may or may not have taken effect", m, err)
+			return nil, 0, false
+		}
 		if err == nil {
 			err = fmt.Errorf("%s answered %d: %s", m, code, bytes.TrimSpace(out))
 		}
@@ -309,6 +327,19 @@ func (f *Frontend) proxyAdmin(w http.ResponseWriter, r *http.Request) ([]byte, i
 	}
 	jsonhttp.TesterError(w, http.StatusServiceUnavailable, "no manager replica answered: %v", lastErr)
 	return nil, 0, false
+}
+
+// isAdminWrite reports whether r is an admin call that changes something
+// (configure_cache, delete_all); the rest only read.
+func isAdminWrite(r *http.Request) bool {
+	return r.URL.Path == "/api/configure_cache" || r.URL.Path == "/api/delete_all"
+}
+
+// isDialError reports whether err means no connection was made: the
+// request was never sent.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // probeManager asks manager m's /healthz within adminProbeTimeout: any

@@ -6,9 +6,11 @@ package frontend
 //
 // Semantics. A delete-all is a generation G committed in the Raft log
 // (fsm.DeleteAll). A frontend carries G out with deleteAllAt: in one SQL
-// transaction it deletes every row and records G (keyindex.DeleteAllAt);
-// then it clears every pool member's cache; then it deletes the objects the
-// deleted rows named. The delete-all linearizes at that SQL commit:
+// transaction it deletes every row and records G (keyindex.DeleteAllAt),
+// having first cleared every pool member's cache with a floor counting G
+// (so no node serves an image from before the commit after it); then it
+// clears the caches again and deletes the objects the deleted rows named.
+// The delete-all linearizes at that SQL commit:
 //
 //   - an upload whose row commits after it survives. In particular an upload
 //     that begins after the delete-all was answered always survives: the
@@ -209,15 +211,24 @@ func (f *Frontend) runDeletes(ctx context.Context) {
 }
 
 // deleteAllAt carries out the delete-all of generation gen once (see the
-// semantics at the top of this file): it removes every row, recording gen
-// in the index in the same transaction (with the rows' objects, as orphans),
-// then clears every pool member's cache, then removes the orphaned objects.
+// semantics at the top of this file): it clears every pool member's cache,
+// removes every row, recording gen in the index in the same transaction
+// (with the rows' objects, as orphans), clears the caches again, then
+// removes the orphaned objects. A member that cannot be cleared first
+// stops it before any row is deleted (the caller retries).
 // If gen was already done it deletes no row, but with clearIfDone still
 // clears the caches, and it still removes orphans an earlier run left. Runs
 // are serialised.
 func (f *Frontend) deleteAllAt(ctx context.Context, gen uint64, clearIfDone bool) error {
 	f.deleteMu.Lock()
 	defer f.deleteMu.Unlock()
+	// Clear every cache before the rows go, raising the floors to gen: from
+	// the commit on, no node may serve an image from before it (a node that
+	// has not yet seen gen in its view would, until it does), and fills of
+	// what reads load meanwhile are stamped below gen and refused.
+	if err := f.clearCaches(ctx, gen); err != nil {
+		return fmt.Errorf("before deleting the rows: %w", err)
+	}
 	_, done, err := f.index.DeleteAllAt(ctx, gen)
 	if err != nil {
 		return fmt.Errorf("key index: %w", err)

@@ -137,10 +137,13 @@ func TestAdminCallsAreForwardedAsSent(t *testing.T) {
 	}
 }
 
-// TestAdminCallsGoToTheNextManagerWhenOneRefuses: a manager that refuses
-// the connection, or answers 502, 503 (without HeaderCommitted) or 504, is
-// left for the next; every call, whichever manager it starts at, gets the
-// working one's answer. With none working, or none known, the answer is 503.
+// TestAdminCallsGoToTheNextManagerWhenOneRefuses: a read (getNumNodes) is
+// sent on past a manager that refuses the connection or answers 502, 503
+// (without HeaderCommitted) or 504, and gets the working one's answer
+// whichever manager it starts at. A write (delete_all) goes on only past a
+// manager it never reached (refused connection): one that answered 502,
+// 503 or 504 may have taken it, so that answer is the call's, and no
+// second manager sees the write. With none known, the answer is 503.
 func TestAdminCallsGoToTheNextManagerWhenOneRefuses(t *testing.T) {
 	good, goodURL := serveManager(t, 200, `{"success":"true","delete_gen":1}`)
 	// The working manager first: a call that starts past it reaches it
@@ -154,15 +157,13 @@ func TestAdminCallsGoToTheNextManagerWhenOneRefuses(t *testing.T) {
 	}
 	base := adminFrontend(t, managers...)
 	for i := range managers {
-		for _, path := range []string{"/api/delete_all", "/api/getNumNodes"} {
-			code, body := adminCall(t, base, path, "", "")
-			if code != 200 || body != `{"success":"true","delete_gen":1}` {
-				t.Errorf("call %d to %s: %d %s, want the working manager's answer", i, path, code, body)
-			}
+		code, body := adminCall(t, base, "/api/getNumNodes", "", "")
+		if code != 200 || body != `{"success":"true","delete_gen":1}` {
+			t.Errorf("read %d: %d %s, want the working manager's answer", i, code, body)
 		}
 	}
-	if n := len(good.recorded()); n != 2*len(managers) {
-		t.Errorf("the working manager got %d calls, want %d (each call once)", n, 2*len(managers))
+	if n := len(good.recorded()); n != len(managers) {
+		t.Errorf("the working manager got %d reads, want %d (each call once)", n, len(managers))
 	}
 	for i, m := range failing {
 		if len(m.recorded()) == 0 {
@@ -170,13 +171,27 @@ func TestAdminCallsGoToTheNextManagerWhenOneRefuses(t *testing.T) {
 		}
 	}
 
-	down := adminFrontend(t, refusingURL(t), managers[2])
-	code, body := adminCall(t, down, "/api/delete_all", "", "")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "no manager replica answered") || !strings.Contains(body, "answered 502") {
-		t.Errorf("no manager working: %d %s, want 503 saying no manager answered, with the last one's 502", code, body)
+	// Writes: past the refused connection to the working manager; stopped
+	// by a manager that answered.
+	writes := adminFrontend(t, refusingURL(t), goodURL)
+	before := len(good.recorded())
+	if code, body := adminCall(t, writes, "/api/delete_all", "", ""); code != 200 || !strings.Contains(body, `"success":"true"`) {
+		t.Errorf("write past a refused connection: %d %s, want the working manager's answer", code, body)
+	}
+	if n := len(good.recorded()) - before; n != 1 {
+		t.Errorf("the working manager got %d writes, want 1", n)
+	}
+	for _, status := range []int{502, 503, 504} {
+		m, u := serveManager(t, status, `{"success":"false"}`)
+		fe := adminFrontend(t, u, goodURL)
+		before := len(good.recorded())
+		code, _ := adminCall(t, fe, "/api/delete_all", "", "")
+		if code != status || len(m.recorded()) != 1 || len(good.recorded()) != before {
+			t.Errorf("write to a manager answering %d: got %d, %d calls there and %d elsewhere; want its answer and no second manager", status, code, len(m.recorded()), len(good.recorded())-before)
+		}
 	}
 	none := adminFrontend(t)
-	code, body = adminCall(t, none, "/api/getRate?rate=miss", "", "")
+	code, body := adminCall(t, none, "/api/getRate?rate=miss", "", "")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "no manager replica is known") {
 		t.Errorf("no manager known: %d %s, want 503 saying none is known", code, body)
 	}
