@@ -34,7 +34,7 @@ func frontendFlags() []cli.Flag {
 		stringFlag("s3-endpoint", "", "endpoint of an S3-compatible server (path-style addressing)"),
 		stringFlag("s3-region", "", "S3 region (default: from the SDK's chain; us-east-1 with --s3-endpoint)"),
 		intFlag("max-upload", 10<<20, "largest accepted image, in bytes"),
-		intFlag("hot-cache-mb", 64, "size of the frontend's copy of popular images, revalidated with the owner node on every read (0: off)"),
+		renamedIntFlag("near-cache-mb", 64, "size of the near-cache: copies of popular images served under the owner node's read leases, without a round trip (0: off)", "hot-cache-mb"),
 	}
 	flags = append(flags, listenerFlags()...)
 	return append(append(flags, clusterTLSFlags()...), publicTLSFlags()...)
@@ -99,7 +99,7 @@ func runFrontend(ctx context.Context, cmd *cli.Command) error {
 		Secret:   clusterSecret, DB: cmd.String("db"), BlobDir: cmd.String("blob-dir"),
 		S3: blob.S3Config{Bucket: cmd.String("s3-bucket"), Prefix: cmd.String("s3-prefix"),
 			Endpoint: cmd.String("s3-endpoint"), Region: cmd.String("s3-region")},
-		MaxUpload: int64(cmd.Int("max-upload")), HotCacheMB: cmd.Int("hot-cache-mb"),
+		MaxUpload: int64(cmd.Int("max-upload")), NearCacheMB: cmd.Int("near-cache-mb"),
 		Timeouts: listenerTimeouts(cmd),
 	}, log.With("id", id))
 	if err != nil {

@@ -189,7 +189,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		Gossip:   gossip.Config{BindAddr: fmt.Sprintf("%s:%d", host, base+200+replicas+1), Join: gossipAddrs, SecretKey: key},
 		Managers: clusterURLs, Secret: secret,
 		DB: filepath.Join(data, "frontend", "keys.db"), BlobDir: filepath.Join(data, "frontend", "blobs"),
-		MaxUpload: 10 << 20, HotCacheMB: 64, Timeouts: timeouts,
+		MaxUpload: 10 << 20, NearCacheMB: 64, Timeouts: timeouts,
 	}, log.With("id", "frontend"))
 	if err != nil {
 		stopAll()

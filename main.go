@@ -69,6 +69,15 @@ func renamedStringFlag(name, value, usage string, old ...string) *cli.StringFlag
 	return &cli.StringFlag{Name: name, Aliases: old, Value: value, Usage: usage, Sources: cli.EnvVars(envs...)}
 }
 
+// renamedIntFlag is renamedStringFlag for an int flag.
+func renamedIntFlag(name string, value int, usage string, old ...string) *cli.IntFlag {
+	envs := []string{envName(name)}
+	for _, o := range old {
+		envs = append(envs, envName(o))
+	}
+	return &cli.IntFlag{Name: name, Aliases: old, Value: value, Usage: usage, Sources: cli.EnvVars(envs...)}
+}
+
 // secretFileFlag is flag <name>-file, a file holding secret flag name: the
 // flag itself shows in ps and /proc/<pid>/cmdline, the file does not.
 func secretFileFlag(name string) *cli.StringFlag {

@@ -42,7 +42,7 @@ func BenchmarkImageGet100KB(b *testing.B) {
 	nodeSrv := httptest.NewServer(n.Handler())
 	defer nodeSrv.Close()
 	st := newStoresB(b)
-	f := New(Config{Secret: "s", HotCacheMB: 64}, st.blobs, st.index, slog.New(slog.DiscardHandler))
+	f := New(Config{Secret: "s", NearCacheMB: 64}, st.blobs, st.index, slog.New(slog.DiscardHandler))
 	view := pool.View{Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}}
 	view.Index, view.Epoch = 1, 0
 	view.Members = []pool.Member{{ID: "n1", HTTP: nodeSrv.URL}}

@@ -30,6 +30,7 @@ import (
 	"github.com/memcache/memcache/keyindex"
 	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/pki"
+	"github.com/memcache/memcache/region"
 )
 
 // MaxKeyBytes is the longest key accepted.
@@ -109,10 +110,10 @@ type Config struct {
 	InvalidateTimeout time.Duration
 	// WatchWait is how long one pool-state watch blocks. If zero, pool.DefaultWait.
 	WatchWait time.Duration
-	// HotCacheMB is the size of the frontend's own copy of popular images,
-	// always revalidated with the owner node before use (so it never serves
-	// what the node would not). 0 turns it off.
-	HotCacheMB int
+	// NearCacheMB is the size of the frontend's near-cache (near.go):
+	// copies of popular images served under the owner node's read leases,
+	// and revalidated with it once a lease has ended. 0 turns it off.
+	NearCacheMB int
 }
 
 // Frontend is the public side of memcache.
@@ -136,7 +137,7 @@ type Frontend struct {
 	deleteWake chan struct{} // wakes the delete worker; capacity 1
 	copyBufs   sync.Pool     // *[]byte buffers for streaming images
 	readBufs   sync.Pool     // *bytes.Buffer for node values of unknown size
-	hot        *node.Cache   // revalidated copies of images; nil when off
+	near       *near         // near.go; nil when off
 
 	// deletedGen is the newest delete-all generation this frontend has seen
 	// carried out (its rows gone); see fillGeneration.
@@ -172,8 +173,8 @@ func New(cfg Config, blobs Blobs, index Index, log *slog.Logger) *Frontend {
 		pages: parsePages(), viewReady: make(chan struct{}), deleteWake: make(chan struct{}, 1)}
 	f.copyBufs.New = func() any { b := make([]byte, 64<<10); return &b }
 	f.readBufs.New = func() any { return new(bytes.Buffer) }
-	if cfg.HotCacheMB > 0 {
-		f.hot, _ = node.NewCache(pool.CacheConfig{CapacityMB: min(cfg.HotCacheMB, pool.MaxCapacityMB), Policy: pool.LRU})
+	if cfg.NearCacheMB > 0 {
+		f.near = newNear(cfg.NearCacheMB, f.nodes, f.log)
 	}
 	if standalone {
 		f.storeView(pool.View{Members: []pool.Member{}})
@@ -220,12 +221,33 @@ func (f *Frontend) Run(ctx context.Context) {
 		defer close(deletes)
 		f.runDeletes(ctx)
 	}()
+	polls := make(chan struct{})
+	go func() {
+		defer close(polls)
+		if f.near != nil {
+			f.near.run(ctx)
+		}
+	}()
 	pool.Watch(ctx, pool.WatchConfig{Managers: f.cfg.Managers, Client: f.client, Wait: f.cfg.WatchWait}, f.log, f.setPool)
 	cancel()
 	<-deletes
+	<-polls
 }
 
 func (f *Frontend) setPool(st pool.View) {
+	if f.near != nil {
+		// A copy is served only from the key's owner; drop the others.
+		var moved uint16
+		if old := f.view(); old != nil {
+			for r := range region.Count {
+				if old.Regions[r] != st.Regions[r] || old.Since[r] != st.Since[r] {
+					moved |= 1 << r
+				}
+			}
+		}
+		f.near.dropRegions(moved)
+		f.near.follow(st.Members)
+	}
 	f.storeView(st)
 	f.log.Debug("pool state", "index", st.Index, "epoch", st.Epoch, "nodes", len(st.Members))
 	if st.DeleteGen > 0 {
@@ -306,6 +328,12 @@ func (f *Frontend) read(ctx context.Context, key string, stream bool, ifNoneMatc
 	v := f.view()
 	if v != nil {
 		if m, ok := v.Owner(key); ok {
+			if f.near != nil {
+				if img, ok := f.near.serve(key, m.HTTP); ok {
+					f.hits.Add(1)
+					return reading{Image: img, size: len(img.Data)}, nil
+				}
+			}
 			if r, ok := f.fromCache(ctx, m.HTTP, key, v.Epoch, stream, ifNoneMatch); ok {
 				f.hits.Add(1)
 				return r, nil
@@ -321,37 +349,53 @@ func (f *Frontend) read(ctx context.Context, key string, stream bool, ifNoneMatc
 }
 
 // fromCache makes the read's one GET at the owner node base, revalidating
-// the hot copy if there is one, else the client's copy named by
-// ifNoneMatch (so that a browser's revalidation moves no image bytes from
-// the node). Any failure is a miss: the stores answer instead.
+// the near-cache's copy from base if there is one (its lease has ended),
+// else the client's copy named by ifNoneMatch (so that a browser's
+// revalidation moves no image bytes from the node). With the near-cache
+// on, it asks for a read lease, and keeps the answer under it. Any failure
+// is a miss: the stores answer instead.
 func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64, stream bool, ifNoneMatch string) (reading, bool) {
-	hot, inHot := f.hotGet(key)
+	var held node.Item
+	inNear := false
+	var fetch *fetch
 	var opt node.GetOptions
-	if inHot {
-		opt.IfNoneMatch = hot.ETag
+	if f.near != nil {
+		held, inNear = f.near.copyOf(key, base)
+		opt.Holder, fetch = f.near.begin(key, base)
+	}
+	var kept *node.Item // what the near-cache installs when the fetch ends
+	var lease time.Duration
+	defer func() {
+		if f.near != nil {
+			f.near.end(fetch, base, kept, lease)
+		}
+	}()
+	if inNear {
+		opt.IfNoneMatch = held.ETag
 	} else {
 		opt.IfNoneMatch = nodeRevalidation(ifNoneMatch)
 	}
 	e, err := f.nodes.Get(ctx, base, key, epoch, opt)
-	if err == nil && e.NotModified && !inHot && opt.IfNoneMatch != "" {
+	if err == nil && e.NotModified && !inNear && opt.IfNoneMatch != "" {
 		return reading{Image: Image{ETag: opt.IfNoneMatch, FromCache: true}, notModified: true}, true
 	}
-	if err != nil || (e.NotModified && !inHot) {
+	if err != nil || (e.NotModified && !inNear) {
 		if err != nil && !errors.Is(err, node.ErrMiss) {
 			f.nodeErrors.Add(1)
 			f.log.Debug("cache node read failed", "node", base, "err", err)
 		}
-		if f.hot != nil {
-			f.hot.Delete(key)
+		if inNear {
+			f.near.drop(key)
 		}
 		return reading{}, false
 	}
 	if e.NotModified {
-		return reading{Image: Image{Data: hot.Value, ContentType: hot.ContentType, ETag: hot.ETag, FromCache: true}, size: len(hot.Value)}, true
+		kept, lease = &held, e.Lease
+		return reading{Image: Image{Data: held.Value, ContentType: held.ContentType, ETag: held.ETag, FromCache: true}, size: len(held.Value)}, true
 	}
 	img := Image{ContentType: e.ContentType, ETag: e.ETag, FromCache: true}
-	keepHot := f.hot != nil && e.Size >= 0 && e.Size <= f.hot.Capacity()/8
-	if stream && !keepHot && e.Size >= 0 {
+	keepNear := f.near != nil && e.Size >= 0 && e.Size <= f.near.cache.Capacity()/8
+	if stream && !keepNear && e.Size >= 0 {
 		return reading{Image: img, body: e.Body, size: int(e.Size)}, true
 	}
 	defer e.Body.Close()
@@ -362,8 +406,13 @@ func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64
 		return reading{}, false
 	}
 	img.Data = data
-	if keepHot {
-		f.hot.Put(key, node.Item{Value: img.Data, ContentType: img.ContentType, ETag: img.ETag})
+	if keepNear {
+		item := node.Item{Value: img.Data, ContentType: img.ContentType, ETag: img.ETag}
+		if fetch != nil && e.Lease > 0 {
+			kept, lease = &item, e.Lease
+		} else {
+			f.near.keep(key, base, item) // revalidated before use
+		}
 	}
 	return reading{Image: img, size: len(img.Data)}, true
 }
@@ -497,15 +546,6 @@ func (f *Frontend) fence(ctx context.Context, key string, opt node.FenceOptions)
 		return struct{}{}, err
 	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(f.cfg.InvalidateTimeout))
 	return err
-}
-
-// hotGet returns the hot cache's copy of key, if any.
-func (f *Frontend) hotGet(key string) (node.Item, bool) {
-	if f.hot == nil {
-		return node.Item{}, false
-	}
-	item, ok, _ := f.hot.Get(key)
-	return item, ok
 }
 
 // Get returns the image stored under key: from the owner node's cache when

@@ -115,7 +115,7 @@ func TestEveryEntryPointCountsOneGetAtTheNode(t *testing.T) {
 				st := newStores(t)
 				var sent bodyBytes
 				n, _, view := serveNode(t, node.Config{ID: "n1"}, sent.wrap)
-				f := New(Config{MaxUpload: 64 << 10, HotCacheMB: hot}, st.blobs, st.index, slog.New(slog.DiscardHandler))
+				f := New(Config{MaxUpload: 64 << 10, NearCacheMB: hot}, st.blobs, st.index, slog.New(slog.DiscardHandler))
 				f.setPool(view)
 				srv := httptest.NewServer(f.Handler())
 				defer srv.Close()
@@ -149,8 +149,8 @@ func TestEveryEntryPointCountsOneGetAtTheNode(t *testing.T) {
 					}
 					// The same without a hot copy: the client's ETag goes to
 					// the node, whose 304 is the answer.
-					if f.hot != nil {
-						f.hot.Delete("k")
+					if f.near != nil {
+						f.near.drop("k")
 					}
 					before, sentBefore := n.Counters(), sent.n.Load()
 					code, h2, body := get(t, srv.URL+"/images/k", "If-None-Match", h.Get("ETag"))
@@ -360,7 +360,7 @@ func TestUploadAnswers503WhenTheOldCopyCannotBeInvalidated(t *testing.T) {
 	for r := range m.Owners {
 		m.Owners[r], m.Since[r] = "n2", 5
 	}
-	if _, err := n.SetRegions(m); err != nil {
+	if _, err := n.SetRegions(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
 	before := n.Counters().Requests
@@ -388,7 +388,7 @@ func TestUploadAnswers503WhenTheOldCopyCannotBeInvalidated(t *testing.T) {
 		errc <- err
 	}()
 	waitfor.True(t, 5*time.Second, "a failed invalidation", func() bool { return f.nodeErrors.Load() > 0 })
-	if _, err := n.SetRegions(m); err != nil {
+	if _, err := n.SetRegions(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
 	v := view.Clone()

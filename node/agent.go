@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 
 	"github.com/memcache/memcache/internal/pool"
@@ -11,9 +12,13 @@ import (
 // and the clear-caches and delete-all generations (a node that was away
 // still clears when it learns a generation moved). A clear raises the
 // node's floor to the view's Generation, fencing fills made before it.
+//
+// A clear or a region loss first revokes the read leases it affects
+// (readlease.go): ApplyPool returns once that is done.
 func (n *Node) ApplyPool(st pool.View) {
+	ctx := context.Background()
 	if st.Epoch > 0 {
-		_, err := n.SetRegions(Regions{Epoch: st.Epoch, Owners: st.Regions, Since: st.Since})
+		_, err := n.SetRegions(ctx, Regions{Epoch: st.Epoch, Owners: st.Regions, Since: st.Since})
 		if err != nil && !errors.Is(err, ErrStaleRegions) {
 			n.log.Error("applying region map", "err", err)
 		}
@@ -31,7 +36,7 @@ func (n *Node) ApplyPool(st pool.View) {
 	n.clearGen, n.deleteGen = max(n.clearGen, st.ClearGen), max(n.deleteGen, st.DeleteGen)
 	n.mu.Unlock()
 	if clear {
-		n.ClearAt(st.Generation())
+		n.ClearAt(ctx, st.Generation())
 		n.log.Info("cache cleared", "clear_gen", st.ClearGen, "delete_gen", st.DeleteGen)
 	}
 }

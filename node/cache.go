@@ -33,6 +33,11 @@ type Item struct {
 	// Version is the key index version of the value (0: unversioned). A
 	// versioned Put never replaces a newer version.
 	Version uint64
+	// LeaseEnd and Source are a frontend near-cache's (unused by nodes):
+	// when the read lease on the copy ends, in nanoseconds on the
+	// frontend's monotonic clock, and the node that granted it.
+	LeaseEnd int64
+	Source   string
 }
 
 // numShards is the number of independently locked parts of the key space.

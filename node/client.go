@@ -146,6 +146,10 @@ type Entry struct {
 	// Body streams the value; the caller must close it. Reading it is
 	// bounded by ClientConfig.BodyTimeout, from when the headers arrived.
 	Body io.ReadCloser
+	// Lease is the read lease the node granted GetOptions.Holder (0: none),
+	// counted from when the node read the value: the caller may serve its
+	// copy until Lease after it sent the request.
+	Lease time.Duration
 }
 
 // GetOptions are the optional parts of a Get.
@@ -153,6 +157,9 @@ type GetOptions struct {
 	// IfNoneMatch is the ETag of a copy the caller holds: a node holding
 	// the same answers NotModified and moves no bytes.
 	IfNoneMatch string
+	// Holder, if set, asks for a read lease for this near-cache holder
+	// (see Poll).
+	Holder string
 }
 
 // Get asks the node at base for key, sending the caller's epoch. A miss is
@@ -163,6 +170,9 @@ func (c *Client) Get(ctx context.Context, base, key string, epoch uint64, opt Ge
 	hdr := http.Header{HeaderEpoch: {strconv.FormatUint(epoch, 10)}}
 	if opt.IfNoneMatch != "" {
 		hdr.Set("If-None-Match", opt.IfNoneMatch)
+	}
+	if opt.Holder != "" {
+		hdr[HeaderReadLease] = []string{opt.Holder}
 	}
 	resp, d, err := c.send(ctx, http.MethodGet, keyURL(base, key), hdr, nil)
 	if err != nil {
@@ -179,6 +189,11 @@ func (c *Client) Get(ctx context.Context, base, key string, epoch uint64, opt Ge
 		return nil, statusError(resp, d)
 	}
 	e := &Entry{ETag: resp.Header.Get("ETag"), ContentType: resp.Header.Get("Content-Type"), Size: resp.ContentLength}
+	if v := resp.Header.Get(HeaderReadLeaseMs); v != "" {
+		if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms > 0 && ms <= MaxReadLease.Milliseconds() {
+			e.Lease = time.Duration(ms) * time.Millisecond
+		}
+	}
 	if resp.StatusCode == http.StatusNotModified {
 		drain(resp, d)
 		e.NotModified, e.ContentType, e.Size = true, "", -1
@@ -264,6 +279,27 @@ func (c *Client) Fence(ctx context.Context, base, key string, opt FenceOptions) 
 func (c *Client) Invalidate(ctx context.Context, base, key string, epoch uint64) error {
 	hdr := http.Header{HeaderEpoch: {strconv.FormatUint(epoch, 10)}}
 	return c.call(ctx, http.MethodDelete, keyURL(base, key), hdr, nil, nil)
+}
+
+// Poll is a read lease holder's poll of the node at base (readlease.go):
+// it acknowledges the revocations up to ack, reports hits reads served
+// from the holder's copies, and returns the revocations queued, waiting
+// for one until the node's poll wait ends (up to wait plus Timeout).
+func (c *Client) Poll(ctx context.Context, base, holder string, ack, hits uint64, wait time.Duration) (Poll, error) {
+	u := fmt.Sprintf("%s/leases/%s?ack=%d&hits=%d", base, url.PathEscape(holder), ack, hits)
+	var p Poll
+	resp, d, err := c.sendWithin(ctx, http.MethodGet, u, nil, nil, wait+c.timeout)
+	if err != nil {
+		return Poll{}, err
+	}
+	if !ok(resp) {
+		return Poll{}, statusError(resp, d)
+	}
+	defer drain(resp, d)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&p); err != nil {
+		return Poll{}, fmt.Errorf("cache node poll: %w", err)
+	}
+	return p, nil
 }
 
 // Clear empties the cache of the node at base and raises its floor to
@@ -364,9 +400,14 @@ func (c *Client) call(ctx context.Context, method, u string, hdr http.Header, bo
 // status, with the deadline of the call, which runs Timeout from now
 // (cut short by ctx's) and which the caller ends once done with the body.
 func (c *Client) send(ctx context.Context, method, u string, hdr http.Header, body []byte) (*http.Response, *deadline, error) {
+	return c.sendWithin(ctx, method, u, hdr, body, c.timeout)
+}
+
+// sendWithin is send with the answer bounded by timeout.
+func (c *Client) sendWithin(ctx context.Context, method, u string, hdr http.Header, body []byte, timeout time.Duration) (*http.Response, *deadline, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	d := &deadline{c: c, cancel: cancel}
-	d.timer = time.AfterFunc(c.timeout, d.fire)
+	d.timer = time.AfterFunc(timeout, d.fire)
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)

@@ -49,7 +49,7 @@ func ownAllSince(t *testing.T, n *Node, epoch uint64) {
 	for r := range m.Owners {
 		m.Owners[r], m.Since[r] = "A", epoch
 	}
-	if _, err := n.SetRegions(m); err != nil {
+	if _, err := n.SetRegions(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
 }

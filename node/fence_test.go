@@ -165,7 +165,7 @@ func TestFenceByVersionTooLargeClearAndExpiry(t *testing.T) {
 	}
 	wantStatus(t, "fill v3 after v4", fn.write("v3", 3, "", true), ErrExists)
 
-	fn.n.ClearAt(1)
+	fn.n.ClearAt(context.Background(), 1)
 	fn.gen = 1
 	wantStatus(t, "fill v1 after a clear", fn.write("v1", 1, "", true), nil)
 

@@ -62,6 +62,12 @@ const maxJSONBody = 64 << 10
 //	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
 //	GET    /regions      the region map held; PUT /regions installs a newer one
 //	GET    /stats        cumulative counters, occupancy and recent samples (?since=RFC3339)
+//	GET    /leases/{holder}?ack=N&hits=H  a near-cache's poll: the read lease revocations
+//	                     queued for the holder, waiting for one (readlease.go); a GET of
+//	                     /cache/{key} with X-Memcache-Read-Lease: {holder} is granted a lease
+//	                     (X-Memcache-Read-Lease-Ms); PUT (but a fill), DELETE of a key, a clear
+//	                     and a region loss revoke the leases they affect before they answer,
+//	                     or answer 503 having changed nothing
 //	GET    /healthz, /readyz, /metrics
 //
 // Every /cache/{key} request may carry the caller's epoch (X-Memcache-Epoch):
@@ -95,6 +101,7 @@ func (n *Node) Handler() http.Handler {
 		r.Get("/regions", n.handleGetRegions)
 		r.Put("/regions", n.handlePutRegions)
 		r.Get("/stats", n.handleStats)
+		r.Get("/leases/*", n.handlePoll)
 	})
 	return r
 }
@@ -166,6 +173,11 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 	if !n.checkRoute(w, r, key) || !n.checkLease(w) {
 		return
 	}
+	// A read lease is recorded before the value is read (readlease.go).
+	var lease time.Duration
+	if id := r.Header.Get(HeaderReadLease); id != "" && validHolder(id) {
+		lease = n.reads.grant(id, key, region.Of(key))
+	}
 	item, ok, err := n.cache.Get(key)
 	switch {
 	case errors.Is(err, ErrNotOwner):
@@ -179,6 +191,9 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := w.Header()
+	if lease > 0 {
+		h[HeaderReadLeaseMs] = []string{strconv.FormatInt(lease.Milliseconds(), 10)}
+	}
 	// A caller holding a copy revalidates it: 304 moves no bytes.
 	if inm := r.Header.Get("If-None-Match"); inm != "" && item.ETag != "" && inm == item.ETag {
 		h["Etag"] = []string{item.ETag}
@@ -234,15 +249,25 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 	fill := r.Header.Get("If-None-Match") == "*"
 	item := Item{Value: value, ContentType: r.Header.Get("Content-Type"), ETag: r.Header.Get(HeaderETag), Version: version}
 	stored := true
-	ran, floor := n.fill(gen, func() {
-		admitted := n.admit(key, version, token, fill, func() bool {
-			stored, err = n.cache.put(key, item, fill)
-			return stored
+	var ran bool
+	var floor uint64
+	write := func() {
+		ran, floor = n.fill(gen, func() {
+			admitted := n.admit(key, version, token, fill, func() bool {
+				stored, err = n.cache.put(key, item, fill)
+				return stored
+			})
+			if !admitted && err == nil {
+				stored = false
+			}
 		})
-		if !admitted && err == nil {
-			stored = false
-		}
-	})
+	}
+	if fill {
+		write() // a fill changes no holder's copy (readlease.go)
+	} else if rerr := n.reads.revokeKey(r.Context(), key, write); rerr != nil {
+		n.refuseUnrevoked(w, rerr)
+		return
+	}
 	switch {
 	case !ran:
 		jsonhttp.Error(w, http.StatusConflict, "fill of cache generation %d refused: the node cleared its cache at generation %d since (the value may predate a clear or delete-all); not cached", gen, floor)
@@ -311,15 +336,21 @@ func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 	if (token != "" || version > 0) && !n.checkLease(w) {
 		return
 	}
-	switch {
-	case token != "" && version > 0:
-		n.release(key, token, version)
-	case token != "":
-		n.block(key, token)
-	case version > 0:
-		n.raise(key, version)
-	default:
-		n.cache.Delete(key)
+	err = n.reads.revokeKey(r.Context(), key, func() {
+		switch {
+		case token != "" && version > 0:
+			n.release(key, token, version)
+		case token != "":
+			n.block(key, token)
+		case version > 0:
+			n.raise(key, version)
+		default:
+			n.cache.Delete(key)
+		}
+	})
+	if err != nil {
+		n.refuseUnrevoked(w, err)
+		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -330,8 +361,18 @@ func (n *Node) handleClear(w http.ResponseWriter, r *http.Request) {
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	n.ClearAt(gen)
+	if err := n.ClearAt(r.Context(), gen); err != nil {
+		n.refuseUnrevoked(w, err)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// refuseUnrevoked answers 503 for a change not made: the caller gave up
+// before the read leases on what it changes were revoked.
+func (n *Node) refuseUnrevoked(w http.ResponseWriter, err error) {
+	w.Header().Set("Retry-After", "1")
+	jsonhttp.Error(w, http.StatusServiceUnavailable, "%v; nothing was changed", err)
 }
 
 func (n *Node) handleGetConfig(w http.ResponseWriter, _ *http.Request) {
@@ -386,7 +427,12 @@ func (n *Node) handlePutRegions(w http.ResponseWriter, r *http.Request) {
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	dropped, err := n.SetRegions(m)
+	dropped, err := n.SetRegions(r.Context(), m)
+	if errors.Is(err, ErrRevocation) {
+		w.Header().Set("Retry-After", "1")
+		jsonhttp.Error(w, http.StatusServiceUnavailable, "region map epoch %d applied, but %v: send it again to wait for them", m.Epoch, err)
+		return
+	}
 	if err != nil {
 		jsonhttp.Error(w, http.StatusConflict, "%v", err)
 		return

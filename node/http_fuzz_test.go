@@ -3,6 +3,7 @@ package node
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -61,10 +62,10 @@ func fuzzNode(t *testing.T) (*Node, []string) {
 			m.Owners[r], m.Since[r] = "n1", uint64(2+r%4)
 		}
 	}
-	if _, err := n.SetRegions(m); err != nil {
+	if _, err := n.SetRegions(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
-	n.ClearAt(3)
+	n.ClearAt(context.Background(), 3)
 	var keys []string
 	for i := 0; len(keys) < 4; i++ {
 		k := "key-" + strconv.Itoa(i)

@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -280,7 +281,7 @@ func TestNodeDropsRegionLostAndRegainedWhileAway(t *testing.T) {
 	for r := range m.Owners {
 		m.Owners[r], m.Since[r] = "A", 1
 	}
-	n.SetRegions(m)
+	n.SetRegions(context.Background(), m)
 	k5, k6 := keysIn(5, 3), keysIn(6, 3)
 	for _, k := range append(append([]string{}, k5...), k6...) {
 		n.cache.Put(k, Item{Value: []byte("v")})
@@ -288,7 +289,7 @@ func TestNodeDropsRegionLostAndRegainedWhileAway(t *testing.T) {
 	// The node misses epochs 2 (region 5 to B) and 3 (region 5 back to A): the
 	// map at epoch 3 says A has owned region 5 only since 3.
 	m.Epoch, m.Since[5] = 3, 3
-	dropped, err := n.SetRegions(m)
+	dropped, err := n.SetRegions(context.Background(), m)
 	if err != nil || dropped != 3 {
 		t.Fatalf("SetRegions: dropped %d, err %v; want 3, nil", dropped, err)
 	}
@@ -358,7 +359,7 @@ func TestConditionalFillAndOwnershipEpoch(t *testing.T) {
 	for r := range m.Owners {
 		m.Owners[r], m.Since[r] = "A", 3
 	}
-	if _, err := n.SetRegions(m); err != nil {
+	if _, err := n.SetRegions(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
 	if r := do(t, "PUT", u, []byte("old"), HeaderEpoch, "2"); r.code != http.StatusConflict {

@@ -43,6 +43,17 @@ type Config struct {
 	// Secret, if set, is the cluster secret every cache and control request
 	// must carry (auth.Header); /healthz, /readyz and /metrics stay open.
 	Secret string
+	// ReadLease is the longest read lease the node grants a frontend's
+	// near-cache (readlease.go), at most MaxReadLease; 0 grants none.
+	ReadLease time.Duration
+	// ReadLeaseGrace is how long after it starts the node makes no change
+	// that revokes read leases: leases its previous run granted at the
+	// same address may still be held. If zero, ReadLease; negative, none
+	// (a node that certainly had no previous run).
+	ReadLeaseGrace time.Duration
+	// PollWait is how long a read lease holder's poll waits for a
+	// revocation before it answers empty. If zero, 2 s.
+	PollWait time.Duration
 }
 
 // Node is a cache node: a cache, the regions it owns, and its statistics.
@@ -75,6 +86,10 @@ type Node struct {
 
 	fences *fences // fence.go
 
+	reads    *readLeases // readlease.go; nil when off
+	pollWait time.Duration
+	nearHits atomic.Uint64 // reads holders served from their copies, as they reported
+
 	registry *prometheus.Registry
 	latency  *prometheus.HistogramVec
 }
@@ -97,7 +112,17 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{id: cfg.ID, secret: cfg.Secret, log: log, cache: cache, start: time.Now(), fences: newFences()}
+	if cfg.PollWait <= 0 {
+		cfg.PollWait = 2 * time.Second
+	}
+	n := &Node{id: cfg.ID, secret: cfg.Secret, log: log, cache: cache, start: time.Now(), fences: newFences(), pollWait: cfg.PollWait}
+	if cfg.ReadLease > 0 {
+		grace := cfg.ReadLeaseGrace
+		if grace == 0 {
+			grace = cfg.ReadLease
+		}
+		n.reads = newReadLeases(cfg.ReadLease, max(grace, 0), n.leaseRemaining)
+	}
 	for r := range n.regions.Owners {
 		n.regions.Owners[r] = cfg.ID
 	}
@@ -112,8 +137,8 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		n.latency,
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_hits_total", Help: "Cache GETs that found the key."},
-			func() float64 { return float64(n.cache.hits.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_hits_total", Help: "Cache GETs that found the key, and reads frontends served from their near-caches under its read leases."},
+			func() float64 { return float64(n.cache.hits.Load() + n.nearHits.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_misses_total", Help: "Cache GETs that did not find the key."},
 			func() float64 { return float64(n.cache.misses.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_evictions_total", Help: "Entries evicted to make room."},
@@ -145,7 +170,9 @@ func (n *Node) Run(ctx context.Context) { n.sampler.run(ctx) }
 
 // Counters returns the node's cumulative statistics.
 func (n *Node) Counters() Counters {
-	h, m := n.cache.hits.Load(), n.cache.misses.Load()
+	// A read a frontend served from its near-cache under a read lease is
+	// a hit of this node's (reported on the holder's next poll).
+	h, m := n.cache.hits.Load()+n.nearHits.Load(), n.cache.misses.Load()
 	return Counters{
 		Hits: h, Misses: m, Gets: h + m,
 		Requests: n.requests.Load(),
@@ -182,12 +209,18 @@ func (n *Node) Floor() uint64 {
 // ClearAt empties the cache and raises the node's floor to gen (if it is
 // higher): from then on a fill stamped with a generation below the floor
 // is refused, since it may carry what the clear removed.
-func (n *Node) ClearAt(gen uint64) {
-	n.genMu.Lock()
-	defer n.genMu.Unlock()
-	n.floor = max(n.floor, gen)
-	n.cache.Clear()
-	n.clearFences()
+//
+// First it revokes every read lease it granted (readlease.go), waiting for
+// each holder's acknowledgement or for its lease to end; if ctx ends
+// before, nothing is cleared and the error wraps ErrRevocation.
+func (n *Node) ClearAt(ctx context.Context, gen uint64) error {
+	return n.reads.revokeAll(ctx, func() {
+		n.genMu.Lock()
+		defer n.genMu.Unlock()
+		n.floor = max(n.floor, gen)
+		n.cache.Clear()
+		n.clearFences()
+	})
 }
 
 // fill runs store unless gen is below the floor, holding the floor steady
@@ -212,14 +245,28 @@ func (n *Node) Epoch() uint64 { return n.epoch.Load() }
 // entries from the earlier ownership may be stale). A map with an epoch not
 // newer than the held one is refused with ErrStaleRegions, except an equal
 // identical map, which is accepted as a no-op. It returns the entries dropped.
-func (n *Node) SetRegions(m Regions) (int, error) {
+//
+// Having applied the map, it revokes the read leases on the regions it
+// lost or reset and waits until their holders acknowledge or the leases
+// end, or ctx ends (then the error wraps ErrRevocation; the map stays).
+func (n *Node) SetRegions(ctx context.Context, m Regions) (int, error) {
+	dropped, revoke, err := n.setRegions(m)
+	if err != nil {
+		return 0, err
+	}
+	return dropped, n.reads.revokeRegions(ctx, revoke, nil)
+}
+
+// setRegions installs m (see SetRegions) and returns the entries dropped
+// and the regions whose read leases must be revoked.
+func (n *Node) setRegions(m Regions) (int, uint16, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if m.Epoch < n.regions.Epoch || (m.Epoch == n.regions.Epoch && m != n.regions) {
-		return 0, fmt.Errorf("%w: got epoch %d, hold %d", ErrStaleRegions, m.Epoch, n.regions.Epoch)
+		return 0, 0, fmt.Errorf("%w: got epoch %d, hold %d", ErrStaleRegions, m.Epoch, n.regions.Epoch)
 	}
 	if m == n.regions {
-		return 0, nil
+		return 0, 0, nil
 	}
 	var mask, reset uint16
 	for r, owner := range m.Owners {
@@ -231,9 +278,15 @@ func (n *Node) SetRegions(m Regions) (int, error) {
 			reset |= 1 << r
 		}
 	}
+	held := uint16(0)
+	for r, owner := range n.regions.Owners {
+		if owner == n.id {
+			held |= 1 << r
+		}
+	}
 	dropped := n.cache.SetOwned(mask, reset)
 	n.regions = m
 	n.epoch.Store(m.Epoch)
 	n.log.Info("region map applied", "epoch", m.Epoch, "owned", region.Map(m.Owners).Owned(n.id), "dropped", dropped)
-	return dropped, nil
+	return dropped, (held &^ mask) | reset, nil
 }

@@ -98,7 +98,7 @@ func imageSource(t testing.TB, base, key string) ([]byte, string) {
 func runEndToEnd(t *testing.T, db string, s3 *blob.S3Config) {
 	tc := startSystem(t, 3, 2*time.Second)
 	ms := tc.Managers
-	o := role.FrontendConfig{DB: db, BlobDir: filepath.Join(t.TempDir(), "blobs"), HotCacheMB: 64}
+	o := role.FrontendConfig{DB: db, BlobDir: filepath.Join(t.TempDir(), "blobs"), NearCacheMB: 64}
 	if s3 != nil {
 		o.S3 = *s3
 	}

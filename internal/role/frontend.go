@@ -61,9 +61,10 @@ type FrontendConfig struct {
 	S3 blob.S3Config
 	// MaxUpload is the largest accepted image, in bytes. If zero, 10 MB.
 	MaxUpload int64
-	// HotCacheMB is the size of the frontend's revalidated copy of popular
-	// images. 0 turns it off.
-	HotCacheMB int
+	// NearCacheMB is the size of the frontend's near-cache: copies of
+	// popular images served under the owner node's read leases
+	// (frontend.Config.NearCacheMB). 0 turns it off.
+	NearCacheMB int
 	// WatchWait is how long one pool-state watch request blocks. If zero, pool.DefaultWait.
 	WatchWait time.Duration
 	// Timeouts bounds what one connection may hold on the listeners, and
@@ -154,7 +155,7 @@ func StartFrontend(ctx context.Context, cfg FrontendConfig, log *slog.Logger) (*
 		return append(append([]string(nil), cfg.Managers...), g.HTTPURLs(gossip.RoleManager)...)
 	}
 	fe := frontend.New(frontend.Config{MaxUpload: cfg.MaxUpload, Secret: cfg.Secret, TLS: cfg.TLS, Managers: managers,
-		HotCacheMB: cfg.HotCacheMB, WatchWait: cfg.WatchWait}, blobs, index, log)
+		NearCacheMB: cfg.NearCacheMB, WatchWait: cfg.WatchWait}, blobs, index, log)
 	runCtx, stop := context.WithCancel(context.Background())
 	p := &Frontend{fe: fe, url: url, clusterURL: clusterURL, gossip: g, index: index, log: log, stop: stop,
 		srv: newServer(fe.Handler(), cfg.Timeouts, log), internal: newServer(fe.InternalHandler(), cfg.Timeouts, log)}

@@ -51,6 +51,10 @@ type NodeConfig struct {
 	SampleInterval time.Duration
 	// WatchWait is how long one pool-state watch request blocks. If zero, pool.DefaultWait.
 	WatchWait time.Duration
+	// ReadLease is the longest read lease the node grants frontends'
+	// near-caches (node.Config.ReadLease). If zero, DefaultReadLease;
+	// negative grants none.
+	ReadLease time.Duration
 	// CloudWatch, if set, makes the node also publish every sample with
 	// PutMetricData (credentials and region from the AWS SDK's default
 	// chain). Its Interval, if zero, is SampleInterval.
@@ -125,7 +129,8 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	if ec2ID != nil {
 		log.Info("EC2 instance identity", "instance_id", ec2ID.InstanceID, "local_ipv4", ec2ID.LocalIPv4, "local_hostname", ec2ID.LocalHostname)
 	}
-	n, err := node.New(node.Config{ID: cfg.Name, Cache: cfg.Cache, SampleInterval: cfg.SampleInterval, Secret: cfg.Secret}, log)
+	n, err := node.New(node.Config{ID: cfg.Name, Cache: cfg.Cache, SampleInterval: cfg.SampleInterval, Secret: cfg.Secret,
+		ReadLease: readLease(cfg.ReadLease)}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -222,4 +227,21 @@ func (s *Node) Close(ctx context.Context) error {
 		}
 	})
 	return s.closeErr
+}
+
+// DefaultReadLease is the read lease a node grants unless configured: a
+// write waits at most this long for a frontend it cannot reach, and a
+// frontend revalidates a popular image this often.
+const DefaultReadLease = time.Second
+
+// readLease returns the node's read lease for a configured d (see
+// NodeConfig.ReadLease).
+func readLease(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return DefaultReadLease
+	case d < 0:
+		return 0
+	}
+	return d
 }
