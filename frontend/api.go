@@ -134,9 +134,9 @@ func (f *Frontend) apiKey(w http.ResponseWriter, r *http.Request) {
 // serveImage serves GET /images/{key}: the bytes with their content type
 // and ETag, or 304 when If-None-Match matches. It makes one read (one GET
 // at the owner node, which revalidates the client's copy when the frontend
-// holds none: a browser's revalidation moves no image bytes); a cache hit
-// too large for the hot cache is streamed from the node to the client
-// without being buffered here.
+// holds none: a browser's revalidation moves no image bytes), or none when
+// the near-cache answers; a cache hit too large for the near-cache is
+// streamed from the node to the client without being buffered here.
 func (f *Frontend) serveImage(w http.ResponseWriter, r *http.Request) {
 	key, err := pathKey(r, "/images/")
 	if err != nil {

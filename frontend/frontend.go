@@ -312,13 +312,14 @@ func (r reading) close() {
 }
 
 // read is the one read path behind every entry point (/images, /api/key,
-// the retrieve page): it asks key's owner node once — revalidating the
-// frontend's hot copy if it has one, else the client's copy named by
+// the retrieve page): it answers from the near-cache when a copy's read
+// lease holds, else asks key's owner node once — revalidating the
+// near-cache's copy if it has one, else the client's copy named by
 // ifNoneMatch (its If-None-Match; "" if none) — so a read counts exactly one
 // GET and at most one miss at the node; on a miss or a node failure the
 // stores answer and the owner is filled. Before the first pool view it
 // reads the stores only and fills nothing. With stream set, a hit too large
-// for the hot cache is left in body to stream; otherwise the image is in
+// for the near-cache is left in body to stream; otherwise the image is in
 // Data, or, if the node found the client's copy current, the reading is
 // notModified.
 func (f *Frontend) read(ctx context.Context, key string, stream bool, ifNoneMatch string) (reading, error) {
