@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -14,7 +15,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/memcache/memcache/auth"
 	"github.com/memcache/memcache/internal/benchload"
 	"github.com/memcache/memcache/internal/pool"
 )
@@ -179,6 +182,116 @@ func BenchmarkClientGetMiss(b *testing.B) {
 	for b.Loop() {
 		if _, err := c.Get(ctx, srv.URL, "absent", 0, GetOptions{}); !errors.Is(err, ErrMiss) {
 			b.Fatalf("Get of an absent key: %v, want ErrMiss", err)
+		}
+	}
+}
+
+// discardWriter is an http.ResponseWriter that keeps the status and drops
+// the body; reset clears its header map keeping its storage, so a benchmark
+// counts only the handler's own allocations.
+type discardWriter struct {
+	h      http.Header
+	status int
+	n      int
+}
+
+func (w *discardWriter) Header() http.Header { return w.h }
+func (w *discardWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+}
+
+func (w *discardWriter) Write(p []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	w.n += len(p)
+	return len(p), nil
+}
+
+func (w *discardWriter) reset() { clear(w.h); w.status, w.n = 0, 0 }
+
+// BenchmarkHandlerGetHit serves GET /cache/{key} hits through the node's
+// whole handler (routing, the cluster secret, the role check, the timing
+// and the epoch check) as a frontend sends them, and reports allocations
+// per request: what the node's own code costs beside net/http's.
+func BenchmarkHandlerGetHit(b *testing.B) {
+	const secret = "3f1c9a0b7e5d42c8a6f01b2d3e4c5a6978f0e1d2c3b4a596" // as long as `memcache up` makes
+	for _, sz := range sizes {
+		b.Run(sz.name, func(b *testing.B) {
+			n, err := New(Config{ID: "bench", Secret: secret, Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}}, slog.New(slog.DiscardHandler))
+			if err != nil {
+				b.Fatal(err)
+			}
+			n.cache.Put("images/cat.png", Item{Value: make([]byte, sz.n), ContentType: "image/png", ETag: `"0123456789abcdef"`})
+			h := n.Handler()
+			req := httptest.NewRequest(http.MethodGet, "/cache/images%2Fcat.png", nil)
+			req.Header.Set(auth.Header, secret)
+			req.Header.Set(HeaderEpoch, "0")
+			w := &discardWriter{h: make(http.Header)}
+			b.ReportAllocs()
+			for b.Loop() {
+				w.reset()
+				h.ServeHTTP(w, req)
+				if w.status != http.StatusOK || w.n != sz.n {
+					b.Fatalf("GET: status %d, %d bytes; want 200, %d bytes", w.status, w.n, sz.n)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkClientGetHit measures Client.Get of a cached value, body read,
+// from 16 goroutines over one transport, as a frontend reads: over
+// HTTP/1.1 (a connection per concurrent request, kept alive; what the
+// node client uses) and over HTTP/2 without TLS (h2c: every request
+// multiplexed on one connection). Client and node share the 2 cores, so
+// ns/op is the cost of a GET to both.
+func BenchmarkClientGetHit(b *testing.B) {
+	const secret = "3f1c9a0b7e5d42c8a6f01b2d3e4c5a6978f0e1d2c3b4a596"
+	for _, sz := range sizes {
+		for _, proto := range []string{"http1", "h2c"} {
+			b.Run(sz.name+"/"+proto, func(b *testing.B) {
+				n, err := New(Config{ID: "bench", Secret: secret, Cache: pool.CacheConfig{CapacityMB: 64, Policy: pool.LRU}}, slog.New(slog.DiscardHandler))
+				if err != nil {
+					b.Fatal(err)
+				}
+				n.cache.Put("cat.png", Item{Value: make([]byte, sz.n), ContentType: "image/png", ETag: `"x"`})
+				srv := httptest.NewUnstartedServer(n.Handler())
+				srv.Config.Protocols = new(http.Protocols)
+				srv.Config.Protocols.SetHTTP1(true)
+				srv.Config.Protocols.SetUnencryptedHTTP2(true)
+				srv.Start()
+				defer srv.Close()
+				tr := http.DefaultTransport.(*http.Transport).Clone()
+				tr.MaxIdleConnsPerHost = 64
+				if proto == "h2c" {
+					tr.Protocols = new(http.Protocols)
+					tr.Protocols.SetUnencryptedHTTP2(true)
+				}
+				defer tr.CloseIdleConnections()
+				// Generous deadlines: a busy machine must not fail the run.
+				c := NewClient(ClientConfig{HTTPClient: &http.Client{Transport: &auth.Transport{Secret: secret, Base: tr}}, Timeout: time.Minute})
+				b.SetBytes(int64(sz.n))
+				b.ReportAllocs()
+				b.SetParallelism(8) // 16 goroutines on 2 cores
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					buf := make([]byte, 32<<10)
+					for pb.Next() {
+						e, err := c.Get(context.Background(), srv.URL, "cat.png", 0, GetOptions{})
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						got, _ := io.CopyBuffer(io.Discard, e.Body, buf)
+						e.Body.Close()
+						if got != int64(sz.n) {
+							b.Errorf("read %d bytes, want %d", got, sz.n)
+							return
+						}
+					}
+				})
+			})
 		}
 	}
 }
