@@ -24,10 +24,10 @@ func TestMemoryLimit(t *testing.T) {
 		want           int64
 	}{
 		{"empty cache", 128 * mib, 0, 152 * mib},
-		{"full cache of 100 KB values", 128 * mib, 137 * mib, 152 * mib},
+		{"cache of 100 KB values filling", 128 * mib, 130 * mib, 152 * mib},
+		{"full cache of 100 KB values", 128 * mib, 137 * mib, 137*mib + 137*mib/24 + 12*mib},
 		{"largest capacity", 1024 * mib, 0, 1104 * mib},
-		{"live heap above the allowance", 64 * mib, 200 * mib, 200*mib + 200*mib/32 + 10*mib},
-		{"live heap just above", 128 * mib, 140 * mib, 140*mib + 140*mib/32 + 10*mib},
+		{"live heap above the allowance", 64 * mib, 200 * mib, 200*mib + 200*mib/24 + 12*mib},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := MemoryLimit(tc.capacity, tc.live); got != tc.want {
@@ -134,7 +134,7 @@ func TestMemoryGovernorFollowsCapacity(t *testing.T) {
 		g.Run(ctx, c)
 	}()
 	live.Store(400 * mib)
-	want := int64(400*mib + 400*mib/32 + 10*mib)
+	want := int64(400*mib + 400*mib/24 + 12*mib)
 	waitfor.True(t, 10*time.Second, "the limit to follow a live heap of 400 MiB", func() bool { l, _ := fake.get(); return l == want })
 
 	// Run ends: the process's limit is restored and the cache no longer
