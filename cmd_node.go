@@ -40,6 +40,8 @@ func nodeCommand() *cli.Command {
 			secretFileFlag("cluster-secret"),
 			intFlag("capacity-mb", 64, "cache capacity in MB, 1..1024"),
 			stringFlag("policy", "LRU", "replacement policy: LRU or RR (random)"),
+			&cli.BoolFlag{Name: "memory-limit", Value: true, Sources: cli.EnvVars(envName("memory-limit")),
+				Usage: "set the Go runtime's soft memory limit from the cache capacity (capacity + 1/16 + 16 MiB, never less than the live heap + 1/24 + 12 MiB) and follow its changes, so a full cache that evicts does not hold up to twice its size; a GOMEMLIMIT in the environment wins"},
 			stringFlag("metrics", "embedded", "embedded (managers scrape /stats) or cloudwatch (also publish every sample with PutMetricData)"),
 			stringFlag("cloudwatch-namespace", "Memcache", "CloudWatch namespace (with --metrics cloudwatch)"),
 			stringFlag("cloudwatch-pool", "default", "value of the Pool dimension in CloudWatch"),
@@ -84,6 +86,13 @@ func runNode(ctx context.Context, cmd *cli.Command) error {
 	}
 	if d := cmd.Duration("read-lease"); d < 0 || d > node.MaxReadLease {
 		return fmt.Errorf("--read-lease %v: want 0 (none) up to %v", d, node.MaxReadLease)
+	}
+	if cmd.Bool("memory-limit") {
+		if v := os.Getenv("GOMEMLIMIT"); v != "" {
+			log.Info("GOMEMLIMIT is set: the node leaves the memory limit to it", "gomemlimit", v)
+		} else {
+			cfg.MemoryLimit = true
+		}
 	}
 	if cmd.Bool("ec2-identity") {
 		cfg.EC2Identity = &ec2meta.Config{}

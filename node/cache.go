@@ -138,7 +138,8 @@ type Cache struct {
 	misses    atomic.Uint64
 	evictions atomic.Uint64
 
-	writeMu sync.Mutex // serialises every operation that adds bytes or evicts
+	writeMu    sync.Mutex  // serialises every operation that adds bytes or evicts
+	onCapacity func(int64) // called on every capacity change; guarded by writeMu
 }
 
 // NewCache returns an empty cache with configuration cfg that owns every region.
@@ -397,10 +398,34 @@ func (c *Cache) SetConfig(cfg pool.CacheConfig) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	c.policy.Store(cfg.Policy)
-	c.capacity.Store(int64(cfg.CapacityMB) << 20)
+	capacity := int64(cfg.CapacityMB) << 20
+	grow := capacity > c.capacity.Load()
+	if grow && c.onCapacity != nil {
+		c.onCapacity(capacity) // before the cache may hold more
+	}
+	changed := capacity != c.capacity.Load()
+	c.capacity.Store(capacity)
 	for c.used.Load() > c.capacity.Load() && c.evictOne() {
 	}
+	if changed && !grow && c.onCapacity != nil {
+		c.onCapacity(capacity) // once the cache holds less
+	}
 	return nil
+}
+
+// OnCapacity makes the cache call f with the capacity in bytes now and
+// whenever SetConfig changes it: for a larger capacity before the cache may
+// hold more, for a smaller one after it has evicted down to it. f runs
+// under the lock that serialises writes, so it must be quick and must not
+// call the cache. A later call replaces f; nil removes it. It is how the
+// process's memory limit follows the capacity (see MemoryLimit).
+func (c *Cache) OnCapacity(f func(capacity int64)) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.onCapacity = f
+	if f != nil {
+		f(c.capacity.Load())
+	}
 }
 
 // Config returns the current configuration.

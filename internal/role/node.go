@@ -63,6 +63,14 @@ type NodeConfig struct {
 	// MaxConns is not used: the API is a cluster listener). If zero, the
 	// defaults (see Timeouts).
 	Timeouts Timeouts
+	// MemoryLimit, if true, makes the node govern the process's soft memory
+	// limit (runtime/debug.SetMemoryLimit) from its cache capacity and live
+	// heap (node.MemoryGovernor), following every capacity change, so a
+	// full cache under eviction churn does not hold twice its size; Close
+	// restores the limit the process had. The limit is the process's: set
+	// it only in a process that runs one node and little else (memcache
+	// node does, unless told not to or GOMEMLIMIT is set).
+	MemoryLimit bool
 	// EC2Identity, if set, makes StartNode first read the EC2 instance's
 	// identity from the instance metadata service (IMDSv2, see
 	// ec2meta.Config for the endpoint and the bound on the read) and fill
@@ -181,6 +189,11 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	})
 	if publisher != nil {
 		s.bg.Go(func() { publisher.Run(runCtx) })
+	}
+	if cfg.MemoryLimit {
+		gov := node.NewMemoryGovernor(node.MemoryGovernorConfig{}, log)
+		gov.Govern(n.Cache())
+		s.bg.Go(func() { gov.Run(runCtx, n.Cache()) })
 	}
 	s.bg.Go(func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

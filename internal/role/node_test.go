@@ -7,13 +7,16 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/pool"
 	"github.com/memcache/memcache/internal/role"
 	"github.com/memcache/memcache/internal/waitfor"
+	"github.com/memcache/memcache/node"
 )
 
 // childEnv makes the test binary run a cache node instead of the
@@ -164,5 +167,45 @@ func TestBindingEveryInterfaceNeedsAnAdvertiseAddress(t *testing.T) {
 	defer n.Close(context.Background())
 	if n.URL() != "http://127.0.0.1:1" {
 		t.Errorf("URL %q, want the advertised one", n.URL())
+	}
+}
+
+// TestNodeGovernsMemoryLimit: a node started with MemoryLimit sets the
+// process's soft memory limit from its capacity, moves it when the capacity
+// changes over its HTTP API (PUT /config), and restores it on Close.
+func TestNodeGovernsMemoryLimit(t *testing.T) {
+	before := debug.SetMemoryLimit(-1)
+	svc, err := role.StartNode(t.Context(), role.NodeConfig{
+		Name: "governed", Gossip: gossip.Config{Fast: true}, MemoryLimit: true,
+		Cache: pool.CacheConfig{CapacityMB: 1024, Policy: pool.LRU},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			svc.Close(context.Background())
+		}
+		debug.SetMemoryLimit(before)
+	})
+	if got, want := debug.SetMemoryLimit(-1), node.MemoryLimit(1024<<20, 0); got != want {
+		t.Fatalf("memory limit of a 1024 MB node: got %d MiB, want %d MiB", got>>20, want>>20)
+	}
+	client := node.NewClient(node.ClientConfig{})
+	if _, err := client.SetConfig(t.Context(), svc.URL(), pool.CacheConfig{CapacityMB: 512, Policy: pool.LRU}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := debug.SetMemoryLimit(-1), node.MemoryLimit(512<<20, 0); got != want {
+		t.Fatalf("memory limit after PUT /config 512 MB: got %d MiB, want %d MiB", got>>20, want>>20)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := svc.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	closed = true
+	if got := debug.SetMemoryLimit(-1); got != before {
+		t.Fatalf("memory limit after Close: got %d, want the one before (%d)", got, before)
 	}
 }
