@@ -180,6 +180,15 @@ func TestRunHTTP(t *testing.T) {
 	if _, err := Run(Config{Sizes: sizes, Targets: cfg.Targets[1:2]}, o); err == nil || !strings.Contains(err.Error(), "differ") {
 		t.Errorf("Run against a server with wrong bytes: err = %v, want bytes that differ", err)
 	}
+	// The right bytes with another status than 200 are not an answer.
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write(byPath[r.URL.Path])
+	}))
+	defer failing.Close()
+	if _, err := Run(Config{Sizes: sizes, Targets: []Target{{Name: "failing", Kind: "http", URL: failing.URL + "/img-{size}"}}}, o); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Errorf("Run against a server answering 503: err = %v, want 503", err)
+	}
 	cfg.Targets = []Target{cfg.Targets[0], cfg.Targets[2]}
 	res, err := Run(cfg, o)
 	if err != nil {
