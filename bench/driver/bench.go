@@ -514,7 +514,7 @@ func (w *httpWorker) exchange(s int) (answer, error) {
 		w.close()
 	}
 	if code != "200" {
-		return a, fmt.Errorf("%s: %.200s", status, w.buf)
+		return a, fmt.Errorf("%s: %.200s", status, bytes.TrimSpace(w.buf))
 	}
 	if !bytes.Equal(w.buf, w.expected[s]) {
 		return a, fmt.Errorf("got %d bytes that differ from the %d expected", len(w.buf), len(w.expected[s]))
@@ -739,7 +739,7 @@ func Report(cfg Config, o Options, res Results) string {
 				notes = append(notes, fmt.Sprintf("%.1f %% misses", 100*float64(c.Misses)/float64(c.Count)))
 			}
 			if c.Errors > 0 {
-				notes = append(notes, fmt.Sprintf("**%d errors**", c.Errors))
+				notes = append(notes, "**"+thousands(float64(c.Errors))+" errors**")
 			}
 			switch {
 			case i == base && len(notes) == 0:
