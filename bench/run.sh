@@ -77,8 +77,10 @@ fi
 WORK=$(mktemp -d -t memcache-bench.XXXXXX)
 PIDS=()
 UP_PID=""
+CHILD="" # the measurement running, if any (see measure)
 cleanup() {
 	local pid kids=()
+	[ -n "$CHILD" ] && kill -TERM "$CHILD" 2>/dev/null
 	# up's nodes are its children: remember them in case up dies first.
 	[ -n "$UP_PID" ] && kids=($(pgrep -P "$UP_PID" 2>/dev/null || true))
 	for pid in "${PIDS[@]}"; do
@@ -103,6 +105,19 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# measure OUT CMD...: run CMD with its standard output in file OUT, in the
+# background so that a signal to this script ends it at once (bash runs a
+# trap only once a foreground command is done), and return its status.
+measure() {
+	local out=$1 rc=0
+	shift
+	"$@" >"$out" &
+	CHILD=$!
+	wait "$CHILD" || rc=$?
+	CHILD=""
+	return $rc
+}
 
 # wait_for WHAT SECONDS CMD...: poll CMD until it succeeds.
 wait_for() {
@@ -321,10 +336,9 @@ EOF
 TITLE="Plain HTTP"
 [ "$TLS" = 1 ] && TITLE="TLS"
 log "measuring: $ROUNDS rounds of $ROUND per server and size, $CLIENTS clients"
-set +e
-TABLE=$("$DRIVER" run -config "$WORK/bench.json" -round "$ROUND" -rounds "$ROUNDS" -clients "$CLIENTS")
-RC=$?
-set -e
+RC=0
+measure "$WORK/table.md" "$DRIVER" run -config "$WORK/bench.json" -round "$ROUND" -rounds "$ROUNDS" -clients "$CLIENTS" || RC=$?
+TABLE=$(cat "$WORK/table.md")
 
 WRK_TABLE=""
 if [ "$WRK" = 1 ]; then
