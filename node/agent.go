@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/memcache/memcache/internal/pool"
 )
@@ -13,14 +14,20 @@ import (
 // still clears when it learns a generation moved). A clear raises the
 // node's floor to the view's Generation, fencing fills made before it.
 //
-// A clear or a region loss first revokes the read leases it affects
-// (readlease.go): ApplyPool returns once that is done.
+// ApplyPool runs on the watch loop, which renews the serving lease after
+// it: it never waits for read lease holders. The read leases on regions
+// lost are revoked in the background (the node serves them no more from
+// now on); a clear from the view clears at once and revokes in the
+// background (a clear changes no image; the delete-all that needs copies
+// gone clears every node over HTTP, which revokes before it answers).
 func (n *Node) ApplyPool(st pool.View) {
-	ctx := context.Background()
 	if st.Epoch > 0 {
-		_, err := n.SetRegions(ctx, Regions{Epoch: st.Epoch, Owners: st.Regions, Since: st.Since})
+		_, revoke, err := n.setRegions(Regions{Epoch: st.Epoch, Owners: st.Regions, Since: st.Since})
 		if err != nil && !errors.Is(err, ErrStaleRegions) {
 			n.log.Error("applying region map", "err", err)
+		}
+		if revoke != 0 {
+			n.revokeLater(func(ctx context.Context) error { return n.reads.revokeRegions(ctx, revoke, nil) })
 		}
 	}
 	cfg := st.Cache
@@ -36,7 +43,23 @@ func (n *Node) ApplyPool(st pool.View) {
 	n.clearGen, n.deleteGen = max(n.clearGen, st.ClearGen), max(n.deleteGen, st.DeleteGen)
 	n.mu.Unlock()
 	if clear {
-		n.ClearAt(ctx, st.Generation())
+		n.clearAt(st.Generation())
+		n.revokeLater(func(ctx context.Context) error { return n.reads.revokeAll(ctx, nil) })
 		n.log.Info("cache cleared", "clear_gen", st.ClearGen, "delete_gen", st.DeleteGen)
 	}
+}
+
+// revokeLater runs revoke in the background, bounded by the longest any
+// revocation can wait (the start grace, then one lease term).
+func (n *Node) revokeLater(revoke func(context.Context) error) {
+	if n.reads == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), n.reads.grace+n.reads.term+5*time.Second)
+		defer cancel()
+		if err := revoke(ctx); err != nil {
+			n.log.Warn("revoking read leases", "err", err)
+		}
+	}()
 }

@@ -214,13 +214,16 @@ func (n *Node) Floor() uint64 {
 // each holder's acknowledgement or for its lease to end; if ctx ends
 // before, nothing is cleared and the error wraps ErrRevocation.
 func (n *Node) ClearAt(ctx context.Context, gen uint64) error {
-	return n.reads.revokeAll(ctx, func() {
-		n.genMu.Lock()
-		defer n.genMu.Unlock()
-		n.floor = max(n.floor, gen)
-		n.cache.Clear()
-		n.clearFences()
-	})
+	return n.reads.revokeAll(ctx, func() { n.clearAt(gen) })
+}
+
+// clearAt is ClearAt without the revocation.
+func (n *Node) clearAt(gen uint64) {
+	n.genMu.Lock()
+	defer n.genMu.Unlock()
+	n.floor = max(n.floor, gen)
+	n.cache.Clear()
+	n.clearFences()
 }
 
 // fill runs store unless gen is below the floor, holding the floor steady
