@@ -329,13 +329,19 @@ func (f *Frontend) read(ctx context.Context, key string, stream bool, ifNoneMatc
 	v := f.view()
 	if v != nil {
 		if m, ok := v.Owner(key); ok {
+			var held *node.Item
 			if f.near != nil {
-				if img, ok := f.near.serve(key, m.HTTP); ok {
+				item, ok, leased := f.near.lookup(key, m.HTTP)
+				if leased {
 					f.hits.Add(1)
+					img := Image{Data: item.Value, ContentType: item.ContentType, ETag: item.ETag, FromCache: true}
 					return reading{Image: img, size: len(img.Data)}, nil
 				}
+				if ok {
+					held = &item
+				}
 			}
-			if r, ok := f.fromCache(ctx, m.HTTP, key, v.Epoch, stream, ifNoneMatch); ok {
+			if r, ok := f.fromCache(ctx, m.HTTP, key, v.Epoch, stream, ifNoneMatch, held); ok {
 				f.hits.Add(1)
 				return r, nil
 			}
@@ -350,18 +356,16 @@ func (f *Frontend) read(ctx context.Context, key string, stream bool, ifNoneMatc
 }
 
 // fromCache makes the read's one GET at the owner node base, revalidating
-// the near-cache's copy from base if there is one (its lease has ended),
+// held, the near-cache's copy from base if there is one (its lease ended),
 // else the client's copy named by ifNoneMatch (so that a browser's
 // revalidation moves no image bytes from the node). With the near-cache
 // on, it asks for a read lease, and keeps the answer under it. Any failure
 // is a miss: the stores answer instead.
-func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64, stream bool, ifNoneMatch string) (reading, bool) {
-	var held node.Item
-	inNear := false
+func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64, stream bool, ifNoneMatch string, held *node.Item) (reading, bool) {
+	inNear := held != nil
 	var fetch *fetch
 	var opt node.GetOptions
 	if f.near != nil {
-		held, inNear = f.near.copyOf(key, base)
 		opt.Holder, fetch = f.near.begin(key, base)
 	}
 	var kept *node.Item // what the near-cache installs when the fetch ends
@@ -391,7 +395,7 @@ func (f *Frontend) fromCache(ctx context.Context, base, key string, epoch uint64
 		return reading{}, false
 	}
 	if e.NotModified {
-		kept, lease = &held, e.Lease
+		kept, lease = held, e.Lease
 		return reading{Image: Image{Data: held.Value, ContentType: held.ContentType, ETag: held.ETag, FromCache: true}, size: len(held.Value)}, true
 	}
 	img := Image{ContentType: e.ContentType, ETag: e.ETag, FromCache: true}

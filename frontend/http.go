@@ -39,6 +39,13 @@ func (f *Frontend) Handler() http.Handler {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), latency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_frontend_cache_hits_total", Help: "Reads answered by a cache node."},
 			func() float64 { return float64(f.hits.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_frontend_near_hits_total", Help: "Reads answered from the near-cache under a read lease (counted in cache_hits_total too)."},
+			func() float64 {
+				if f.near == nil {
+					return 0
+				}
+				return float64(f.near.served.Load())
+			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_frontend_cache_misses_total", Help: "Reads answered by the stores."},
 			func() float64 { return float64(f.misses.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_frontend_node_errors_total", Help: "Failed requests to cache nodes."},

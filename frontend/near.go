@@ -90,27 +90,22 @@ func (n *near) stream(base string) *stream {
 
 func (n *near) now() int64 { return int64(time.Since(n.start)) }
 
-// serve returns the copy of key if it came from base (the key's owner in
-// the current view) and its lease holds.
-func (n *near) serve(key, base string) (Image, bool) {
+// lookup returns the copy of key if it came from base (the key's owner in
+// the current view), and whether its lease holds: then the read is
+// answered from it (and counted), else the copy is revalidated.
+func (n *near) lookup(key, base string) (item node.Item, held, leased bool) {
 	item, ok, _ := n.cache.Get(key)
-	if !ok || item.Source != base || item.LeaseEnd <= n.now() {
-		return Image{}, false
+	if !ok || item.Source != base {
+		return node.Item{}, false, false
+	}
+	if item.LeaseEnd <= n.now() {
+		return item, true, false
 	}
 	n.served.Add(1)
 	if s := n.stream(base); s != nil {
 		s.hits.Add(1)
 	}
-	return Image{Data: item.Value, ContentType: item.ContentType, ETag: item.ETag, FromCache: true}, true
-}
-
-// copyOf returns the copy of key from base, leased or not (to revalidate).
-func (n *near) copyOf(key, base string) (node.Item, bool) {
-	item, ok, _ := n.cache.Get(key)
-	if !ok || item.Source != base {
-		return node.Item{}, false
-	}
-	return item, true
+	return item, true, true
 }
 
 // fetch is a read that asked for a lease.

@@ -322,7 +322,7 @@ func TestNearCacheRevocationOvertakingTheRead(t *testing.T) {
 		}
 		n.revoke(rev)
 		n.end(f, "http://n1", &item, time.Minute)
-		if _, ok := n.serve("k", "http://n1"); ok {
+		if _, _, leased := n.lookup("k", "http://n1"); leased {
 			t.Fatalf("revocation %+v overtook the read, yet the read's copy is served", rev)
 		}
 	}
@@ -331,10 +331,10 @@ func TestNearCacheRevocationOvertakingTheRead(t *testing.T) {
 	_, f := n.begin("k", "http://n1")
 	n.revoke(node.Revocation{Key: "other"})
 	n.end(f, "http://n1", &item, time.Minute)
-	if _, ok := n.serve("k", "http://n1"); !ok {
+	if _, _, leased := n.lookup("k", "http://n1"); !leased {
 		t.Fatal("a read no revocation overtook is not served from the near-cache")
 	}
-	if _, ok := n.serve("k", "http://n2"); ok {
+	if _, _, leased := n.lookup("k", "http://n2"); leased {
 		t.Fatal("a copy from n1 was served for a key the view gives to n2")
 	}
 }
