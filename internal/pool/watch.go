@@ -21,9 +21,14 @@ package pool
 // request, and no longer unless another answer renews it. A cache node
 // serves reads only under a lease, so a node cut off from the leader stops
 // serving its regions before the managers give them to another node (they
-// wait gossip's detection and then the dead grace, at least the lease). To keep a healthy watcher's
-// lease from lapsing, the replica caps the wait at half the lease, and a
-// leased consistent request long-polls for a change before its barrier.
+// wait gossip's detection and then the dead grace, at least the lease). A
+// leased consistent request long-polls for a change before its barrier,
+// and the replica caps that wait at a quarter of the lease: a renewal sent
+// at s is answered by s+W+b (W the wait, b the barrier and round trip), the
+// next one, sent at once, by s+2W+2b, and the lease from the first runs to
+// s+L. With W = L/2 every cycle left the watcher unleased for 2b, a few
+// milliseconds when idle and seconds when the cores are saturated; with
+// W = L/4 the lease holds while b < L/4.
 
 import (
 	"context"
@@ -84,7 +89,7 @@ type Source interface {
 func Handler(src Source) http.Handler { return LeasedHandler(src, 0) }
 
 // LeasedHandler is Handler granting lease (if positive) on every
-// consistent answer; it caps a request's wait at lease/2.
+// consistent answer; it caps a request's wait at lease/4 (see Leases above).
 func LeasedHandler(src Source, lease time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -107,7 +112,7 @@ func LeasedHandler(src Source, lease time.Duration) http.Handler {
 			wait = min(d, MaxWait)
 		}
 		if lease > 0 {
-			wait = min(wait, lease/2)
+			wait = min(wait, lease/4)
 		}
 		var (
 			v   View
