@@ -47,6 +47,8 @@ func nodeCommand() *cli.Command {
 			stringFlag("cloudwatch-pool", "default", "value of the Pool dimension in CloudWatch"),
 			&cli.DurationFlag{Name: "read-lease", Value: role.DefaultReadLease, Sources: cli.EnvVars(envName("read-lease")),
 				Usage: "longest read lease granted to frontends' near-caches, at most 30s; a write waits this long at most for a frontend it cannot reach (0: grant none)"},
+			&cli.DurationFlag{Name: "handoff-timeout", Value: node.DefaultHandoffTimeout, Sources: cli.EnvVars(envName("handoff-timeout")),
+				Usage: "warm handoff: a region this node gains by a resize is filled from its previous owner for at most this long, and a region it loses is kept this long (+10s) for its new owner (0: moved regions start empty)"},
 			&cli.DurationFlag{Name: "sample-interval", Value: 5 * time.Second, Usage: "how often statistics are sampled", Sources: cli.EnvVars(envName("sample-interval"))},
 			&cli.BoolFlag{Name: "ec2-identity", Sources: cli.EnvVars(envName("ec2-identity")),
 				Usage: "on EC2: read the instance's identity from the instance metadata service (IMDSv2; endpoint from the AWS SDK, e.g. AWS_EC2_METADATA_SERVICE_ENDPOINT) at start, and default --name to the instance id, --advertise-http to https://<local-hostname, else local-ipv4>:<http port> and --gossip-advertise to <local-ipv4>:<gossip port>; the node does not start if it cannot be read"},
@@ -77,12 +79,16 @@ func runNode(ctx context.Context, cmd *cli.Command) error {
 		Cache:          pool.CacheConfig{CapacityMB: cmd.Int("capacity-mb"), Policy: pool.Policy(cmd.String("policy"))},
 		SampleInterval: cmd.Duration("sample-interval"),
 		ReadLease:      readLeaseFlag(cmd.Duration("read-lease")),
+		HandoffTimeout: handoffFlag(cmd.Duration("handoff-timeout")),
 		Gossip: gossip.Config{
 			BindAddr:      cmd.String("gossip-addr"),
 			AdvertiseAddr: cmd.String("gossip-advertise"),
 			Join:          cmd.StringSlice("join"),
 			SecretKey:     key,
 		},
+	}
+	if d := cmd.Duration("handoff-timeout"); d < 0 {
+		return fmt.Errorf("--handoff-timeout %v: want 0 (no handoff) or more", d)
 	}
 	if d := cmd.Duration("read-lease"); d < 0 || d > node.MaxReadLease {
 		return fmt.Errorf("--read-lease %v: want 0 (none) up to %v", d, node.MaxReadLease)
@@ -168,6 +174,15 @@ func defaultID(flag, addr string) (string, error) {
 		return "", fmt.Errorf("--%s %q: %w", flag, addr, err)
 	}
 	return host + "-" + port, nil
+}
+
+// handoffFlag maps --handoff-timeout (0: none) to
+// role.NodeConfig.HandoffTimeout (0: the default, negative: none).
+func handoffFlag(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // readLeaseFlag maps --read-lease (0: none) to role.NodeConfig.ReadLease

@@ -265,7 +265,7 @@ func (s *State) applySetScaling(c SetScaling) { s.Scaling = c.Policy }
 func (s *State) applyResize(c Resize) {
 	members := make([]Member, len(c.Members))
 	copy(members, c.Members)
-	s.setPool(members, s.Regions)
+	s.setPool(members, s.Regions, "")
 }
 
 func (s *State) applyMarkFailed(c MarkFailed) {
@@ -286,7 +286,7 @@ func (s *State) applyMarkFailed(c MarkFailed) {
 			}
 		}
 	}
-	s.setPool(members, cur)
+	s.setPool(members, cur, c.ID)
 }
 
 func (s *State) applyConfigure(c Configure) {

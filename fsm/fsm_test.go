@@ -614,7 +614,7 @@ func busyLog(t *testing.T) *log {
 
 // checkPopulated fails the test unless every field of v, at every depth,
 // holds a non-zero value: every field of a struct, every element of an
-// array, and, for a slice, each field set in at least one element (a
+// array (but of an array of structs, as of a slice), and, for a slice, each field set in at least one element (a
 // decision with a miss rate, one with an error, one applied, ...). A state
 // that passes it can show a snapshot that loses any field.
 func checkPopulated(t *testing.T, path string, v reflect.Value) {
@@ -631,6 +631,13 @@ func checkPopulated(t *testing.T, path string, v reflect.Value) {
 			checkPopulated(t, path+"."+v.Type().Field(i).Name, v.Field(i))
 		}
 	case reflect.Array:
+		if v.Type().Elem().Kind() == reflect.Struct {
+			// Like a slice of structs (From: only moved regions have one).
+			c := reflect.New(v.Type()).Elem()
+			c.Set(v)
+			checkPopulated(t, path, c.Slice(0, v.Len()))
+			return
+		}
 		for i := range v.Len() {
 			checkPopulated(t, fmt.Sprintf("%s[%d]", path, i), v.Index(i))
 		}
@@ -1165,5 +1172,49 @@ func TestResizePreparedAtAnOlderEpochIsRefused(t *testing.T) {
 	}
 	if got := f.State(); !reflect.DeepEqual(got, before) {
 		t.Errorf("refused resize changed the state")
+	}
+}
+
+// TestFromRecordsWhereMovedRegionsComeFrom: a resize records, for every
+// region it moves, the member that owned it (its address included, even
+// once it has left the pool), so the new owner can fill the region from
+// it; a region taken from a failed member records none; a region that
+// does not move keeps what it had.
+func TestFromRecordsWhereMovedRegionsComeFrom(t *testing.T) {
+	l := newLog(t)
+	st := l.mustApply(fsm.Resize{Members: pool(1)})
+	for r, from := range st.From {
+		if from != (fsm.Member{}) {
+			t.Errorf("first pool: region %d from %+v, want none (it had no owner)", r, from)
+		}
+	}
+	st = l.mustApply(fsm.Resize{Members: pool(2)})
+	moved := 0
+	for r, owner := range st.Regions {
+		switch {
+		case owner == "n2":
+			moved++
+			if st.From[r] != mem("n1") || st.Since[r] != st.Epoch {
+				t.Errorf("grow: region %d (now n2's) from %+v since %d, want n1 since %d", r, st.From[r], st.Since[r], st.Epoch)
+			}
+		case st.From[r] != (fsm.Member{}):
+			t.Errorf("grow: region %d stayed with %s but records from %+v", r, owner, st.From[r])
+		}
+	}
+	if moved == 0 {
+		t.Fatal("grow to 2 moved no region")
+	}
+	st = l.mustApply(fsm.Resize{Members: pool(1)})
+	for r := range st.Regions {
+		if st.Since[r] == st.Epoch && st.From[r] != mem("n2") {
+			t.Errorf("shrink: region %d moved back to n1 from %+v, want n2 (which has left the pool) with its address", r, st.From[r])
+		}
+	}
+	l.mustApply(fsm.Resize{Members: pool(2)})
+	st = l.mustApply(fsm.MarkFailed{ID: "n2"})
+	for r := range st.Regions {
+		if st.Since[r] == st.Epoch && st.From[r] != (fsm.Member{}) {
+			t.Errorf("failure: region %d taken from failed n2 records from %+v, want none", r, st.From[r])
+		}
 	}
 }

@@ -291,6 +291,11 @@ type State struct {
 	Members   []Member             `json:"members"`    // the pool, ordered; never nil in states this package makes
 	Regions   region.Map           `json:"regions"`    // owner id per region; all "" when there are no members
 	Since     [region.Count]uint64 `json:"since"`      // epoch at which each region got its current owner
+	// From[r] is the member that owned region r until Since[r], if it kept
+	// running (a resize moved the region): the new owner fills the region
+	// from it (node/handoff.go). Zero if the region had no owner or its
+	// owner failed.
+	From      [region.Count]Member `json:"from"`
 	ClearGen  uint64               `json:"clear_gen"`  // +1 on every ClearCaches
 	DeleteGen uint64               `json:"delete_gen"` // +1 on every DeleteAll
 	Decisions []Decision           `json:"decisions"`  // the scaler's last MaxDecisions, newest last; never nil in states this package makes
@@ -331,7 +336,7 @@ func (s State) Clone() State {
 // Its Index is ViewIndex, so a change the data plane need not see (a scaler
 // decision, a scaling policy) leaves the view as it was.
 func (s State) View() pool.View {
-	v := pool.View{Index: s.ViewIndex, Epoch: s.Epoch, Cache: s.Cache, Regions: s.Regions, Since: s.Since,
+	v := pool.View{Index: s.ViewIndex, Epoch: s.Epoch, Cache: s.Cache, Regions: s.Regions, Since: s.Since, From: s.From,
 		ClearGen: s.ClearGen, DeleteGen: s.DeleteGen, Members: make([]Member, len(s.Members))}
 	copy(v.Members, s.Members)
 	return v
@@ -373,6 +378,9 @@ func (s State) check() error {
 		if s.Since[r] > s.Epoch {
 			return fmt.Errorf("region %d since epoch %d, after the epoch %d", r, s.Since[r], s.Epoch)
 		}
+		if from := s.From[r]; from.ID != "" && from.ID == owner {
+			return fmt.Errorf("region %d is handed off from its own owner %q", r, owner)
+		}
 	}
 	if s.ViewIndex > s.Index {
 		return fmt.Errorf("view index %d is after the index %d", s.ViewIndex, s.Index)
@@ -389,9 +397,10 @@ func (s State) check() error {
 }
 
 // setPool makes members the pool, reassigns the regions starting from cur
-// (normally s.Regions) and applies the epoch rule. members must have passed
-// validateMembers; setPool takes ownership of the slice.
-func (s *State) setPool(members []Member, cur region.Map) {
+// (normally s.Regions) and applies the epoch rule, recording where each
+// moved region comes from unless its owner was failed. members must have
+// passed validateMembers; setPool takes ownership of the slice.
+func (s *State) setPool(members []Member, cur region.Map, failed string) {
 	ids := make([]string, len(members))
 	for i, m := range members {
 		ids[i] = m.ID
@@ -404,6 +413,10 @@ func (s *State) setPool(members []Member, cur region.Map) {
 	for r := range regions {
 		if regions[r] != s.Regions[r] {
 			s.Since[r] = s.Epoch
+			s.From[r] = Member{}
+			if old, ok := s.Member(s.Regions[r]); ok && old.ID != failed && old.ID != regions[r] {
+				s.From[r] = old
+			}
 		}
 	}
 	s.Members = members

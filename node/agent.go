@@ -22,7 +22,7 @@ import (
 // gone clears every node over HTTP, which revokes before it answers).
 func (n *Node) ApplyPool(st pool.View) {
 	if st.Epoch > 0 {
-		_, revoke, err := n.setRegions(Regions{Epoch: st.Epoch, Owners: st.Regions, Since: st.Since})
+		_, revoke, err := n.setRegions(Regions{Epoch: st.Epoch, Owners: st.Regions, Since: st.Since, From: st.From})
 		if err != nil && !errors.Is(err, ErrStaleRegions) {
 			n.log.Error("applying region map", "err", err)
 		}

@@ -1,10 +1,12 @@
 package node
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -164,7 +166,12 @@ func (c *Cache) shardOf(key string) *shard {
 // Get returns the item cached under key and marks it most recently used.
 // It counts a hit or a miss. The returned value is not copied.
 // It returns ErrNotOwner (and counts nothing) if the key's region is not owned.
-func (c *Cache) Get(key string) (Item, bool, error) {
+func (c *Cache) Get(key string) (Item, bool, error) { return c.get(key, true) }
+
+// get is Get, counting the hit or miss only if count is set (the caller
+// counts it once it knows the outcome: a miss may yet be served from a
+// region's previous owner, see handoff.go).
+func (c *Cache) get(key string, count bool) (Item, bool, error) {
 	if key == "" {
 		return Item{}, false, ErrEmptyKey
 	}
@@ -181,11 +188,74 @@ func (c *Cache) Get(key string) (Item, bool, error) {
 	}
 	s.mu.Unlock()
 	if !ok {
-		c.misses.Add(1)
+		if count {
+			c.misses.Add(1)
+		}
 		return Item{}, false, nil
 	}
-	c.hits.Add(1)
+	if count {
+		c.hits.Add(1)
+	}
 	return e.item, true, nil
+}
+
+// count counts a GET's outcome that get left uncounted.
+func (c *Cache) countGet(hit bool) {
+	if hit {
+		c.hits.Add(1)
+	} else {
+		c.misses.Add(1)
+	}
+}
+
+// peek returns the item cached under key, owned region or not, without
+// counting or refreshing it: how a previous owner reads a region it hands
+// off.
+func (c *Cache) peek(key string) (Item, bool) {
+	s := c.shardOf(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.items[key]
+	if !ok {
+		return Item{}, false
+	}
+	return e.item, true
+}
+
+// Exported is an entry as a region's previous owner hands it off.
+type Exported struct {
+	Key  string
+	Item Item
+}
+
+// export returns the entries of region r, most recently used first, as
+// many as fit in budget bytes of values (an entry that does not fit is
+// skipped for smaller, colder ones).
+func (c *Cache) export(r int, budget int64) []Exported {
+	type ranked struct {
+		stamp uint64
+		Exported
+	}
+	var all []ranked
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for _, e := range s.all {
+			if int(e.region) == r {
+				all = append(all, ranked{e.stamp, Exported{e.key, e.item}})
+			}
+		}
+		s.mu.Unlock()
+	}
+	slices.SortFunc(all, func(a, b ranked) int { return cmp.Compare(b.stamp, a.stamp) })
+	out := make([]Exported, 0, len(all))
+	for _, e := range all {
+		if size := int64(len(e.Item.Value)); size <= budget {
+			budget -= size
+			out = append(out, e.Exported)
+		}
+	}
+	return out
 }
 
 // Put caches item under key, replacing any previous value (but a newer
@@ -443,11 +513,29 @@ func (c *Cache) Owns(r int) bool { return c.owned.Load()&(1<<r) != 0 }
 // every entry of a region that is not owned or that is in reset (regions
 // whose ownership was lost and regained since the caller last knew it).
 // It returns the number of entries dropped.
-func (c *Cache) SetOwned(mask, reset uint16) int {
+func (c *Cache) SetOwned(mask, reset uint16) int { return c.setOwned(mask, reset, 0) }
+
+// setOwned is SetOwned keeping the entries of the regions in keep that it
+// no longer owns: a previous owner's, until it has handed them off. They
+// stay out of reads and writes (the region is not owned), count against the
+// capacity and may be evicted.
+func (c *Cache) setOwned(mask, reset, keep uint16) int {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	c.owned.Store(uint32(mask))
-	drop := ^mask | reset
+	drop := (^mask | reset) &^ (keep &^ mask)
+	return c.dropWhere(func(e *entry) bool { return drop&(1<<e.region) != 0 })
+}
+
+// dropUnowned drops the entries of the regions in rs that the cache does
+// not own (kept for a handoff that has ended) and returns how many.
+func (c *Cache) dropUnowned(rs uint16) int {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	drop := rs &^ uint16(c.owned.Load())
+	if drop == 0 {
+		return 0
+	}
 	return c.dropWhere(func(e *entry) bool { return drop&(1<<e.region) != 0 })
 }
 

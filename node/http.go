@@ -69,6 +69,11 @@ const maxJSONBody = 64 << 10
 //	                     (X-Memcache-Read-Lease-Ms); PUT (but a fill), DELETE of a key, a clear
 //	                     and a region loss revoke the leases they affect before they answer,
 //	                     or answer 503 having changed nothing
+//	GET    /handoff      the warm handoffs in progress (handoff.go)
+//	GET    /handoff/{r}?epoch=E&gen=G[&budget=B][&key=K]  a region's previous owner streams
+//	                     the entries it kept of r, most recently used first (or the one key K);
+//	                     409 until it holds map E and has cleared to G, 404 if it keeps nothing
+//	DELETE /handoff/{r}?epoch=E  the new owner is done: drop what was kept of r; 204
 //	GET    /healthz, /readyz, /metrics
 //
 // Every /cache/{key} request may carry the caller's epoch (X-Memcache-Epoch):
@@ -77,7 +82,9 @@ const maxJSONBody = 64 << 10
 // the node's is behind: a GET is then a miss, and an invalidation or fill
 // must be retried against a newer view, not taken as done.
 //
-// When the node has a cluster secret, every route but the last three requires it.
+// When the node has a cluster secret, every route but the last three requires it;
+// over mutual TLS /cache and its kin take managers', frontends' and clients'
+// certificates, /handoff nodes', managers' and clients'.
 // Keys are path-escaped in the URL (a key may contain '/', spaces or unicode).
 // Errors are JSON: {"error":{"code":N,"message":"..."}}.
 func (n *Node) Handler() http.Handler {
@@ -106,6 +113,16 @@ func (n *Node) Handler() http.Handler {
 		r.Put("/regions", n.handlePutRegions)
 		r.Get("/stats", n.handleStats)
 		r.Get("/leases/*", n.handlePoll)
+	})
+	// A warm handoff's transfer (handoff.go): between nodes, and the
+	// managers and operators may read its progress.
+	r.Group(func(r chi.Router) {
+		if n.secret != "" {
+			r.Use(auth.Require(n.secret), auth.RequireRole(pki.RoleNode, pki.RoleManager, pki.RoleClient))
+		}
+		r.Get("/handoff", n.handleHandoffStatus)
+		r.Get("/handoff/*", n.handleHandoffGet)
+		r.Delete("/handoff/*", n.handleHandoffDone)
 	})
 	return hotPath{get: get, mux: r}
 }
@@ -227,7 +244,17 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 	if id := r.Header.Get(HeaderReadLease); id != "" && validHolder(id) {
 		lease = n.reads.grant(id, key, region.Of(key))
 	}
-	item, ok, err := n.cache.Get(key)
+	// A region being filled from its previous owner: a miss may be served
+	// from there, and counts as a hit then (handoff.go).
+	rg := region.Of(key)
+	warming := n.handoff.receivingRegion(rg)
+	item, ok, err := n.cache.get(key, !warming)
+	if warming && err == nil {
+		if !ok {
+			item, ok = n.warmRead(r.Context(), rg, key)
+		}
+		n.cache.countGet(ok)
+	}
 	switch {
 	case errors.Is(err, ErrNotOwner):
 		jsonhttp.Error(w, http.StatusMisdirectedRequest, "region of key is not owned by node %s", n.id)
@@ -300,6 +327,9 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fill := r.Header.Get("If-None-Match") == "*"
+	if !fill {
+		n.handoff.touch(key)
+	}
 	item := Item{Value: value, ContentType: r.Header.Get("Content-Type"), ETag: r.Header.Get(HeaderETag), Version: version}
 	stored := true
 	var ran bool
@@ -389,6 +419,7 @@ func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 	if (token != "" || version > 0) && !n.checkLease(w) {
 		return
 	}
+	n.handoff.touch(key)
 	err = n.reads.revokeKey(r.Context(), key, func() {
 		switch {
 		case token != "" && version > 0:
@@ -500,6 +531,7 @@ type Stats struct {
 	Config   pool.CacheConfig `json:"config"`
 	Counters Counters         `json:"counters"`
 	Samples  []Sample         `json:"samples"`
+	Handoff  HandoffStatus    `json:"handoff"`
 	Time     time.Time        `json:"time"`
 }
 
@@ -515,6 +547,6 @@ func (n *Node) handleStats(w http.ResponseWriter, r *http.Request) {
 	}
 	jsonhttp.Write(w, http.StatusOK, Stats{
 		ID: n.id, Epoch: n.Epoch(), Config: n.cache.Config(),
-		Counters: n.Counters(), Samples: n.Samples(since), Time: time.Now(),
+		Counters: n.Counters(), Samples: n.Samples(since), Handoff: n.Handoffs(), Time: time.Now(),
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +27,9 @@ type Regions struct {
 	Epoch  uint64               `json:"epoch"`
 	Owners region.Map           `json:"owners"`
 	Since  [region.Count]uint64 `json:"since"`
+	// From[r] is the member that owned region r until Since[r] and hands
+	// it off (handoff.go); zero if none.
+	From [region.Count]pool.Member `json:"from"`
 }
 
 // ErrStaleRegions is returned by SetRegions for a map older than the one held.
@@ -54,6 +59,16 @@ type Config struct {
 	// PollWait is how long a read lease holder's poll waits for a
 	// revocation before it answers empty. If zero, 2 s.
 	PollWait time.Duration
+	// Peers makes the node's calls to other nodes: filling a region it
+	// gains from the region's previous owner (handoff.go). It carries the
+	// cluster's credentials. If nil, the node fills no region that way (it
+	// still hands off the regions it loses).
+	Peers *http.Client
+	// HandoffTimeout bounds a warm handoff: how long a new owner fills a
+	// region from its previous owner, and (plus 10 s) how long the
+	// previous owner keeps it. If zero, DefaultHandoffTimeout; negative,
+	// no handoff: moved regions start empty.
+	HandoffTimeout time.Duration
 }
 
 // Node is a cache node: a cache, the regions it owns, and its statistics.
@@ -75,8 +90,9 @@ type Node struct {
 	// check of its generation to the store, a clear holds it exclusively
 	// while it raises floor and empties the cache, so no fill checked
 	// against the old floor lands after the clear.
-	genMu sync.RWMutex
-	floor uint64 // the newest cache generation cleared at; guarded by genMu
+	genMu  sync.RWMutex
+	floor  uint64 // the newest cache generation cleared at; guarded by genMu
+	clears uint64 // how many times the cache was cleared; guarded by genMu
 
 	// The serving lease (lease.go): leaseUntil is in nanoseconds since
 	// start, on the monotonic clock.
@@ -89,6 +105,8 @@ type Node struct {
 	reads    *readLeases // readlease.go; nil when off
 	pollWait time.Duration
 	nearHits atomic.Uint64 // reads holders served from their copies, as they reported
+
+	handoff *handoffs // handoff.go
 
 	registry *prometheus.Registry
 	latency  *prometheus.HistogramVec
@@ -115,7 +133,11 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	if cfg.PollWait <= 0 {
 		cfg.PollWait = 2 * time.Second
 	}
-	n := &Node{id: cfg.ID, secret: cfg.Secret, log: log, cache: cache, start: time.Now(), fences: newFences(), pollWait: cfg.PollWait}
+	if cfg.HandoffTimeout == 0 {
+		cfg.HandoffTimeout = DefaultHandoffTimeout
+	}
+	n := &Node{id: cfg.ID, secret: cfg.Secret, log: log, cache: cache, start: time.Now(), fences: newFences(), pollWait: cfg.PollWait,
+		handoff: newHandoffs(cfg.HandoffTimeout, cfg.Peers)}
 	if cfg.ReadLease > 0 {
 		grace := cfg.ReadLeaseGrace
 		if grace == 0 {
@@ -153,6 +175,18 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 			func() float64 { return float64(n.cache.Capacity()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_region_epoch", Help: "Epoch of the region map the node holds."},
 			func() float64 { return float64(n.epoch.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_handoff_receiving_regions", Help: "Regions the node is filling from their previous owners (warm handoff)."},
+			func() float64 { return float64(bits.OnesCount32(n.handoff.recvMask.Load())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_handoff_giving_regions", Help: "Regions the node has lost and keeps for their new owners."},
+			func() float64 { return float64(len(n.Handoffs().Giving)) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_handoff_entries_total", Help: "Entries installed from regions' previous owners."},
+			func() float64 { return float64(n.handoff.entries.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_handoff_bytes_total", Help: "Value bytes installed from regions' previous owners."},
+			func() float64 { return float64(n.handoff.bytes.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_handoff_warm_reads_total", Help: "Cache GETs that missed and were served from the region's previous owner (counted as hits)."},
+			func() float64 { return float64(n.handoff.reads.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "memcache_node_handoff_refused_total", Help: "Copies from previous owners kept out: a newer write, a clear, a fence, or already cached."},
+			func() float64 { return float64(n.handoff.refused.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "memcache_node_lease_remaining_seconds", Help: "How long the serving lease still holds (negative: lapsed, reads refused); 0 if the node follows no managers."},
 			func() float64 { left, _ := n.leaseRemaining(); return left.Seconds() }),
 	)
@@ -165,8 +199,13 @@ func (n *Node) ID() string { return n.id }
 // Cache returns the node's cache.
 func (n *Node) Cache() *Cache { return n.cache }
 
-// Run samples statistics until ctx is done.
-func (n *Node) Run(ctx context.Context) { n.sampler.run(ctx) }
+// Run samples statistics and carries out warm handoffs until ctx is done.
+func (n *Node) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { n.runHandoffs(ctx) })
+	n.sampler.run(ctx)
+	wg.Wait()
+}
 
 // Counters returns the node's cumulative statistics.
 func (n *Node) Counters() Counters {
@@ -222,6 +261,7 @@ func (n *Node) clearAt(gen uint64) {
 	n.genMu.Lock()
 	defer n.genMu.Unlock()
 	n.floor = max(n.floor, gen)
+	n.clears++
 	n.cache.Clear()
 	n.clearFences()
 }
@@ -287,9 +327,13 @@ func (n *Node) setRegions(m Regions) (int, uint16, error) {
 			held |= 1 << r
 		}
 	}
-	dropped := n.cache.SetOwned(mask, reset)
+	// Lost regions handed off to their new owners keep their entries
+	// for them (handoff.go).
+	keep := n.handoff.keepMask(n.id, m, held&^mask)
+	dropped := n.cache.setOwned(mask, reset, keep)
+	n.handoff.update(n.id, m, mask, reset, keep, n.clearCount())
 	n.regions = m
 	n.epoch.Store(m.Epoch)
-	n.log.Info("region map applied", "epoch", m.Epoch, "owned", region.Map(m.Owners).Owned(n.id), "dropped", dropped)
+	n.log.Info("region map applied", "epoch", m.Epoch, "owned", region.Map(m.Owners).Owned(n.id), "dropped", dropped, "kept", regionList(keep))
 	return dropped, (held &^ mask) | reset, nil
 }

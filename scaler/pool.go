@@ -29,6 +29,12 @@ type Membership interface {
 	Subscribe() (<-chan gossip.Event, func())
 }
 
+// Drainer waits until a node that a shrink at epoch took out of the pool
+// has handed its regions off.
+type Drainer interface {
+	Drain(ctx context.Context, m fsm.Member, epoch uint64) error
+}
+
 // PoolConfig configures pool maintenance.
 type PoolConfig struct {
 	// DeadGrace is how long a pool member may be missing from gossip before
@@ -47,6 +53,14 @@ type PoolConfig struct {
 	// holding up other changes (a provisioner that boots machines). If
 	// zero, AcquireTimeout.
 	ReplaceTimeout time.Duration
+	// Drainer, if set, is asked to wait until each member a shrink removed
+	// has handed its regions off to their new owners (node/handoff.go);
+	// the member is given back to the provisioner after that, or after
+	// DrainTimeout. If nil, removed members are given back at once.
+	Drainer Drainer
+	// DrainTimeout bounds the drain. If zero, 45 s (a node's default handoff
+	// timeout and the time a previous owner keeps a region past it).
+	DrainTimeout time.Duration
 }
 
 // Pool maintains the cache-node pool on the Raft leader: it resizes the
@@ -60,7 +74,7 @@ type Pool struct {
 	log     *slog.Logger
 
 	mu sync.Mutex     // serialises changes of the member list
-	wg sync.WaitGroup // grow-backs in flight; Run waits for them
+	wg sync.WaitGroup // grow-backs and drains in flight; Run waits for them
 }
 
 // DefaultDeadGrace is PoolConfig.DeadGrace's default.
@@ -79,6 +93,9 @@ func NewPool(cfg PoolConfig, raft Applier, members Membership, prov Provisioner,
 	}
 	if cfg.ReplaceTimeout <= 0 || cfg.ReplaceTimeout > cfg.AcquireTimeout {
 		cfg.ReplaceTimeout = cfg.AcquireTimeout
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 45 * time.Second
 	}
 	return &Pool{cfg: cfg, raft: raft, members: members, prov: prov, log: log.With("component", "pool")}
 }
@@ -131,15 +148,40 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 		p.log.Info("pool grown", "from", len(cur), "to", n, "added", added, "epoch", res.Epoch)
 		return res, nil
 	default:
-		removed := ids(cur[n:])
+		gone := slices.Clone(cur[n:])
+		removed := ids(gone)
 		res, err := p.raft.Apply(ctx, fsm.Resize{Members: slices.Clone(cur[:n]), Epoch: st.Epoch})
 		if err != nil {
 			return res, err
 		}
 		p.log.Info("pool shrunk", "from", len(cur), "to", n, "removed", removed, "epoch", res.Epoch)
-		if err := p.prov.Release(context.WithoutCancel(ctx), removed); err != nil {
-			p.log.Warn("releasing removed nodes", "err", err)
+		release := func() {
+			if err := p.prov.Release(context.WithoutCancel(ctx), removed); err != nil {
+				p.log.Warn("releasing removed nodes", "err", err)
+			}
 		}
+		if p.cfg.Drainer == nil {
+			release()
+			return res, nil
+		}
+		// The removed nodes hand their regions off before they stop.
+		p.wg.Go(func() {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DrainTimeout)
+			defer cancel()
+			var wg sync.WaitGroup
+			for _, m := range gone {
+				wg.Go(func() {
+					start := time.Now()
+					if err := p.cfg.Drainer.Drain(dctx, m, res.Epoch); err != nil {
+						p.log.Warn("removed node did not finish handing off its regions; releasing it", "member", m.ID, "err", err)
+						return
+					}
+					p.log.Info("removed node handed off its regions", "member", m.ID, "took", time.Since(start).Round(time.Millisecond))
+				})
+			}
+			wg.Wait()
+			release()
+		})
 		return res, nil
 	}
 }

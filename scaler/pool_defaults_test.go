@@ -15,17 +15,17 @@ func TestNewPoolDefaults(t *testing.T) {
 		cfg  PoolConfig
 		want PoolConfig
 	}{
-		{"zero", PoolConfig{}, PoolConfig{DeadGrace: 10 * time.Second, InitialNodes: 1, AcquireTimeout: 60 * time.Second, ReplaceTimeout: 60 * time.Second}},
+		{"zero", PoolConfig{}, PoolConfig{DeadGrace: 10 * time.Second, InitialNodes: 1, AcquireTimeout: 60 * time.Second, ReplaceTimeout: 60 * time.Second, DrainTimeout: 45 * time.Second}},
 		{"negative", PoolConfig{DeadGrace: -1, InitialNodes: -1, AcquireTimeout: -1, ReplaceTimeout: -1},
-			PoolConfig{DeadGrace: 10 * time.Second, InitialNodes: 1, AcquireTimeout: 60 * time.Second, ReplaceTimeout: 60 * time.Second}},
+			PoolConfig{DeadGrace: 10 * time.Second, InitialNodes: 1, AcquireTimeout: 60 * time.Second, ReplaceTimeout: 60 * time.Second, DrainTimeout: 45 * time.Second}},
 		{"smallest set values kept", PoolConfig{DeadGrace: 1, InitialNodes: 1, AcquireTimeout: 2, ReplaceTimeout: 1},
-			PoolConfig{DeadGrace: 1, InitialNodes: 1, AcquireTimeout: 2, ReplaceTimeout: 1}},
+			PoolConfig{DeadGrace: 1, InitialNodes: 1, AcquireTimeout: 2, ReplaceTimeout: 1, DrainTimeout: 45 * time.Second}},
 		{"set values kept", PoolConfig{DeadGrace: time.Second, InitialNodes: 3, AcquireTimeout: time.Minute, ReplaceTimeout: time.Second},
-			PoolConfig{DeadGrace: time.Second, InitialNodes: 3, AcquireTimeout: time.Minute, ReplaceTimeout: time.Second}},
+			PoolConfig{DeadGrace: time.Second, InitialNodes: 3, AcquireTimeout: time.Minute, ReplaceTimeout: time.Second, DrainTimeout: 45 * time.Second}},
 		{"replace timeout equal to acquire's", PoolConfig{AcquireTimeout: time.Minute, ReplaceTimeout: time.Minute},
-			PoolConfig{DeadGrace: 10 * time.Second, InitialNodes: 1, AcquireTimeout: time.Minute, ReplaceTimeout: time.Minute}},
+			PoolConfig{DeadGrace: 10 * time.Second, InitialNodes: 1, AcquireTimeout: time.Minute, ReplaceTimeout: time.Minute, DrainTimeout: 45 * time.Second}},
 		{"replace timeout above acquire's", PoolConfig{AcquireTimeout: time.Second, ReplaceTimeout: time.Minute},
-			PoolConfig{DeadGrace: 10 * time.Second, InitialNodes: 1, AcquireTimeout: time.Second, ReplaceTimeout: time.Second}},
+			PoolConfig{DeadGrace: 10 * time.Second, InitialNodes: 1, AcquireTimeout: time.Second, ReplaceTimeout: time.Second, DrainTimeout: 45 * time.Second}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -151,6 +151,10 @@ type View struct {
 	Regions region.Map  `json:"regions"` // owner id per region; all "" when there are no members
 	// Since[r] is the epoch at which region r got its current owner.
 	Since [region.Count]uint64 `json:"since"`
+	// From[r] is the member that owned region r until Since[r] and kept
+	// running (a resize moved the region): its new owner fills the region
+	// from it. Zero if the region had no owner before or its owner failed.
+	From [region.Count]Member `json:"from"`
 	// ClearGen and DeleteGen go up by one on every clear-caches and
 	// delete-all, so a node that was away still learns it must clear.
 	ClearGen  uint64 `json:"clear_gen"`

@@ -25,6 +25,7 @@ import (
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/metrics"
+	"github.com/memcache/memcache/node"
 	"github.com/memcache/memcache/pki"
 	"github.com/memcache/memcache/scaler"
 	"github.com/memcache/memcache/web"
@@ -220,7 +221,9 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 	undo = append(undo, func() { prov.Close() })
 	m := &Manager{cluster: c, prov: prov, url: url, clusterURL: clusterURL, log: log, scraped: make(chan struct{})}
 
-	m.pool = scaler.NewPool(scaler.PoolConfig{DeadGrace: cfg.DeadGrace, InitialNodes: cfg.InitialNodes, AcquireTimeout: cfg.AcquireTimeout, ReplaceTimeout: cfg.ReplaceTimeout}, c, c.Gossip(), prov, log.With("id", cfg.Name))
+	nodes := node.NewClient(node.ClientConfig{Secret: cfg.Secret, TLS: cfg.TLS})
+	m.pool = scaler.NewPool(scaler.PoolConfig{DeadGrace: cfg.DeadGrace, InitialNodes: cfg.InitialNodes, AcquireTimeout: cfg.AcquireTimeout, ReplaceTimeout: cfg.ReplaceTimeout,
+		Drainer: drainer{nodes}}, c, c.Gossip(), prov, log.With("id", cfg.Name))
 	c.RunWhileLeader(m.pool.Run)
 	if r, ok := prov.(leaderWork); ok { // the ec2 provisioner's orphan reconciler
 		c.RunWhileLeader(r.Run)
@@ -370,4 +373,29 @@ func (m *Manager) Close(ctx context.Context) error {
 		m.closeErr = errors.Join(herr, cerr, perr)
 	})
 	return m.closeErr
+}
+
+// drainer is the pool's Drainer (scaler.PoolConfig): it waits until a
+// node a shrink removed holds the shrink's map and keeps no region for a
+// new owner any more (node.HandoffStatus), polling its statistics. A node
+// that does not answer is not waited for.
+type drainer struct{ nodes *node.Client }
+
+func (d drainer) Drain(ctx context.Context, m fsm.Member, epoch uint64) error {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := d.nodes.Stats(ctx, m.HTTP, time.Now())
+		if err != nil {
+			return err
+		}
+		if st.Epoch >= epoch && len(st.Handoff.Giving) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("still handing off %d regions at epoch %d: %w", len(st.Handoff.Giving), st.Epoch, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }

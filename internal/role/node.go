@@ -55,6 +55,9 @@ type NodeConfig struct {
 	// near-caches (node.Config.ReadLease). If zero, DefaultReadLease;
 	// negative grants none.
 	ReadLease time.Duration
+	// HandoffTimeout bounds a warm handoff (node.Config.HandoffTimeout): if
+	// zero, node.DefaultHandoffTimeout; negative, moved regions start empty.
+	HandoffTimeout time.Duration
 	// CloudWatch, if set, makes the node also publish every sample with
 	// PutMetricData (credentials and region from the AWS SDK's default
 	// chain). Its Interval, if zero, is SampleInterval.
@@ -137,8 +140,11 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	if ec2ID != nil {
 		log.Info("EC2 instance identity", "instance_id", ec2ID.InstanceID, "local_ipv4", ec2ID.LocalIPv4, "local_hostname", ec2ID.LocalHostname)
 	}
+	// The client of the node's calls to managers (the watch) and to other
+	// nodes (a warm handoff's transfer), with the cluster's credentials.
+	client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: pki.Transport(cfg.TLS)}}
 	n, err := node.New(node.Config{ID: cfg.Name, Cache: cfg.Cache, SampleInterval: cfg.SampleInterval, Secret: cfg.Secret,
-		ReadLease: readLease(cfg.ReadLease)}, log)
+		ReadLease: readLease(cfg.ReadLease), Peers: client, HandoffTimeout: cfg.HandoffTimeout}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +187,6 @@ func StartNode(ctx context.Context, cfg NodeConfig, log *slog.Logger) (*Node, er
 	}
 	s.bg.Go(func() { n.Run(runCtx) })
 	s.bg.Go(func() {
-		client := &http.Client{Transport: &auth.Transport{Secret: cfg.Secret, Base: pki.Transport(cfg.TLS)}}
 		// Every answer is a consistent one from the leader, renewing the
 		// node's serving lease (node/lease.go).
 		pool.Watch(runCtx, pool.WatchConfig{Managers: func() []string { return g.HTTPURLs(gossip.RoleManager) }, Client: client, Wait: cfg.WatchWait,

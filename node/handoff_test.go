@@ -1,0 +1,481 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/memcache/memcache/internal/pool"
+	"github.com/memcache/memcache/internal/waitfor"
+	"github.com/memcache/memcache/region"
+)
+
+// handoffNode is a running node: its HTTP API on a real socket and its
+// background work (Run) going.
+type handoffNode struct {
+	*Node
+	url string
+	srv *httptest.Server
+}
+
+func startHandoffNode(t *testing.T, id string, capacityMB int, timeout time.Duration) *handoffNode {
+	t.Helper()
+	n, err := New(Config{ID: id, Cache: pool.CacheConfig{CapacityMB: capacityMB, Policy: pool.LRU},
+		Peers: &http.Client{}, HandoffTimeout: timeout}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(n.Handler())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); n.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; srv.Close() })
+	return &handoffNode{n, srv.URL, srv}
+}
+
+// keyIn returns the i-th test key of region r.
+func keyIn(r, i int) string {
+	for j := 0; ; j++ {
+		k := fmt.Sprintf("img-%d-%d-%d", r, i, j)
+		if region.Of(k) == r {
+			return k
+		}
+	}
+}
+
+// regionMap returns the map at epoch whose region r is owned by owners[r]
+// since since[r], moved from from[r].
+func regionMap(epoch uint64, owner func(r int) (string, uint64, pool.Member)) Regions {
+	m := Regions{Epoch: epoch}
+	for r := range region.Count {
+		m.Owners[r], m.Since[r], m.From[r] = owner(r)
+	}
+	return m
+}
+
+func apply(t *testing.T, n *handoffNode, m Regions) {
+	t.Helper()
+	if _, err := n.SetRegions(context.Background(), m); err != nil {
+		t.Fatalf("%s: SetRegions epoch %d: %v", n.id, m.Epoch, err)
+	}
+}
+
+func put(t *testing.T, n *handoffNode, key string, value []byte, epoch uint64) {
+	t.Helper()
+	r := do(t, http.MethodPut, keyURL(n.url, key), value, HeaderEpoch, strconv.FormatUint(epoch, 10))
+	if r.code != http.StatusNoContent {
+		t.Fatalf("PUT %s at %s: %d %s", key, n.id, r.code, r.body)
+	}
+}
+
+func value(key string, size int) []byte {
+	return bytes.Repeat([]byte(key[:1]+key), size/(len(key)+1)+1)[:size]
+}
+
+// handoffPair is a giver g holding every region at epoch 1 with the keys
+// of perRegion entries of size bytes each, and a receiver n holding none.
+func handoffPair(t *testing.T, gMB, nMB, perRegion, size int, timeout time.Duration) (g, n *handoffNode) {
+	t.Helper()
+	g = startHandoffNode(t, "g", gMB, timeout)
+	n = startHandoffNode(t, "n", nMB, timeout)
+	m1 := regionMap(1, func(int) (string, uint64, pool.Member) { return "g", 1, pool.Member{} })
+	apply(t, g, m1)
+	apply(t, n, m1)
+	for r := range region.Count {
+		for i := range perRegion {
+			k := keyIn(r, i)
+			put(t, g, k, value(k, size), 1)
+		}
+	}
+	return g, n
+}
+
+// moveLowHalf is epoch 2: regions 0..7 move from g (at gURL) to n.
+func moveLowHalf(gURL string) Regions {
+	return regionMap(2, func(r int) (string, uint64, pool.Member) {
+		if r < 8 {
+			return "n", 2, pool.Member{ID: "g", HTTP: gURL}
+		}
+		return "g", 1, pool.Member{}
+	})
+}
+
+func cached(t *testing.T, n *handoffNode, key string) []byte {
+	t.Helper()
+	r := do(t, http.MethodGet, keyURL(n.url, key), nil)
+	switch r.code {
+	case http.StatusOK:
+		return r.body
+	case http.StatusNotFound:
+		return nil
+	}
+	t.Fatalf("GET %s at %s: %d %s", key, n.id, r.code, r.body)
+	return nil
+}
+
+func received(n *handoffNode) func() bool {
+	return func() bool { return len(n.Handoffs().Receiving) == 0 }
+}
+
+// TestHandoffOnGrow: the regions a grow moves arrive at their new owner
+// filled from the previous one, the most recently used entries first
+// within the new owner's share of its capacity; the previous owner keeps
+// them out of reads once it has lost them, and drops them when the new
+// owner is done; the new owner's reads of them are hits.
+func TestHandoffOnGrow(t *testing.T) {
+	// n: 1 MB for 8 regions, 128 KB a region: 4 of region 0's ten 30-KB
+	// entries fit.
+	g, n := handoffPair(t, 16, 1, 2, 20<<10, 30*time.Second)
+	hot := map[string]bool{}
+	for i := range 10 {
+		k := keyIn(0, 100+i)
+		put(t, g, k, value(k, 30<<10), 1)
+	}
+	for i := 6; i < 10; i++ { // the hottest four, hottest last
+		k := keyIn(0, 100+i)
+		hot[k] = true
+		if cached(t, g, k) == nil {
+			t.Fatalf("%s not cached at g", k)
+		}
+	}
+	before := g.Counters()
+	m2 := moveLowHalf(g.url)
+	apply(t, g, m2)
+	if st := g.Handoffs(); len(st.Giving) != 8 {
+		t.Fatalf("g gives %d regions, want 8: %v", len(st.Giving), st)
+	}
+	// g keeps them out of reads: it no longer owns them.
+	if r := do(t, http.MethodGet, keyURL(g.url, keyIn(0, 0)), nil); r.code != http.StatusMisdirectedRequest {
+		t.Errorf("GET of a handed-off key at the previous owner: %d, want 421", r.code)
+	}
+	apply(t, n, m2)
+	waitfor.True(t, 30*time.Second, "n to receive regions 0..7", received(n))
+	for r := 1; r < 8; r++ {
+		for i := range 2 {
+			k := keyIn(r, i)
+			if got := cached(t, n, k); !bytes.Equal(got, value(k, 20<<10)) {
+				t.Errorf("region %d key %s at n: %d bytes, want g's copy", r, k, len(got))
+			}
+		}
+	}
+	for i := range 10 {
+		k := keyIn(0, 100+i)
+		if got := cached(t, n, k); (got != nil) != hot[k] {
+			t.Errorf("region 0 key %d at n: cached %v, want %v (the four most recently used fit)", i, got != nil, hot[k])
+		}
+	}
+	if c := n.Counters(); c.Hits != 7*2+4 || c.Misses != 6 {
+		t.Errorf("n's counters %+v: want 18 hits (regions 1..7, region 0's four hot keys) and 6 misses (region 0's cold keys)", c)
+	}
+	waitfor.True(t, 30*time.Second, "g to drop what it kept", func() bool { return len(g.Handoffs().Giving) == 0 })
+	for r := 8; r < region.Count; r++ {
+		if k := keyIn(r, 0); cached(t, g, k) == nil {
+			t.Errorf("g lost %s of region %d, which it still owns", k, r)
+		}
+	}
+	if c := g.Counters(); c.Gets != before.Gets+8 {
+		t.Errorf("g counted %d GETs during the handoff, want only the test's 8: the transfer is not a read", c.Gets-before.Gets)
+	}
+	if got, want := g.Cache().Len(), 8*2; got != want {
+		t.Errorf("g holds %d entries after the handoff, want %d (regions 8..15)", got, want)
+	}
+}
+
+// TestHandoffOnShrink: a node a shrink removes keeps all its regions for
+// their new owner, shows them on GET /handoff until it is done, and hands
+// them over.
+func TestHandoffOnShrink(t *testing.T) {
+	g := startHandoffNode(t, "g", 8, 30*time.Second)
+	n := startHandoffNode(t, "n", 8, 30*time.Second)
+	half := regionMap(1, func(r int) (string, uint64, pool.Member) {
+		if r%2 == 0 {
+			return "n", 1, pool.Member{}
+		}
+		return "g", 1, pool.Member{}
+	})
+	apply(t, g, half)
+	apply(t, n, half)
+	for r := range region.Count {
+		owner := map[bool]*handoffNode{true: n, false: g}[r%2 == 0]
+		put(t, owner, keyIn(r, 0), value(keyIn(r, 0), 10<<10), 1)
+	}
+	// g leaves the pool: n owns everything, g's regions from g.
+	all := regionMap(2, func(r int) (string, uint64, pool.Member) {
+		if r%2 == 0 {
+			return "n", 1, pool.Member{}
+		}
+		return "n", 2, pool.Member{ID: "g", HTTP: g.url}
+	})
+	apply(t, g, all)
+	var st HandoffStatus
+	if r := do(t, http.MethodGet, g.url+"/handoff", nil); r.code != http.StatusOK || decodeInto(t, r.body, &st) != nil || len(st.Giving) != 8 {
+		t.Fatalf("GET /handoff at the leaving node: %d %s, want 8 regions given", r.code, r.body)
+	}
+	apply(t, n, all)
+	waitfor.True(t, 30*time.Second, "the leaving node to hand every region off", func() bool {
+		r := do(t, http.MethodGet, g.url+"/handoff", nil)
+		return r.code == http.StatusOK && decodeInto(t, r.body, &st) == nil && len(st.Giving) == 0
+	})
+	for r := range region.Count {
+		if k := keyIn(r, 0); !bytes.Equal(cached(t, n, k), value(k, 10<<10)) {
+			t.Errorf("region %d: %s not at n after the shrink", r, k)
+		}
+	}
+	if st := n.Handoffs(); st.Entries != 8 || st.Bytes != 8*10<<10 {
+		t.Errorf("n's handoff figures %v: want 8 entries of 10 KB", st)
+	}
+}
+
+// TestHandoffWritesDuringHandoffWin: a write or an invalidation that
+// reaches the new owner before the copy does is not undone by the copy.
+func TestHandoffWritesDuringHandoffWin(t *testing.T) {
+	g, n := handoffPair(t, 8, 8, 4, 10<<10, 30*time.Second)
+	m2 := moveLowHalf(g.url)
+	// n takes the regions first: g, still at epoch 1, answers 409 and the
+	// copy waits.
+	apply(t, n, m2)
+	written, deleted, kept := keyIn(0, 0), keyIn(0, 1), keyIn(0, 2)
+	fresh := []byte("the newer image")
+	put(t, n, written, fresh, 2)
+	if r := do(t, http.MethodDelete, keyURL(n.url, deleted), nil, HeaderEpoch, "2"); r.code != http.StatusNoContent {
+		t.Fatalf("DELETE at n: %d %s", r.code, r.body)
+	}
+	// A write that is evicted before the copy arrives is not undone either.
+	evicted := keyIn(0, 3)
+	put(t, n, evicted, fresh, 2)
+	n.Cache().Delete(evicted)
+	if len(n.Handoffs().Receiving) != 8 {
+		t.Fatalf("n is not waiting for the copy: %v", n.Handoffs())
+	}
+	apply(t, g, m2)
+	waitfor.True(t, 30*time.Second, "n to receive regions 0..7", received(n))
+	if got := cached(t, n, written); !bytes.Equal(got, fresh) {
+		t.Errorf("written key at n: %q, want the write made during the handoff", got)
+	}
+	if got := cached(t, n, deleted); got != nil {
+		t.Errorf("deleted key at n: %d bytes, want it gone (the copy must not bring it back)", len(got))
+	}
+	if got := cached(t, n, evicted); got != nil {
+		t.Errorf("written then evicted key at n: %d bytes, want it uncached (the copy is older than the write)", len(got))
+	}
+	if got := cached(t, n, kept); !bytes.Equal(got, value(kept, 10<<10)) {
+		t.Errorf("untouched key at n: %d bytes, want g's copy", len(got))
+	}
+	if st := n.Handoffs(); st.Refused < 3 {
+		t.Errorf("n refused %d copies, want at least the written, the deleted and the evicted key's", st.Refused)
+	}
+}
+
+// TestHandoffClearAndDeleteAllWin: a clear or a delete-all that reaches
+// the new owner during a handoff wins: nothing the previous owner held
+// before it arrives after it.
+func TestHandoffClearAndDeleteAllWin(t *testing.T) {
+	t.Run("clear", func(t *testing.T) {
+		g, n := handoffPair(t, 8, 8, 2, 10<<10, 30*time.Second)
+		m2 := moveLowHalf(g.url)
+		apply(t, n, m2)
+		if err := n.ClearAt(context.Background(), 0); err != nil { // an operator's clear: no generation
+			t.Fatal(err)
+		}
+		apply(t, g, m2)
+		waitfor.True(t, 30*time.Second, "n to end the handoff", received(n))
+		if got := n.Cache().Len(); got != 0 {
+			t.Errorf("n holds %d entries after a clear during the handoff, want 0", got)
+		}
+		if st := n.Handoffs(); st.Refused != 16 || st.Entries != 0 {
+			t.Errorf("n's handoff figures %v: want all 16 copies refused", st)
+		}
+	})
+	t.Run("delete-all", func(t *testing.T) {
+		g, n := handoffPair(t, 8, 8, 2, 10<<10, 30*time.Second)
+		m2 := moveLowHalf(g.url)
+		// n takes the regions, then carries out a delete-all (generation
+		// 1) before g has seen either.
+		apply(t, n, m2)
+		if err := n.ClearAt(context.Background(), 1); err != nil {
+			t.Fatal(err)
+		}
+		apply(t, g, m2)
+		// g holds the map but has not cleared: it answers 409 to n's
+		// generation, so n waits rather than take what the delete-all
+		// removed.
+		u := g.url + "/handoff/0?epoch=2&gen=1"
+		if r := do(t, http.MethodGet, u, nil); r.code != http.StatusConflict {
+			t.Fatalf("GET %s: %d %s, want 409 while g has not cleared", u, r.code, r.body)
+		}
+		if len(n.Handoffs().Receiving) != 8 || n.Cache().Len() != 0 {
+			t.Fatalf("n during the delete-all: %v, %d entries; want still waiting, empty", n.Handoffs(), n.Cache().Len())
+		}
+		if err := g.ClearAt(context.Background(), 1); err != nil {
+			t.Fatal(err)
+		}
+		waitfor.True(t, 30*time.Second, "n to end the handoff", received(n))
+		if got := n.Cache().Len(); got != 0 {
+			t.Errorf("n holds %d entries after a delete-all during the handoff, want 0", got)
+		}
+	})
+}
+
+// TestHandoffPreviousOwnerDiesMidway: a previous owner that stops
+// answering in the middle of the copy ends the handoff: what arrived stays,
+// the rest misses, and nothing waits for the dead node.
+func TestHandoffPreviousOwnerDiesMidway(t *testing.T) {
+	g, n := handoffPair(t, 16, 16, 6, 50<<10, time.Minute)
+	// The previous owner as n sees it: it dies after sending about half
+	// of region 0's copy.
+	target, _ := url.Parse(g.url)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	dying := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		rp.ServeHTTP(rec, r)
+		if r.Method != http.MethodGet || rec.Code != http.StatusOK {
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes())
+			return
+		}
+		body := rec.Body.Bytes()
+		w.WriteHeader(http.StatusOK)
+		w.Write(body[:len(body)/2])
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // the connection drops
+	}))
+	defer dying.Close()
+	m2 := moveLowHalf(dying.URL)
+	apply(t, g, m2)
+	apply(t, n, m2)
+	waitfor.True(t, 30*time.Second, "n to end the handoff", received(n))
+	st := n.Handoffs()
+	if st.Entries == 0 || st.Entries >= 6 {
+		t.Errorf("n installed %d entries of region 0's 6 from a node that died halfway, want some but not all", st.Entries)
+	}
+	for r := 1; r < 8; r++ {
+		if k := keyIn(r, 0); cached(t, n, k) != nil {
+			t.Errorf("%s of region %d at n: the handoff went on past the dead node", k, r)
+		}
+	}
+}
+
+// TestHandoffWarmRead: while a region's copy is under way, a read that
+// misses at the new owner is answered from the previous owner, installed,
+// and counted once, as a hit, at the new owner only.
+func TestHandoffWarmRead(t *testing.T) {
+	g, n := handoffPair(t, 8, 8, 2, 10<<10, time.Minute)
+	target, _ := url.Parse(g.url)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	release := make(chan struct{})
+	held := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && !r.URL.Query().Has("key") {
+			select { // the bulk copy waits
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	defer held.Close()
+	m2 := moveLowHalf(held.URL)
+	apply(t, g, m2)
+	apply(t, n, m2)
+	gBefore, nBefore := g.Counters(), n.Counters()
+	k := keyIn(3, 1)
+	if got := cached(t, n, k); !bytes.Equal(got, value(k, 10<<10)) {
+		t.Fatalf("read of %s at n during the handoff: %d bytes, want g's copy", k, len(got))
+	}
+	if got := n.Cache().Len(); got != 1 {
+		t.Errorf("n holds %d entries, want the one read installed", got)
+	}
+	if c := n.Counters(); c.Gets-nBefore.Gets != 1 || c.Hits-nBefore.Hits != 1 {
+		t.Errorf("n counted %d GETs and %d hits for one read served from the previous owner, want 1 and 1", c.Gets-nBefore.Gets, c.Hits-nBefore.Hits)
+	}
+	if c := g.Counters(); c.Gets != gBefore.Gets {
+		t.Errorf("g counted %d GETs for the lookup, want 0: the read is n's", c.Gets-gBefore.Gets)
+	}
+	if st := n.Handoffs(); st.WarmReads != 1 {
+		t.Errorf("warm reads %d, want 1", st.WarmReads)
+	}
+	// A key g does not have either is one miss.
+	if got := cached(t, n, keyIn(3, 50)); got != nil {
+		t.Errorf("a key nobody holds read %d bytes", len(got))
+	}
+	if c := n.Counters(); c.Misses-nBefore.Misses != 1 {
+		t.Errorf("n counted %d misses for one read nobody holds, want 1", c.Misses-nBefore.Misses)
+	}
+	close(release)
+	waitfor.True(t, 30*time.Second, "n to receive regions 0..7", received(n))
+	if got := cached(t, n, keyIn(5, 0)); got == nil {
+		t.Error("the bulk copy did not arrive after it was let through")
+	}
+}
+
+// TestHandoffBadInput: what each malformed handoff request gets, and that
+// none of them changes anything.
+func TestHandoffBadInput(t *testing.T) {
+	g, _ := handoffPair(t, 8, 8, 1, 1<<10, 30*time.Second)
+	apply(t, g, moveLowHalf("http://127.0.0.1:1"))
+	k0 := keyIn(0, 0)
+	for _, c := range []struct {
+		method, path string
+		code         int
+	}{
+		{http.MethodGet, "/handoff/16?epoch=2", http.StatusBadRequest},
+		{http.MethodGet, "/handoff/-1?epoch=2", http.StatusBadRequest},
+		{http.MethodGet, "/handoff/x?epoch=2", http.StatusBadRequest},
+		{http.MethodGet, "/handoff/0", http.StatusBadRequest},
+		{http.MethodGet, "/handoff/0?epoch=two", http.StatusBadRequest},
+		{http.MethodGet, "/handoff/0?epoch=2&gen=-1", http.StatusBadRequest},
+		{http.MethodGet, "/handoff/0?epoch=2&budget=-5", http.StatusBadRequest},
+		{http.MethodGet, "/handoff/0?epoch=2&key=", http.StatusBadRequest},
+		{http.MethodGet, "/handoff/1?epoch=2&key=" + url.QueryEscape(k0), http.StatusBadRequest}, // k0 is region 0's
+		{http.MethodGet, "/handoff/9?epoch=2", http.StatusNotFound},                              // g still owns 9
+		{http.MethodGet, "/handoff/0?epoch=3", http.StatusConflict},                              // g holds epoch 2
+		{http.MethodGet, "/handoff/0?epoch=2&gen=5", http.StatusConflict},                        // g has not cleared to 5
+		{http.MethodDelete, "/handoff/zero?epoch=2", http.StatusBadRequest},
+		{http.MethodDelete, "/handoff/0?epoch=", http.StatusBadRequest},
+		{http.MethodDelete, "/handoff/0?epoch=1", http.StatusNoContent}, // older than the move: a no-op
+	} {
+		if r := do(t, c.method, g.url+c.path, nil); r.code != c.code {
+			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, r.code, r.body, c.code)
+		}
+	}
+	if st := g.Handoffs(); len(st.Giving) != 8 || g.Cache().Len() != 16 {
+		t.Errorf("after bad requests g gives %d regions and holds %d entries, want 8 and 16", len(st.Giving), g.Cache().Len())
+	}
+	// A good one: region 0's one entry, in a frame.
+	r := do(t, http.MethodGet, g.url+"/handoff/0?epoch=2", nil)
+	key, it, err := readFrame(bufio.NewReader(bytes.NewReader(r.body)), 1<<20)
+	if r.code != http.StatusOK || err != nil || key != k0 || !bytes.Equal(it.Value, value(k0, 1<<10)) {
+		t.Errorf("GET /handoff/0: %d, frame %q %d bytes %v; want %s's entry", r.code, key, len(it.Value), err, k0)
+	}
+}
+
+// TestHandoffNeedsTheSecret: a node with a cluster secret hands nothing
+// off to a caller without it.
+func TestHandoffNeedsTheSecret(t *testing.T) {
+	n, err := New(Config{ID: "g", Secret: "s3cret"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(n.Handler())
+	defer srv.Close()
+	for _, p := range []string{"/handoff", "/handoff/0?epoch=0"} {
+		if r := do(t, http.MethodGet, srv.URL+p, nil); r.code != http.StatusUnauthorized {
+			t.Errorf("GET %s without the secret: %d, want 401", p, r.code)
+		}
+	}
+}
+
+func decodeInto(t *testing.T, b []byte, v any) error {
+	t.Helper()
+	return json.Unmarshal(b, v)
+}
