@@ -75,6 +75,9 @@ type Pool struct {
 
 	mu sync.Mutex     // serialises changes of the member list
 	wg sync.WaitGroup // grow-backs and drains in flight; Run waits for them
+
+	drainMu  sync.Mutex
+	draining map[string]bool // removed members not yet released: never acquired again
 }
 
 // DefaultDeadGrace is PoolConfig.DeadGrace's default.
@@ -98,6 +101,19 @@ func NewPool(cfg PoolConfig, raft Applier, members Membership, prov Provisioner,
 		cfg.DrainTimeout = 45 * time.Second
 	}
 	return &Pool{cfg: cfg, raft: raft, members: members, prov: prov, log: log.With("component", "pool")}
+}
+
+// exclude returns what an Acquire must not return: the members, and the
+// removed nodes still handing off (releasing one the pool had taken back
+// would stop a member).
+func (p *Pool) exclude(members []fsm.Member) []string {
+	out := ids(members)
+	p.drainMu.Lock()
+	defer p.drainMu.Unlock()
+	for id := range p.draining {
+		out = append(out, id)
+	}
+	return out
 }
 
 func ids(ms []fsm.Member) []string {
@@ -129,7 +145,7 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 		return fsm.Result{Index: st.Index, Epoch: st.Epoch}, nil
 	case n > len(cur):
 		actx, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
-		got, err := p.prov.Acquire(actx, n-len(cur), ids(cur))
+		got, err := p.prov.Acquire(actx, n-len(cur), p.exclude(cur))
 		cancel()
 		if err != nil {
 			return fsm.Result{}, fmt.Errorf("growing the pool to %d: %w", n, err)
@@ -156,6 +172,10 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 		}
 		p.log.Info("pool shrunk", "from", len(cur), "to", n, "removed", removed, "epoch", res.Epoch)
 		release := func() {
+			// Not one the pool has taken back meanwhile (under another
+			// leader, which does not know this one's drains).
+			now := p.raft.State()
+			removed := slices.DeleteFunc(slices.Clone(removed), func(id string) bool { _, in := now.Member(id); return in })
 			if err := p.prov.Release(context.WithoutCancel(ctx), removed); err != nil {
 				p.log.Warn("releasing removed nodes", "err", err)
 			}
@@ -165,7 +185,22 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 			return res, nil
 		}
 		// The removed nodes hand their regions off before they stop.
+		p.drainMu.Lock()
+		if p.draining == nil {
+			p.draining = map[string]bool{}
+		}
+		for _, id := range removed {
+			p.draining[id] = true
+		}
+		p.drainMu.Unlock()
 		p.wg.Go(func() {
+			defer func() {
+				p.drainMu.Lock()
+				for _, id := range removed {
+					delete(p.draining, id)
+				}
+				p.drainMu.Unlock()
+			}()
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DrainTimeout)
 			defer cancel()
 			var wg sync.WaitGroup
@@ -260,7 +295,7 @@ func (p *Pool) replace(ctx context.Context, id, why string) {
 	}
 	cmd := fsm.MarkFailed{ID: id}
 	actx, cancel := context.WithTimeout(ctx, p.cfg.ReplaceTimeout)
-	got, err := p.prov.Acquire(actx, 1, ids(st.Members))
+	got, err := p.prov.Acquire(actx, 1, p.exclude(st.Members))
 	cancel()
 	growBack := false
 	if err == nil && len(got) == 1 {
@@ -292,7 +327,7 @@ func (p *Pool) replace(ctx context.Context, id, why string) {
 // adds the node only if the pool is still smaller than n.
 func (p *Pool) growBack(ctx context.Context, n int) {
 	actx, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
-	got, err := p.prov.Acquire(actx, 1, ids(p.raft.State().Members))
+	got, err := p.prov.Acquire(actx, 1, p.exclude(p.raft.State().Members))
 	cancel()
 	if err != nil || len(got) != 1 {
 		if ctx.Err() == nil {

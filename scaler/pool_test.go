@@ -2,6 +2,7 @@ package scaler_test
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"slices"
 	"sync"
@@ -384,4 +385,70 @@ func TestPoolRunReplacesAMemberMissingForDeadGrace(t *testing.T) {
 			t.Errorf("region %d: got %q, want %q", r, st.Regions[r], want)
 		}
 	}
+}
+
+// blockingDrainer is a Drainer that waits until released and records what
+// it was asked to drain.
+type blockingDrainer struct {
+	release chan struct{}
+	mu      sync.Mutex
+	asked   []string
+}
+
+func (d *blockingDrainer) Drain(ctx context.Context, m fsm.Member, epoch uint64) error {
+	d.mu.Lock()
+	d.asked = append(d.asked, fmt.Sprintf("%s@%d", m.ID, epoch))
+	d.mu.Unlock()
+	select {
+	case <-d.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestPoolShrinkDrainsBeforeRelease: a shrink commits at once, but gives a
+// removed node back to the provisioner only once the Drainer says it has
+// handed off; meanwhile no grow takes it back (its release would then stop
+// a member), and a grow takes other nodes instead.
+func TestPoolShrinkDrainsBeforeRelease(t *testing.T) {
+	env := newPoolEnv(t, "n1", "n2", "n3")
+	d := &blockingDrainer{release: make(chan struct{})}
+	p := env.pool(scaler.PoolConfig{AcquireTimeout: poolWait, Drainer: d})
+	env.run(p)
+	ctx := t.Context()
+	if _, err := p.Resize(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	res, err := p.Resize(ctx, 1)
+	if err != nil {
+		t.Fatalf("Resize(1): %v", err)
+	}
+	if got := memberIDs(env.raft.State()); !slices.Equal(got, []string{"n1"}) {
+		t.Fatalf("members after Resize(1): %q, want [n1]", got)
+	}
+	waitfor.True(t, poolWait, "the drain of n2 to begin", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return slices.Equal(d.asked, []string{fmt.Sprintf("n2@%d", res.Epoch)})
+	})
+	// Growing while n2 drains takes n3, never n2.
+	if _, err := p.Resize(ctx, 2); err != nil {
+		t.Fatalf("Resize(2) during the drain: %v", err)
+	}
+	if got := memberIDs(env.raft.State()); !slices.Equal(got, []string{"n1", "n3"}) {
+		t.Fatalf("members after growing during the drain: %q, want [n1 n3]", got)
+	}
+	acq, rel := env.prov.calls()
+	if last := acq[len(acq)-1]; !slices.Contains(last.exclude, "n2") {
+		t.Errorf("acquire during the drain excluded %q, want n2 among them", last.exclude)
+	}
+	if len(rel) != 0 {
+		t.Errorf("released %v before the drain ended, want nothing", rel)
+	}
+	close(d.release)
+	waitfor.True(t, poolWait, "n2 to be released after its drain", func() bool {
+		_, rel := env.prov.calls()
+		return len(rel) == 1 && slices.Equal(rel[0].ids, []string{"n2"})
+	})
 }

@@ -278,12 +278,35 @@ func TestResizeWithLocalProvisionerFollowsTheRegionRule(t *testing.T) {
 				t.Fatalf("region %d moved from %s to %s, but %s answers %d for its key, want 421", r, oldOwner, newOwner, oldOwner, code)
 			}
 		}
+		// Moved regions arrive warm: the new owner holds the key, filled
+		// from the previous owner (node/handoff.go), on a grow and on a
+		// shrink alike (a removed node hands off before it is stopped).
+		for r, k := range keys {
+			if prev.Regions[r] == st.Regions[r] {
+				continue
+			}
+			owner := nodeURL(st, st.Regions[r])
+			var got string
+			waitfor.True(t, testcluster.Wait, fmt.Sprintf("region %d's key at its new owner %s", r, st.Regions[r]), func() bool {
+				e, err := nodes.Get(context.Background(), owner, k, st.Epoch, node.GetOptions{})
+				if err != nil {
+					got = err.Error()
+					return false
+				}
+				defer e.Body.Close()
+				b, _ := io.ReadAll(e.Body)
+				got = string(b)
+				return got == "value-"+k
+			})
+		}
 		// Nodes removed from the pool are stopped by the local provisioner.
 		for _, old := range prev.Members {
 			if _, ok := st.Member(old.ID); !ok {
 				waitfor.True(t, testcluster.Wait, old.ID+" to stop", func() bool {
-					_, err := http.Get(old.HTTP + "/healthz")
-					return err != nil
+					// Refused: nothing listens (a plain GET of the https
+					// URL would fail whether or not the node ran).
+					_, err := nodes.Stats(context.Background(), old.HTTP, time.Now())
+					return errors.Is(err, syscall.ECONNREFUSED)
 				})
 			}
 		}

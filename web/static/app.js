@@ -91,7 +91,7 @@
     if (!body) return;
     body.replaceChildren();
     if (d.pool.length === 0) {
-      var tr = el('tr'); tr.appendChild(el('td', { colspan: 6, 'class': 'muted' }, 'The pool has no nodes yet.'));
+      var tr = el('tr'); tr.appendChild(el('td', { colspan: 7, 'class': 'muted' }, 'The pool has no nodes yet.'));
       body.appendChild(tr);
       return;
     }
@@ -105,6 +105,7 @@
       tr.appendChild(el('td', { 'class': 'num' }, count(n.items)));
       tr.appendChild(el('td', { 'class': 'num' }, bytes(n.bytes)));
       tr.appendChild(el('td', { 'class': n.health === 'ok' ? 'health-ok' : 'health-bad' }, n.health));
+      tr.appendChild(el('td', { 'class': 'handoff' + (n.handoff ? '' : ' muted') }, n.handoff || '—'));
       body.appendChild(tr);
     });
   }
