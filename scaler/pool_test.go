@@ -2,8 +2,8 @@ package scaler_test
 
 import (
 	"context"
-	"fmt"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
