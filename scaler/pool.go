@@ -76,8 +76,8 @@ type Pool struct {
 	mu sync.Mutex     // serialises changes of the member list
 	wg sync.WaitGroup // grow-backs and drains in flight; Run waits for them
 
-	drainMu  sync.Mutex
-	draining map[string]bool // removed members not yet released: never acquired again
+	relMu     sync.Mutex
+	releasing map[string]bool // removed members being released after their drain: not to be acquired
 }
 
 // DefaultDeadGrace is PoolConfig.DeadGrace's default.
@@ -104,13 +104,13 @@ func NewPool(cfg PoolConfig, raft Applier, members Membership, prov Provisioner,
 }
 
 // exclude returns what an Acquire must not return: the members, and the
-// removed nodes still handing off (releasing one the pool had taken back
-// would stop a member).
+// removed nodes being released. A removed node still handing off may be
+// taken back: it is then not released.
 func (p *Pool) exclude(members []fsm.Member) []string {
 	out := ids(members)
-	p.drainMu.Lock()
-	defer p.drainMu.Unlock()
-	for id := range p.draining {
+	p.relMu.Lock()
+	defer p.relMu.Unlock()
+	for id := range p.releasing {
 		out = append(out, id)
 	}
 	return out
@@ -171,36 +171,17 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 			return res, err
 		}
 		p.log.Info("pool shrunk", "from", len(cur), "to", n, "removed", removed, "epoch", res.Epoch)
-		release := func() {
-			// Not one the pool has taken back meanwhile (under another
-			// leader, which does not know this one's drains).
-			now := p.raft.State()
-			removed := slices.DeleteFunc(slices.Clone(removed), func(id string) bool { _, in := now.Member(id); return in })
-			if err := p.prov.Release(context.WithoutCancel(ctx), removed); err != nil {
+		release := func(ids []string) {
+			if err := p.prov.Release(context.WithoutCancel(ctx), ids); err != nil {
 				p.log.Warn("releasing removed nodes", "err", err)
 			}
 		}
 		if p.cfg.Drainer == nil {
-			release()
+			release(removed)
 			return res, nil
 		}
 		// The removed nodes hand their regions off before they stop.
-		p.drainMu.Lock()
-		if p.draining == nil {
-			p.draining = map[string]bool{}
-		}
-		for _, id := range removed {
-			p.draining[id] = true
-		}
-		p.drainMu.Unlock()
 		p.wg.Go(func() {
-			defer func() {
-				p.drainMu.Lock()
-				for _, id := range removed {
-					delete(p.draining, id)
-				}
-				p.drainMu.Unlock()
-			}()
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DrainTimeout)
 			defer cancel()
 			var wg sync.WaitGroup
@@ -215,7 +196,30 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 				})
 			}
 			wg.Wait()
-			release()
+			// Release those the pool has not taken back meanwhile (a grow
+			// during the drain may), and let no grow take them while they
+			// are being released. Under p.mu, no resize is between its
+			// Acquire and its commit.
+			p.mu.Lock()
+			now := p.raft.State()
+			out := slices.DeleteFunc(slices.Clone(removed), func(id string) bool { _, in := now.Member(id); return in })
+			p.relMu.Lock()
+			if p.releasing == nil {
+				p.releasing = map[string]bool{}
+			}
+			for _, id := range out {
+				p.releasing[id] = true
+			}
+			p.relMu.Unlock()
+			p.mu.Unlock()
+			if len(out) > 0 {
+				release(out)
+			}
+			p.relMu.Lock()
+			for _, id := range out {
+				delete(p.releasing, id)
+			}
+			p.relMu.Unlock()
 		})
 		return res, nil
 	}

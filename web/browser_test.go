@@ -215,7 +215,7 @@ const chartsHaveData = `(() => {
 func poolShown(n int) string {
 	return fmt.Sprintf(`(() => {
 	const rows = [...document.querySelectorAll('#pool-body tr[data-node]')];
-	return rows.length === %d && rows.every(r => r.lastChild.textContent === 'ok') &&
+	return rows.length === %d && rows.every(r => r.querySelector('td.health-ok') !== null && r.querySelector('td.handoff') !== null) &&
 		document.querySelectorAll('#regions .region:not(.unowned)').length === 16;
 })()`, n)
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -397,5 +398,38 @@ func (d drainer) Drain(ctx context.Context, m fsm.Member, epoch uint64) error {
 			return fmt.Errorf("still handing off %d regions at epoch %d: %w", len(st.Handoff.Giving), st.Epoch, ctx.Err())
 		case <-tick.C:
 		}
+	}
+}
+
+// warming reports the warm handoffs still under way at the pool's
+// members (node.HandoffStatus): the auto-scaler does not read a window
+// during which regions were still arriving as the steady miss rate of the
+// new size. A member that does not answer within 2 s counts as not
+// warming.
+func warming(nodes *node.Client, state func() fsm.State) func(ctx context.Context) (string, bool) {
+	return func(ctx context.Context) (string, bool) {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		members := state().Members
+		recv := make([]int, len(members))
+		var wg sync.WaitGroup
+		for i, m := range members {
+			wg.Go(func() {
+				if st, err := nodes.Stats(ctx, m.HTTP, time.Now()); err == nil {
+					recv[i] = len(st.Handoff.Receiving)
+				}
+			})
+		}
+		wg.Wait()
+		var parts []string
+		for i, m := range members {
+			if recv[i] > 0 {
+				parts = append(parts, fmt.Sprintf("%s receiving %d regions", m.ID, recv[i]))
+			}
+		}
+		if len(parts) == 0 {
+			return "", false
+		}
+		return "handoff under way: " + strings.Join(parts, ", "), true
 	}
 }
