@@ -142,6 +142,7 @@ func TestSteady(t *testing.T) {
 		{"flat for 10 s", flat(ten...), 10, true},
 		{"flat but shorter than the minimum", flat(ten...), 11, false},
 		{"fewer than 10 s", flat(80, 80, 80, 80, 80), 1, false},
+		{"a point higher than 5 s before", flat(94, 94, 94, 94, 94, 95, 95, 95, 95, 95), 1, false},
 		{"still rising", flat(50, 60, 70, 75, 80, 82, 84, 86, 88, 90), 1, false},
 		// 5-s means 95.0 and 95.4: within half a point.
 		{"settled", flat(50, 94, 96, 95, 95, 95, 95, 96, 95, 96, 95), 1, true},
