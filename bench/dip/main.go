@@ -456,8 +456,8 @@ func (a *admin) waitNodes(ctx context.Context, n int, timeout time.Duration) err
 	}
 }
 
-// poolView reads a manager's pool view (GET /v1/pool on its cluster
-// listener: mutual TLS and the cluster secret).
+// poolView reads the managers' pool view (GET /v1/pool on a manager's
+// cluster listener: mutual TLS and the cluster secret).
 type poolView struct {
 	url, secret string
 	hc          *http.Client
@@ -485,9 +485,11 @@ func newPoolView(o options) (*poolView, error) {
 		hc: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}}, nil
 }
 
+// get returns the leader's region map after a barrier (?consistent=1): a
+// follower's own view may not hold a change committed a moment ago.
 func (p *poolView) get(ctx context.Context) (region.Map, error) {
 	var m region.Map
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"?consistent=1", nil)
 	if err != nil {
 		return m, err
 	}
