@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/urfave/cli/v3"
@@ -74,6 +75,9 @@ func frontendCommand() *cli.Command {
 }
 
 func runFrontend(ctx context.Context, cmd *cli.Command) error {
+	if n := cmd.Int("near-cache-mb"); n < 0 {
+		return fmt.Errorf("--near-cache-mb %d: want 0 (off) or more", n)
+	}
 	log, key, id, err := processSetup(cmd, "http-addr")
 	if err != nil {
 		return err

@@ -41,6 +41,7 @@ func upCommand() *cli.Command {
 			stringFlag("host", "127.0.0.1", "IP address every process listens on"),
 			intFlag("port-base", 7200, "manager i (1..3) listens on HTTP port-base+i, Raft port-base+100+i, gossip port-base+200+i, cluster HTTP port-base+300+i; the frontend gossips on port-base+204 and takes cluster calls on port-base+304"),
 			stringFlag("frontend-addr", "127.0.0.1:8080", "host:port of the frontend (pages and data API)"),
+			&cli.IntFlag{Name: "near-cache-mb", Value: 64, Usage: "the frontend's near-cache in MB (0: off, every read asks the owner node)", Sources: cli.EnvVars(envName("near-cache-mb"))},
 			stringFlag("info-file", "", "write the addresses as JSON here once ready"),
 			&cli.DurationFlag{Name: "scaler-interval", Value: time.Minute, Usage: "how often the leader's auto-scaler reads the miss rate and decides (shorten it for a demo)", Sources: cli.EnvVars(envName("scaler-interval"))},
 			&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, Usage: "how long to wait for a leader and the first node", Sources: cli.EnvVars(envName("ready-timeout"))},
@@ -84,6 +85,9 @@ func readOrCreateSecret(path string, n int, enc func([]byte) string) (string, er
 }
 
 func runUp(ctx context.Context, cmd *cli.Command) error {
+	if n := cmd.Int("near-cache-mb"); n < 0 {
+		return fmt.Errorf("--near-cache-mb %d: want 0 (off) or more", n)
+	}
 	log, err := newLogger(cmd)
 	if err != nil {
 		return err
@@ -189,7 +193,7 @@ func runUp(ctx context.Context, cmd *cli.Command) error {
 		Gossip:   gossip.Config{BindAddr: fmt.Sprintf("%s:%d", host, base+200+replicas+1), Join: gossipAddrs, SecretKey: key},
 		Managers: clusterURLs, Secret: secret,
 		DB: filepath.Join(data, "frontend", "keys.db"), BlobDir: filepath.Join(data, "frontend", "blobs"),
-		MaxUpload: 10 << 20, NearCacheMB: 64, Timeouts: timeouts,
+		MaxUpload: 10 << 20, NearCacheMB: cmd.Int("near-cache-mb"), Timeouts: timeouts,
 	}, log.With("id", "frontend"))
 	if err != nil {
 		stopAll()

@@ -82,3 +82,19 @@ func TestVersionNamesGo(t *testing.T) {
 		t.Errorf("version %q does not name the Go version", v)
 	}
 }
+
+// TestBadSizesAndTimeoutsAreRefused: a negative near-cache size or handoff
+// timeout stops the command before it starts anything, saying which flag.
+func TestBadSizesAndTimeoutsAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"up", "--data-dir", dir, "--near-cache-mb", "-1"},
+		{"frontend", "--near-cache-mb", "-3"},
+		{"node", "--insecure", "--handoff-timeout", "-1s"},
+	} {
+		err := rootCommand().Run(context.Background(), append([]string{"memcache"}, args...))
+		if err == nil || !strings.Contains(err.Error(), args[len(args)-2]) {
+			t.Errorf("memcache %s: %v, want an error naming %s", strings.Join(args, " "), err, args[len(args)-2])
+		}
+	}
+}
