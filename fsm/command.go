@@ -303,6 +303,7 @@ func (s *State) applyRecordDecision(c RecordDecision) {
 	// may otherwise carry the replica's Local zone, and a replica restored
 	// from a snapshot (or in another zone) would hold a different state.
 	d.Time = d.Time.UTC()
+	d.EstimateAt = d.EstimateAt.UTC()
 	s.Decisions = append(s.Decisions, d)
 	if extra := len(s.Decisions) - MaxDecisions; extra > 0 {
 		s.Decisions = slices.Delete(s.Decisions, 0, extra)

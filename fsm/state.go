@@ -182,10 +182,25 @@ func (p ScalingPolicy) problems() FieldErrors {
 	return fes
 }
 
+// Discount kinds, the Discounted of a Decision: why the window was not read
+// as the steady miss rate of the pool's size.
+const (
+	DiscountResize       = "resize"        // the window included a resize of the pool or the warm-up after it
+	DiscountHandoff      = "handoff"       // a warm handoff was running when the round read the window
+	DiscountAfterHandoff = "after-handoff" // the window included a round that found a handoff running, or the warm-up after it
+)
+
 // Decision is one round of the leader's scaler (DESIGN.md §7): a resize it
 // asked for, or a non-decision with its reason. The proposer fills in every
 // field, Time included; Apply stores it as it is (its Time in UTC) and never
 // reads the clock.
+//
+// Discounted and the Estimate fields are the scaler's guards against
+// flapping (scaler/autoscale.go). Entries and snapshots written before
+// they existed decode with them empty: a steady window, no estimate. A
+// replica of an older build halts at the first decision that carries them
+// (unknown fields), as it does for any entry it cannot apply, until it is
+// upgraded.
 type Decision struct {
 	Time     time.Time `json:"time"`      // when the scaler decided
 	Mode     string    `json:"mode"`      // ModeManual or ModeAuto, the policy's mode
@@ -198,12 +213,31 @@ type Decision struct {
 	Applied  bool      `json:"applied"`   // the resize was committed
 	Error    string    `json:"error,omitempty"`
 	By       string    `json:"by,omitempty"` // the replica (Raft leader) that decided
+
+	// Discounted, if not empty, says why the window's miss rate is not the
+	// steady miss rate of Nodes nodes (DiscountResize, DiscountHandoff,
+	// DiscountAfterHandoff):
+	// the scaler took no action on it, and never uses it as an estimate.
+	Discounted string `json:"discounted,omitempty"`
+	// EstimateNodes, if not zero, is the smaller size a shrink was checked
+	// at: the shrink guard estimated the miss rate the pool would have
+	// there. Estimate is that estimate, nil if there was none (the shrink
+	// is then taken); EstimateFrom says what it comes from, for people
+	// ("measured at 4 nodes at 14:02:05 UTC"), and EstimateAt is when that
+	// measurement was made, so a later round can reuse it while it is
+	// recent (the history keeps only MaxDecisions).
+	EstimateNodes int       `json:"estimate_nodes,omitempty"`
+	Estimate      *float64  `json:"estimate,omitempty"`
+	EstimateFrom  string    `json:"estimate_from,omitempty"`
+	EstimateAt    time.Time `json:"estimate_at,omitzero"`
 }
 
 // Validate reports, wrapping ErrInvalidCommand, what is wrong with d.
 // Besides each field's range it checks that Target agrees with Action
 // (above Nodes to grow, below to shrink, equal for none), that only a resize
-// can be Applied, and that a miss rate comes with GETs.
+// can be Applied, that a miss rate comes with GETs, that a discounted
+// window has a miss rate and took no action, and that an estimate is for a
+// smaller pool, in 0..1, with its source and a time no later than Time.
 func (d Decision) Validate() error {
 	switch {
 	case d.Mode != ModeManual && d.Mode != ModeAuto:
@@ -218,6 +252,9 @@ func (d Decision) Validate() error {
 		return invalidf("decision miss_rate %g is outside 0..1", *d.MissRate)
 	case d.MissRate != nil && d.Gets == 0:
 		return invalidf("decision miss_rate %g with no GETs", *d.MissRate)
+	}
+	if err := d.validateGuards(); err != nil {
+		return err
 	}
 	switch d.Action {
 	case ActionGrow:
@@ -241,11 +278,52 @@ func (d Decision) Validate() error {
 	return nil
 }
 
+// validateGuards checks Discounted and the Estimate fields.
+func (d Decision) validateGuards() error {
+	switch d.Discounted {
+	case "":
+	case DiscountResize, DiscountHandoff, DiscountAfterHandoff:
+		if d.MissRate == nil {
+			return invalidf("decision discounted (%s) with no miss rate", d.Discounted)
+		}
+		if d.Action != ActionNone {
+			return invalidf("decision discounted (%s) with action %s", d.Discounted, d.Action)
+		}
+	default:
+		return invalidf("decision discounted %q is not %s, %s or %s", d.Discounted, DiscountResize, DiscountHandoff, DiscountAfterHandoff)
+	}
+	if d.EstimateNodes == 0 {
+		if d.Estimate != nil || d.EstimateFrom != "" || !d.EstimateAt.IsZero() {
+			return invalidf("decision estimate with no estimate_nodes")
+		}
+		return nil
+	}
+	switch {
+	case d.EstimateNodes < MinNodes || d.EstimateNodes >= d.Nodes:
+		return invalidf("decision estimate_nodes %d is outside %d..%d (below nodes)", d.EstimateNodes, MinNodes, d.Nodes-1)
+	case d.Estimate == nil && (d.EstimateFrom != "" || !d.EstimateAt.IsZero()):
+		return invalidf("decision estimate_from or estimate_at with no estimate")
+	case d.Estimate == nil:
+		return nil
+	case !(*d.Estimate >= 0 && *d.Estimate <= 1):
+		return invalidf("decision estimate %g is outside 0..1", *d.Estimate)
+	case d.EstimateFrom == "":
+		return invalidf("decision estimate with no estimate_from")
+	case d.EstimateAt.IsZero() || d.EstimateAt.After(d.Time):
+		return invalidf("decision estimate_at %v is not a time before the decision's %v", d.EstimateAt, d.Time)
+	}
+	return nil
+}
+
 // clone returns a copy of d that shares no memory with it.
 func (d Decision) clone() Decision {
 	if d.MissRate != nil {
 		r := *d.MissRate
 		d.MissRate = &r
+	}
+	if d.Estimate != nil {
+		e := *d.Estimate
+		d.Estimate = &e
 	}
 	return d
 }

@@ -8,6 +8,34 @@ package scaler
 // fsm.RecordDecision, so every replica (and the UI on any of them) sees the
 // same history, non-decisions included.
 //
+// Guards against flapping (issue 13). Decide is the policy the user sets,
+// the seed's rule; Tick puts two guards around it, each written into the
+// decision log with its reason, unless AutoScalerConfig.SeedRuleOnly:
+//
+//   - Warm-up discount. A window that includes a change of the pool size, or
+//     the warm-up after it (Warmup, one Interval by default), measures caches
+//     that new owners are still filling, not the steady miss rate of the new
+//     size (AWS discounts an instance's warm-up the same way). Neither does a
+//     window in which a warm handoff was running (the Warming hook), or the
+//     next one. Such a window is recorded Discounted, and the round takes no
+//     action. When the size last changed is read from the decision history
+//     in the FSM, so a new leader knows it: an applied resize decision at its
+//     Time, or, for a change the scaler did not make (manual resize, failed
+//     member), the interval between the last decision that saw the old size
+//     and the first that saw the new one.
+//   - Shrink guard. A shrink to k nodes is not taken if the pool, the last
+//     time it was k nodes in a steady (not discounted) window, measured a
+//     miss rate above MaxMissRate: that is where the shrink would bring it
+//     back. The estimate is that measurement, from the decision history,
+//     if it is at most EstimateHorizon (1 hour) old; a round that uses it
+//     records it again (EstimateAt keeps its time), so it outlives the
+//     bounded history (fsm.MaxDecisions). With no such measurement the shrink
+//     is taken and the reason says "no estimate". Grows are not guarded: the
+//     overshoot of the seed's rule came from cold windows, which the discount
+//     skips. The horizon is the price of the guard: a pool whose load has
+//     since fallen stays large until the measurement is an hour old, then
+//     tries the shrink once more (two resizes an hour at most).
+//
 // Arithmetic. The miss rate is compared with the thresholds directly, with
 // no epsilon: a rate equal to a threshold is "not above" and "not below" it,
 // so it takes no action. The new size n × ratio is computed exactly, not in
@@ -46,6 +74,9 @@ const (
 	reasonNoGets    = "no GETs in the window: no miss rate, no action"
 	reasonEmptyPool = "the pool is empty: the pool maintainer creates it, no action"
 )
+
+// DefaultEstimateHorizon is AutoScalerConfig.EstimateHorizon's default.
+const DefaultEstimateHorizon = time.Hour
 
 // Decide is the pure decision rule of DESIGN §7. Given the pool size n, the
 // policy p (valid, as the FSM keeps it) and the window's totals t, it
@@ -149,6 +180,29 @@ type AutoScalerConfig struct {
 	// metrics' scrape period). Each round reads the window that ended Lag
 	// ago, so consecutive windows meet and no sample falls between them.
 	Lag time.Duration
+	// Warmup is how long after a change of the pool size (or a handoff seen
+	// running) the miss rate is not read as the steady miss rate of the
+	// size: a window that overlaps the change or its warm-up is discounted,
+	// and the round takes no action. If zero, Interval.
+	Warmup time.Duration
+	// Warming, if not nil, reports whether the pool is still warming up
+	// after a resize (a warm handoff of regions to their new owners still
+	// running), with a short description for the decision log, such as
+	// "handoff of 4 regions to n3: 60% done". A round that finds the pool
+	// warming takes no action, nor does the next one whose window includes
+	// that time. It is called once a round, with the round's context, and
+	// must return promptly. If nil, the pool is never reported warming
+	// (resizes are still discounted for Warmup).
+	Warming func(ctx context.Context) (string, bool)
+	// EstimateHorizon is how old a measurement may be for the shrink guard
+	// to use it as the estimate of the miss rate at a smaller size. If zero,
+	// DefaultEstimateHorizon (1 hour).
+	EstimateHorizon time.Duration
+	// SeedRuleOnly turns the warm-up discount and the shrink guard off:
+	// every round acts on Decide alone, as the seed's scaler did, and the
+	// pool flaps under a steady load (BENCHMARKS.md, "Flapping
+	// simulation"). It is there for comparison; leave it false.
+	SeedRuleOnly bool
 }
 
 // AutoScaler is the leader's scaler loop: every Interval it reads the
@@ -169,6 +223,12 @@ func NewAutoScaler(cfg AutoScalerConfig, raft Applier, pool Resizer, rates RateR
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Warmup <= 0 {
+		cfg.Warmup = cfg.Interval
+	}
+	if cfg.EstimateHorizon <= 0 {
+		cfg.EstimateHorizon = DefaultEstimateHorizon
 	}
 	return &AutoScaler{cfg: cfg, raft: raft, pool: pool, rates: rates, log: log.With("component", "autoscaler")}
 }
@@ -197,8 +257,12 @@ func (a *AutoScaler) Run(ctx context.Context) {
 // Tick runs one round: it reads the policy from the FSM (so a policy change
 // takes effect at the next round) and the pool's totals over the last
 // Interval, decides, resizes the pool if the decision says so, and records
-// the decision, whatever it is, with one fsm.RecordDecision. It returns the
-// decision as recorded (or as it would have been, if recording failed).
+// the decision, whatever it is, with one fsm.RecordDecision. Unless
+// SeedRuleOnly, the decision is Decide's with the guards of the design
+// note: a discounted window takes no action, and a shrink that the
+// estimate says would bring the miss rate back above the maximum is not
+// taken. It returns the decision as recorded (or as it would have been, if
+// recording failed).
 func (a *AutoScaler) Tick(ctx context.Context) fsm.Decision {
 	now := a.cfg.Now()
 	st := a.raft.State()
@@ -212,7 +276,8 @@ func (a *AutoScaler) Tick(ctx context.Context) fsm.Decision {
 		By:     a.cfg.Name,
 	}
 
-	t, err := a.rates.Totals(ctx, now.Add(-a.cfg.Lag), a.cfg.Interval)
+	end := now.Add(-a.cfg.Lag)
+	t, err := a.rates.Totals(ctx, end, a.cfg.Interval)
 	if err != nil {
 		d.Reason = "cannot read the pool miss rate: no action"
 		d.Error = err.Error()
@@ -222,6 +287,20 @@ func (a *AutoScaler) Tick(ctx context.Context) fsm.Decision {
 			d.MissRate = &r
 		}
 		d.Target, d.Action, d.Reason = Decide(n, st.Scaling, t)
+		if !a.cfg.SeedRuleOnly && d.MissRate != nil && n > 0 {
+			if kind, why := a.discount(ctx, st.Decisions, n, end.Add(-a.cfg.Interval), end, d.Time); kind != "" {
+				d.Discounted = kind
+				if st.Scaling.Mode == fsm.ModeManual {
+					d.Reason += "; " + why
+				} else {
+					d.Target, d.Action = n, fsm.ActionNone
+					d.Reason = fmt.Sprintf("miss rate %s discounted: %s: no action", strconv.FormatFloat(*d.MissRate, 'f', 2, 64), why)
+				}
+			}
+		}
+		if !a.cfg.SeedRuleOnly && d.Action == fsm.ActionShrink {
+			a.guardShrink(&d, st)
+		}
 	}
 
 	if d.Action != fsm.ActionNone {
@@ -250,3 +329,147 @@ func (a *AutoScaler) Tick(ctx context.Context) fsm.Decision {
 	}
 	return d
 }
+
+// discount reports whether the window (start, end] is not the steady miss
+// rate of the pool's n nodes, and why: a handoff running now (the Warming
+// hook), or, from the decision history ds, a change of the pool size or a
+// handoff seen running whose time or warm-up the window overlaps. now is
+// the round's time (UTC). kind is "" for a steady window.
+func (a *AutoScaler) discount(ctx context.Context, ds []fsm.Decision, n int, start, end, now time.Time) (kind, why string) {
+	if a.cfg.Warming != nil {
+		if what, warming := a.cfg.Warming(ctx); warming {
+			if what == "" {
+				what = "the pool reports it"
+			}
+			return fsm.DiscountHandoff, "handoff still running (" + what + "): warm-up"
+		}
+	}
+	// The window overlaps an event known to lie in [from, to] or the
+	// warm-up after it.
+	overlaps := func(from, to time.Time) bool {
+		return end.After(from) && start.Before(to.Add(a.cfg.Warmup))
+	}
+	if c, ok := lastSizeChange(ds, n, now); ok && overlaps(c.from, c.to) {
+		return fsm.DiscountResize, "window includes " + c.String() + " or its warm-up"
+	}
+	// The last round that found a handoff running: the windows that
+	// include it are not steady either.
+	for i := len(ds) - 1; i >= 0; i-- {
+		if d := ds[i]; d.Discounted == fsm.DiscountHandoff {
+			if overlaps(d.Time, d.Time) {
+				return fsm.DiscountAfterHandoff, "window includes the handoff seen running at " + clock(d.Time) + " or its warm-up"
+			}
+			break
+		}
+	}
+	return "", ""
+}
+
+// sizeChange is a change of the pool size, at some time in [from, to].
+type sizeChange struct {
+	nodes, target int
+	from, to      time.Time // equal for the scaler's own resize: its decision's Time
+}
+
+func (c sizeChange) String() string {
+	if c.from.Equal(c.to) {
+		return fmt.Sprintf("the resize %d -> %d at %s", c.nodes, c.target, clock(c.to))
+	}
+	return fmt.Sprintf("the resize %d -> %d (not the scaler's) between %s and %s", c.nodes, c.target, clock(c.from), clock(c.to))
+}
+
+// sizeAfter returns the pool size a decision left: its target if the
+// resize was committed, else its size.
+func sizeAfter(d fsm.Decision) int {
+	if d.Applied {
+		return d.Target
+	}
+	return d.Nodes
+}
+
+// lastSizeChange returns the newest change of the pool size that the
+// decision history ds shows, given that the pool has n nodes at now: an
+// applied resize (at its decision's time), or a change between two rounds
+// that the scaler did not make (the size a round saw is not the one the
+// round before left). With no history there is nothing to go by.
+func lastSizeChange(ds []fsm.Decision, n int, now time.Time) (sizeChange, bool) {
+	if len(ds) == 0 {
+		return sizeChange{}, false
+	}
+	if last := ds[len(ds)-1]; sizeAfter(last) != n {
+		return sizeChange{nodes: sizeAfter(last), target: n, from: last.Time, to: now}, true
+	}
+	for i := len(ds) - 1; i >= 0; i-- {
+		d := ds[i]
+		if d.Applied {
+			return sizeChange{nodes: d.Nodes, target: d.Target, from: d.Time, to: d.Time}, true
+		}
+		if i > 0 && sizeAfter(ds[i-1]) != d.Nodes {
+			return sizeChange{nodes: sizeAfter(ds[i-1]), target: d.Nodes, from: ds[i-1].Time, to: d.Time}, true
+		}
+	}
+	return sizeChange{}, false
+}
+
+// guardShrink checks the shrink d (as Decide made it) against the estimate
+// of the miss rate at its target: the newest steady measurement at that
+// size in the history, or an estimate a round carried forward, at most
+// EstimateHorizon old. Above the policy's maximum, the shrink is not taken.
+// d records the estimate, or that there was none, and the reason says which.
+func (a *AutoScaler) guardShrink(d *fsm.Decision, st fsm.State) {
+	k := d.Target
+	d.EstimateNodes = k
+	est, ok := estimateAt(st.Decisions, k, d.Time, a.cfg.EstimateHorizon)
+	if !ok {
+		d.Reason += fmt.Sprintf("; no estimate at %s (no steady window at that size in the last %s)", nodes(k), a.cfg.EstimateHorizon)
+		return
+	}
+	d.Estimate, d.EstimateFrom, d.EstimateAt = &est.rate, est.from, est.at
+	es, ths := formatPair(est.rate, st.Scaling.MaxMissRate)
+	if est.rate > st.Scaling.MaxMissRate {
+		d.Reason += fmt.Sprintf(" not taken: at %s the pool measured miss rate %s > max %s at %s (estimate)", nodes(k), es, ths, clock(est.at))
+		d.Target, d.Action = d.Nodes, fsm.ActionNone
+		return
+	}
+	d.Reason += fmt.Sprintf("; at %s the pool measured miss rate %s <= max %s at %s (estimate)", nodes(k), es, ths, clock(est.at))
+}
+
+// estimate is a miss rate measured at some pool size.
+type estimate struct {
+	rate float64
+	at   time.Time // when it was measured (the measuring round's time)
+	from string    // for people
+}
+
+// estimateAt returns the newest estimate of the miss rate at k nodes in the
+// history ds no older than horizon at now: a round at k nodes whose window
+// was steady, or a round that carried an estimate for k forward.
+func estimateAt(ds []fsm.Decision, k int, now time.Time, horizon time.Duration) (estimate, bool) {
+	for i := len(ds) - 1; i >= 0; i-- {
+		d := ds[i]
+		switch {
+		case d.Nodes == k && d.MissRate != nil && d.Discounted == "":
+			if now.Sub(d.Time) > horizon {
+				return estimate{}, false
+			}
+			return estimate{rate: *d.MissRate, at: d.Time, from: fmt.Sprintf("measured at %s at %s", nodes(k), clock(d.Time))}, true
+		case d.EstimateNodes == k && d.Estimate != nil:
+			if now.Sub(d.EstimateAt) > horizon {
+				return estimate{}, false
+			}
+			return estimate{rate: *d.Estimate, at: d.EstimateAt, from: d.EstimateFrom}, true
+		}
+	}
+	return estimate{}, false
+}
+
+// nodes formats a pool size: "1 node", "4 nodes".
+func nodes(n int) string {
+	if n == 1 {
+		return "1 node"
+	}
+	return fmt.Sprintf("%d nodes", n)
+}
+
+// clock formats a decision time for a reason: "14:02:05 UTC".
+func clock(t time.Time) string { return t.UTC().Format("15:04:05 UTC") }

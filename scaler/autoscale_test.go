@@ -268,13 +268,16 @@ func autoLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// autoFixture wires an AutoScaler to fakes.
+// autoFixture wires an AutoScaler to fakes. Its clock moves one minute
+// at every reading: a round at 12:01, the next at 12:02, and so on.
 type autoFixture struct {
+	t      *testing.T
 	raft   *fakeRaft
 	pool   *fakeResizer
 	rates  *fakeRates
 	scaler *scaler.AutoScaler
 	now    time.Time
+	cfg    scaler.AutoScalerConfig
 }
 
 func newAutoFixture(t *testing.T, n int, p fsm.ScalingPolicy, interval time.Duration, script ...metrics.Totals) *autoFixture {
@@ -282,15 +285,27 @@ func newAutoFixture(t *testing.T, n int, p fsm.ScalingPolicy, interval time.Dura
 	f.pool = &fakeResizer{raft: f.raft}
 	clock := f.now
 	var mu sync.Mutex
-	cfg := scaler.AutoScalerConfig{Interval: interval, Now: func() time.Time {
+	f.t = t
+	f.cfg = scaler.AutoScalerConfig{Interval: interval, Now: func() time.Time {
 		mu.Lock()
 		defer mu.Unlock()
 		clock = clock.Add(time.Minute)
 		return clock
 	}}
-	f.scaler = scaler.NewAutoScaler(cfg, f.raft, f.pool, f.rates, autoLogger(t))
+	f.scaler = scaler.NewAutoScaler(f.cfg, f.raft, f.pool, f.rates, autoLogger(t))
 	return f
 }
+
+// configure rebuilds the fixture's scaler with its config edited (same
+// clock, same fakes).
+func (f *autoFixture) configure(edit func(*scaler.AutoScalerConfig)) *autoFixture {
+	edit(&f.cfg)
+	f.scaler = scaler.NewAutoScaler(f.cfg, f.raft, f.pool, f.rates, autoLogger(f.t))
+	return f
+}
+
+// seedRuleOnly is a configure edit: the seed's rule alone, no guards.
+func seedRuleOnly(c *scaler.AutoScalerConfig) { c.SeedRuleOnly = true }
 
 // checkDecision fails the test unless d is what the round should have recorded.
 func checkDecision(t *testing.T, d fsm.Decision, nodes, target int, action string, applied bool) {
@@ -304,6 +319,8 @@ func checkDecision(t *testing.T, d fsm.Decision, nodes, target int, action strin
 	}
 }
 
+// TestTickGrowThenShrink: the seed's rule, alone (the guards have their
+// own tests), acted upon at every round.
 func TestTickGrowThenShrink(t *testing.T) {
 	f := newAutoFixture(t, 2, autoPolicy, time.Minute,
 		missTotals(100, 80), // grow 2 -> 4
@@ -313,7 +330,7 @@ func TestTickGrowThenShrink(t *testing.T) {
 		missTotals(100, 1),  // shrink 8 -> 4
 		missTotals(0, 0),    // no GETs
 		missTotals(100, 0),  // shrink 4 -> 2
-	)
+	).configure(seedRuleOnly)
 	ctx := t.Context()
 	steps := []struct {
 		nodes, target int
@@ -360,7 +377,7 @@ func TestTickGrowThenShrink(t *testing.T) {
 
 func TestTickPolicyChange(t *testing.T) {
 	manual := policyWith(func(p *fsm.ScalingPolicy) { p.Mode = fsm.ModeManual })
-	f := newAutoFixture(t, 2, manual, time.Minute, missTotals(100, 60))
+	f := newAutoFixture(t, 2, manual, time.Minute, missTotals(100, 60)).configure(seedRuleOnly)
 	ctx := t.Context()
 
 	d := f.scaler.Tick(ctx)
@@ -474,7 +491,7 @@ func TestAutoScalerRun(t *testing.T) {
 		missTotals(100, 80), // grow 2 -> 4
 		missTotals(100, 1),  // shrink 4 -> 2
 		missTotals(100, 30), // nothing, from then on
-	)
+	).configure(seedRuleOnly)
 	cancel, done := runAutoScaler(t, f.scaler)
 	autoWait(t, "five rounds", func() bool { return f.rates.count() >= 5 })
 	f.raft.setPolicy(policyWith(func(p *fsm.ScalingPolicy) { p.MaxMissRate, p.MinMissRate = 0.2, 0.1 }))
