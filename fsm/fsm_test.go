@@ -137,10 +137,24 @@ func decision(i int) fsm.Decision {
 		d.MissRate = rate(float64(i%11) / 10)
 	}
 	switch i % 4 {
+	case 0:
+		if d.MissRate != nil && i%8 == 4 {
+			d.Discounted = []string{fsm.DiscountResize, fsm.DiscountHandoff, fsm.DiscountAfterHandoff}[i/8%3]
+		}
 	case 1:
 		d.Action, d.Target, d.Applied = fsm.ActionGrow, d.Nodes+1, true
 	case 2:
 		d.Action, d.Target, d.Error = fsm.ActionShrink, d.Nodes-1, "provisioner: no nodes"
+		if d.Target >= 1 {
+			// The shrink guard's estimate at the target, or that it
+			// had none.
+			d.EstimateNodes = d.Target
+			if i%8 == 2 {
+				d.Estimate = rate(float64(i%5) / 10)
+				d.EstimateFrom = fmt.Sprintf("measured at %d nodes at 11:55:00 UTC", d.Target)
+				d.EstimateAt = d.Time.Add(-5 * time.Minute)
+			}
+		}
 	case 3:
 		d.Mode = fsm.ModeManual
 	}
@@ -274,6 +288,20 @@ func TestEncodeUnknown(t *testing.T) {
 	}
 }
 
+// guardDecision returns a RecordDecision of a valid shrink the guard did
+// not take (4 nodes, estimate 0.60 at 2), edited.
+func guardDecision(edit func(*fsm.Decision)) fsm.Command {
+	d := fsm.Decision{
+		Time: time.Date(2025, 3, 1, 12, 5, 0, 0, time.UTC), Mode: fsm.ModeAuto, Nodes: 4, Target: 4,
+		Gets: 100, MissRate: rate(0.01), Action: fsm.ActionNone,
+		Reason:        "miss rate 0.01 < min 0.10: shrink 4 -> 2 (x0.5) not taken: at 2 nodes the pool measured miss rate 0.60 > max 0.50 at 12:01:00 UTC (estimate)",
+		EstimateNodes: 2, Estimate: rate(0.6), EstimateFrom: "measured at 2 nodes at 12:01:00 UTC",
+		EstimateAt: time.Date(2025, 3, 1, 12, 1, 0, 0, time.UTC),
+	}
+	edit(&d)
+	return fsm.RecordDecision{Decision: d}
+}
+
 // recordDecision returns a RecordDecision of a valid grow decision, edited.
 func recordDecision(edit func(*fsm.Decision)) fsm.Command {
 	d := allCommands()[7].(fsm.RecordDecision).Decision
@@ -338,6 +366,22 @@ func TestRefused(t *testing.T) {
 		{"decision miss rate 1.5", recordDecision(func(d *fsm.Decision) { d.MissRate = rate(1.5) }), "decision miss_rate 1.5 is outside 0..1"},
 		{"decision miss rate -0.1", recordDecision(func(d *fsm.Decision) { d.MissRate = rate(-0.1) }), "decision miss_rate -0.1 is outside 0..1"},
 		{"decision miss rate without GETs", recordDecision(func(d *fsm.Decision) { d.Gets = 0 }), "decision miss_rate 0.62 with no GETs"},
+		{"decision discounted kind", guardDecision(func(d *fsm.Decision) { d.Discounted = "warm" }), `decision discounted "warm" is not resize, handoff or after-handoff`},
+		{"decision discounted grow", recordDecision(func(d *fsm.Decision) { d.Discounted = fsm.DiscountResize }), "decision discounted (resize) with action grow"},
+		{"decision discounted without a rate", guardDecision(func(d *fsm.Decision) {
+			d.Discounted, d.MissRate, d.Gets = fsm.DiscountHandoff, nil, 0
+		}), "decision discounted (handoff) with no miss rate"},
+		{"decision estimate without nodes", guardDecision(func(d *fsm.Decision) { d.EstimateNodes = 0 }), "decision estimate with no estimate_nodes"},
+		{"decision estimate_from without nodes", guardDecision(func(d *fsm.Decision) {
+			d.EstimateNodes, d.Estimate, d.EstimateAt = 0, nil, time.Time{}
+		}), "decision estimate with no estimate_nodes"},
+		{"decision estimate at the size", guardDecision(func(d *fsm.Decision) { d.EstimateNodes = 4 }), "decision estimate_nodes 4 is outside 1..3 (below nodes)"},
+		{"decision estimate at 0", guardDecision(func(d *fsm.Decision) { d.EstimateNodes = -1 }), "decision estimate_nodes -1 is outside 1..3"},
+		{"decision estimate 1.2", guardDecision(func(d *fsm.Decision) { d.Estimate = rate(1.2) }), "decision estimate 1.2 is outside 0..1"},
+		{"decision estimate without a source", guardDecision(func(d *fsm.Decision) { d.EstimateFrom = "" }), "decision estimate with no estimate_from"},
+		{"decision estimate without a time", guardDecision(func(d *fsm.Decision) { d.EstimateAt = time.Time{} }), "decision estimate_at"},
+		{"decision estimate from the future", guardDecision(func(d *fsm.Decision) { d.EstimateAt = d.Time.Add(time.Second) }), "is not a time before the decision's"},
+		{"decision no estimate with a source", guardDecision(func(d *fsm.Decision) { d.Estimate = nil }), "decision estimate_from or estimate_at with no estimate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1217,4 +1261,81 @@ func TestFromRecordsWhereMovedRegionsComeFrom(t *testing.T) {
 			t.Errorf("failure: region %d taken from failed n2 records from %+v, want none", r, st.From[r])
 		}
 	}
+}
+
+// TestDecisionGuardFields: the fields of the scaler's guards (Discounted,
+// the estimate) survive Apply, copies and snapshots as recorded; entries
+// and snapshots written before they existed decode with them empty, and a
+// decision without them encodes exactly as before.
+func TestDecisionGuardFields(t *testing.T) {
+	t.Run("estimate time in UTC", func(t *testing.T) {
+		l := newLog(t)
+		zone := time.FixedZone("UTC+2", 2*60*60)
+		cmd := guardDecision(func(d *fsm.Decision) { d.EstimateAt = d.EstimateAt.In(zone) })
+		st := l.mustApply(cmd)
+		got := st.Decisions[0].EstimateAt
+		if got.Location() != time.UTC || !got.Equal(time.Date(2025, 3, 1, 12, 1, 0, 0, time.UTC)) {
+			t.Errorf("estimate_at: got %v in %v, want 12:01 in UTC, as a snapshot restores it", got, got.Location())
+		}
+	})
+
+	t.Run("state copies share no estimate", func(t *testing.T) {
+		l := newLog(t)
+		l.mustApply(guardDecision(func(*fsm.Decision) {}))
+		st := l.f.State()
+		*st.Decisions[0].Estimate = 0.999
+		if got := *l.f.State().Decisions[0].Estimate; got != 0.6 {
+			t.Errorf("a State copy shares memory with the FSM: got estimate %v, want 0.6", got)
+		}
+	})
+
+	t.Run("an entry from before the guards", func(t *testing.T) {
+		old := `{"decision":{"time":"2025-03-01T12:00:00Z","mode":"auto","nodes":2,"target":4,"gets":100,"miss_rate":0.62,` +
+			`"action":"grow","reason":"miss rate 0.62 \u003e max 0.50: grow 2 -\u003e 4 (x2.0)","applied":true,"by":"m1"}}`
+		l := newLog(t)
+		res := l.applyData(append([]byte{byte(fsm.CmdRecordDecision), 1}, old...))
+		if res.Err != nil {
+			t.Fatalf("Apply: %v", res.Err)
+		}
+		d := l.f.State().Decisions[0]
+		if d.Discounted != "" || d.EstimateNodes != 0 || d.Estimate != nil || d.EstimateFrom != "" || !d.EstimateAt.IsZero() || d.Reason == "" {
+			t.Errorf("got %+v, want the old decision with empty guard fields", d)
+		}
+		// Encoded again, it is what the old build wrote (encoding/json
+		// escapes > as \u003e).
+		data, err := fsm.Encode(fsm.RecordDecision{Decision: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(data[2:]); got != old {
+			t.Errorf("encoded:\ngot  %s\nwant %s", got, old)
+		}
+	})
+
+	t.Run("a snapshot from before the guards", func(t *testing.T) {
+		l := newLog(t)
+		l.mustApply(fsm.Resize{Members: pool(2)})
+		l.mustApply(fsm.RecordDecision{Decision: allCommands()[7].(fsm.RecordDecision).Decision})
+		want := l.f.State()
+		snap, err := l.f.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sink memSink
+		if err := snap.Persist(&sink); err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range []string{`"discounted"`, `"estimate`} {
+			if strings.Contains(sink.String(), key) {
+				t.Errorf("snapshot %s: got %s in it, want the format of before the guards", sink.String(), key)
+			}
+		}
+		f := fsm.New()
+		if err := f.Restore(io.NopCloser(&sink.Buffer)); err != nil {
+			t.Fatalf("Restore: %v", err)
+		}
+		if got := f.State(); !reflect.DeepEqual(got, want) {
+			t.Errorf("restored:\ngot  %+v\nwant %+v", got, want)
+		}
+	})
 }
