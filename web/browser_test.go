@@ -18,6 +18,7 @@ import (
 	"github.com/memcache/memcache/gossip"
 	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/internal/waitfor"
+	"github.com/memcache/memcache/metrics"
 	"github.com/memcache/memcache/scaler"
 )
 
@@ -297,9 +298,32 @@ func TestBrowser(t *testing.T) {
 					return false
 				})
 				as := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: time.Minute}, l.cluster, l.pool, l.metrics, testLogger())
-				if d := as.Tick(context.Background()); d.Action != fsm.ActionGrow || !d.Applied {
-					t.Fatalf("auto-scaler round: got %+v, want an applied grow", d)
+				grow := as.Tick(context.Background())
+				if grow.Action != fsm.ActionGrow || !grow.Applied {
+					t.Fatalf("auto-scaler round: got %+v, want an applied grow", grow)
 				}
+				// The next round's window includes that resize: discounted.
+				if d := as.Tick(context.Background()); d.Discounted != fsm.DiscountResize || d.Action != fsm.ActionNone {
+					t.Fatalf("auto-scaler round after the grow: got %+v, want a discounted window, no action", d)
+				}
+				// A round after the warm-up (its clock three minutes on)
+				// whose window misses 1 GET in 100 shrinks back, and the
+				// guard does not take the shrink: at the size before the
+				// grow the pool measured the grow's miss rate, above max.
+				later := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: time.Minute,
+					Now: func() time.Time { return time.Now().Add(3 * time.Minute) }},
+					l.cluster, l.pool, totalsReader{metrics.Totals{Gets: 100, Hits: 99, Misses: 1, Requests: 100}}, testLogger())
+				if d := later.Tick(context.Background()); d.Action != fsm.ActionNone || d.Estimate == nil || d.EstimateNodes != grow.Nodes {
+					t.Fatalf("auto-scaler round after the warm-up: got %+v, want the shrink to %d not taken, with the estimate", d, grow.Nodes)
+				}
+			},
+			// The guard's estimate at the size before the grow, and
+			// where it comes from, beside the decision.
+			wantEstimate: func(tb *tab) {
+				tb.wait("the discounted window marked", `!!document.querySelector('#decisions-body td.discounted .tag.warmup')`)
+				tb.wait("the estimate beside the decision", `Array.from(document.querySelectorAll('#decisions-body td.estimate')).some(function (td) {
+					return /^\d+\.\d% at \d/.test(td.textContent) && /measured at \d nodes? at \d\d:\d\d:\d\d UTC/.test(td.textContent);
+				})`)
 			},
 		})
 	})
@@ -325,6 +349,8 @@ type flowConfig struct {
 	policy     fsm.Policy // policy to set
 	screenshot string     // where to save the dashboard
 	whileAuto  func()     // run while the pool is in automatic mode
+	// wantEstimate, if not nil, checks the decision log after whileAuto.
+	wantEstimate func(tb *tab)
 }
 
 func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
@@ -386,6 +412,9 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 	if cfg.whileAuto != nil {
 		cfg.whileAuto()
 		tb.wait("the scaler's decision in the table", `!!document.querySelector('#decisions-body .action-grow')`)
+	}
+	if cfg.wantEstimate != nil {
+		cfg.wantEstimate(tb)
 	}
 
 	// Manual mode, grow by one.

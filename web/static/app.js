@@ -128,7 +128,7 @@
     if (!body) return;
     body.replaceChildren();
     if (d.decisions.length === 0) {
-      var tr = el('tr'); tr.appendChild(el('td', { colspan: 6, 'class': 'muted' }, 'No decisions yet: the scaler records one every interval while it runs.'));
+      var tr = el('tr'); tr.appendChild(el('td', { colspan: 7, 'class': 'muted' }, 'No decisions yet: the scaler records one every interval while it runs.'));
       body.appendChild(tr);
       return;
     }
@@ -137,12 +137,38 @@
       tr.appendChild(el('td', { title: x.time, 'class': 'nowrap' }, new Date(x.time).toLocaleTimeString()));
       tr.appendChild(el('td', null, x.mode));
       tr.appendChild(el('td', { 'class': 'nowrap' }, x.nodes + ' → ' + x.target));
-      tr.appendChild(el('td', { 'class': 'num' }, pct(x.miss_rate)));
+      // A discounted window (a resize, its warm-up or a handoff in it) is
+      // not the steady miss rate of the size: marked, and not acted upon.
+      var miss = el('td', { 'class': 'num' + (x.discounted ? ' discounted' : '') }, pct(x.miss_rate));
+      if (x.discounted) {
+        miss.title = 'discounted (' + x.discounted + '): not the steady miss rate of ' + x.nodes + ' nodes';
+        miss.appendChild(el('span', { 'class': 'tag warmup' }, 'warm-up'));
+      }
+      tr.appendChild(miss);
+      tr.appendChild(renderEstimate(x));
       var act = x.action + (x.action !== 'none' ? (x.applied ? ' ✓' : ' ✗') : '');
       tr.appendChild(el('td', { 'class': 'nowrap action-' + x.action }, act));
       tr.appendChild(el('td', null, x.reason + (x.error ? ' — error: ' + x.error : '')));
       body.appendChild(tr);
     });
+  }
+
+  // renderEstimate returns the cell of the shrink guard's estimate: the
+  // miss rate at the smaller size and where it comes from, "none" when the
+  // guard had no measurement at that size, or a dash when no shrink was
+  // checked.
+  function renderEstimate(x) {
+    if (!x.estimate_nodes) return el('td', { 'class': 'num muted estimate' }, '—');
+    var td = el('td', { 'class': 'num estimate' });
+    if (x.estimate === null || x.estimate === undefined) {
+      td.appendChild(el('span', { 'class': 'muted' }, 'none at ' + x.estimate_nodes));
+      td.title = 'no steady measurement at ' + x.estimate_nodes + ' nodes: the shrink was taken';
+      return td;
+    }
+    td.appendChild(document.createTextNode(pct(x.estimate) + ' at ' + x.estimate_nodes));
+    td.appendChild(el('span', { 'class': 'small muted estimate-from' }, x.estimate_from));
+    td.title = x.estimate_from;
+    return td;
   }
 
   function renderRaft(d) {
