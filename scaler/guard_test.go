@@ -265,6 +265,19 @@ func TestTickShrinkGuard(t *testing.T) {
 		}
 	})
 
+	t.Run("a measurement past the horizon", func(t *testing.T) {
+		f := newAutoFixture(t, 4, autoPolicy, time.Minute, low)
+		f.raft.state.Decisions = []fsm.Decision{
+			{Time: at(-62), Mode: fsm.ModeAuto, Nodes: 2, Target: 4, Gets: 100, MissRate: rate(0.9), Action: fsm.ActionGrow, Applied: true, Reason: "grow"},
+			{Time: at(-10), Mode: fsm.ModeAuto, Nodes: 4, Target: 4, Gets: 100, MissRate: rate(0.2), Action: fsm.ActionNone, Reason: "within"},
+		}
+		d := f.scaler.Tick(t.Context()) // 12:01, the measurement is 63 minutes old
+		checkDecision(t, d, 4, 2, fsm.ActionShrink, true)
+		if !strings.Contains(d.Reason, "no estimate at 2 nodes (no steady window at that size in the last 1h0m0s)") {
+			t.Errorf("reason: got %q, want no estimate past the horizon", d.Reason)
+		}
+	})
+
 	t.Run("the newest measurement", func(t *testing.T) {
 		f := newAutoFixture(t, 4, autoPolicy, time.Minute, low)
 		f.raft.state.Decisions = []fsm.Decision{
