@@ -182,8 +182,10 @@ type AutoScalerConfig struct {
 	Lag time.Duration
 	// Warmup is how long after a change of the pool size (or a handoff seen
 	// running) the miss rate is not read as the steady miss rate of the
-	// size: a window that overlaps the change or its warm-up is discounted,
-	// and the round takes no action. If zero, Interval.
+	// size: a window that does not start after the change and its warm-up
+	// is discounted, and the round takes no action. If zero, Interval: the
+	// first steady window after a resize is the one that starts an Interval
+	// after it.
 	Warmup time.Duration
 	// Warming, if not nil, reports whether the pool is still warming up
 	// after a resize (a warm handoff of regions to their new owners still
@@ -333,8 +335,10 @@ func (a *AutoScaler) Tick(ctx context.Context) fsm.Decision {
 // discount reports whether the window (start, end] is not the steady miss
 // rate of the pool's n nodes, and why: a handoff running now (the Warming
 // hook), or, from the decision history ds, a change of the pool size or a
-// handoff seen running whose time or warm-up the window overlaps. now is
-// the round's time (UTC). kind is "" for a steady window.
+// handoff seen running that the window does not start after, warm-up
+// included. (A window that ends before the change, as one read Lag late
+// may, measured the old size: not steady at n either.) now is the round's
+// time (UTC). kind is "" for a steady window.
 func (a *AutoScaler) discount(ctx context.Context, ds []fsm.Decision, n int, start, end, now time.Time) (kind, why string) {
 	if a.cfg.Warming != nil {
 		if what, warming := a.cfg.Warming(ctx); warming {
@@ -344,19 +348,20 @@ func (a *AutoScaler) discount(ctx context.Context, ds []fsm.Decision, n int, sta
 			return fsm.DiscountHandoff, "handoff still running (" + what + "): warm-up"
 		}
 	}
-	// The window overlaps an event known to lie in [from, to] or the
-	// warm-up after it.
-	overlaps := func(from, to time.Time) bool {
-		return end.After(from) && start.Before(to.Add(a.cfg.Warmup))
-	}
-	if c, ok := lastSizeChange(ds, n, now); ok && overlaps(c.from, c.to) {
+	// An event known to lie in [from, to] is newer than every steady
+	// window: the window must start at its warm-up's end or later.
+	steady := func(to time.Time) bool { return !start.Before(to.Add(a.cfg.Warmup)) }
+	if c, ok := lastSizeChange(ds, n, now); ok && !steady(c.to) {
+		if !end.After(c.from) {
+			return fsm.DiscountResize, "window ends before " + c.String() + ": it measured the old size"
+		}
 		return fsm.DiscountResize, "window includes " + c.String() + " or its warm-up"
 	}
 	// The last round that found a handoff running: the windows that
 	// include it are not steady either.
 	for i := len(ds) - 1; i >= 0; i-- {
 		if d := ds[i]; d.Discounted == fsm.DiscountHandoff {
-			if overlaps(d.Time, d.Time) {
+			if !steady(d.Time) {
 				return fsm.DiscountAfterHandoff, "window includes the handoff seen running at " + clock(d.Time) + " or its warm-up"
 			}
 			break

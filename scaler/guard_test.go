@@ -52,6 +52,7 @@ func TestTickDiscountsTheResize(t *testing.T) {
 		{"lag 15s", 15 * time.Second, 0, 2},
 		{"warm-up 3m", 0, 3 * time.Minute, 3},
 		{"warm-up 90s, lag 30s", 30 * time.Second, 90 * time.Second, 2},
+		{"lag one interval", time.Minute, 0, 2}, // the first window ends at the resize
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,8 +63,11 @@ func TestTickDiscountsTheResize(t *testing.T) {
 			checkDecision(t, f.scaler.Tick(ctx), 2, 4, fsm.ActionGrow, true)
 			for i := range tt.discounted {
 				d := f.scaler.Tick(ctx)
-				checkDiscounted(t, d, fsm.DiscountResize,
-					"miss rate 0.80 discounted: window includes the resize 2 -> 4 at 12:01:00 UTC or its warm-up: no action")
+				why := "miss rate 0.80 discounted: window includes the resize 2 -> 4 at 12:01:00 UTC or its warm-up: no action"
+				if i == 0 && tt.lag == time.Minute {
+					why = "miss rate 0.80 discounted: window ends before the resize 2 -> 4 at 12:01:00 UTC: it measured the old size: no action"
+				}
+				checkDiscounted(t, d, fsm.DiscountResize, why)
 				if d.Nodes != 4 || *d.MissRate != 0.8 || d.Gets != 100 {
 					t.Errorf("discounted round %d: got nodes %d miss rate %v GETs %d, want 4, 0.8, 100", i+1, d.Nodes, *d.MissRate, d.Gets)
 				}
