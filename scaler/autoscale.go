@@ -12,29 +12,34 @@ package scaler
 // the seed's rule; Tick puts two guards around it, each written into the
 // decision log with its reason, unless AutoScalerConfig.SeedRuleOnly:
 //
-//   - Warm-up discount. A window that includes a change of the pool size, or
-//     the warm-up after it (Warmup, one Interval by default), measures caches
-//     that new owners are still filling, not the steady miss rate of the new
-//     size (AWS discounts an instance's warm-up the same way). Neither does a
-//     window in which a warm handoff was running (the Warming hook), or the
-//     next one. Such a window is recorded Discounted, and the round takes no
-//     action. When the size last changed is read from the decision history
-//     in the FSM, so a new leader knows it: an applied resize decision at its
-//     Time, or, for a change the scaler did not make (manual resize, failed
-//     member), the interval between the last decision that saw the old size
-//     and the first that saw the new one.
+//   - Warm-up discount. A window that does not start after the last change
+//     of the pool size and the warm-up after it (Warmup, one Interval by
+//     default) measures caches that new owners are still filling, or (read
+//     Lag late) the old size: not the steady miss rate of the new size (AWS
+//     discounts an instance's warm-up the same way). Nor does a window read
+//     while a warm handoff is running (the Warming hook), or the next one.
+//     Such a window is recorded Discounted, and the round takes no action.
+//     When the size last changed is read from the decision history in the
+//     FSM, so a new leader knows it too: an applied resize decision, at its
+//     Time; or, for a change the scaler did not make (a manual resize, a
+//     failed member), the interval between the last round that saw the old
+//     size and the first that saw the new one (taken at its latest).
 //   - Shrink guard. A shrink to k nodes is not taken if the pool, the last
 //     time it was k nodes in a steady (not discounted) window, measured a
 //     miss rate above MaxMissRate: that is where the shrink would bring it
 //     back. The estimate is that measurement, from the decision history,
-//     if it is at most EstimateHorizon (1 hour) old; a round that uses it
-//     records it again (EstimateAt keeps its time), so it outlives the
-//     bounded history (fsm.MaxDecisions). With no such measurement the shrink
-//     is taken and the reason says "no estimate". Grows are not guarded: the
-//     overshoot of the seed's rule came from cold windows, which the discount
-//     skips. The horizon is the price of the guard: a pool whose load has
-//     since fallen stays large until the measurement is an hour old, then
-//     tries the shrink once more (two resizes an hour at most).
+//     if it is at most EstimateHorizon (1 hour) old. The history keeps
+//     fsm.MaxDecisions (60) rounds, an hour at the default interval but
+//     5 minutes at `up --scaler-interval 5s`; so a round that uses an
+//     estimate records it again (EstimateAt keeps its time), and it lasts
+//     the horizon whatever the interval. With no such measurement the
+//     shrink is taken and the reason says "no estimate". Grows are not
+//     guarded: the overshoot of the seed's rule came from cold windows,
+//     which the discount skips. Why an hour: a steady load's miss rate at a
+//     size does not change within it, and an hour bounds the cost of the
+//     guard: when the load falls, the pool stays at the larger size until
+//     the measurement is an hour old, then tries the shrink again (at most
+//     two resizes an hour if the smaller size is still too small).
 //
 // Arithmetic. The miss rate is compared with the thresholds directly, with
 // no epsilon: a rate equal to a threshold is "not above" and "not below" it,
@@ -192,9 +197,10 @@ type AutoScalerConfig struct {
 	// running), with a short description for the decision log, such as
 	// "handoff of 4 regions to n3: 60% done". A round that finds the pool
 	// warming takes no action, nor does the next one whose window includes
-	// that time. It is called once a round, with the round's context, and
-	// must return promptly. If nil, the pool is never reported warming
-	// (resizes are still discounted for Warmup).
+	// that time. It is called once in every round whose window has a miss
+	// rate (never with SeedRuleOnly), with the round's context, and must
+	// return promptly. If nil, the pool is never reported warming (resizes
+	// are still discounted for Warmup).
 	Warming func(ctx context.Context) (string, bool)
 	// EstimateHorizon is how old a measurement may be for the shrink guard
 	// to use it as the estimate of the miss rate at a smaller size. If zero,
