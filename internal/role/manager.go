@@ -253,7 +253,10 @@ func StartManager(ctx context.Context, cfg ManagerConfig, log *slog.Logger) (*Ma
 			emb.Run(scrapeCtx)
 		}()
 	}
-	auto := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: cfg.ScalerInterval, Name: cfg.Name, Lag: lag}, c, m.pool, m.reader, log.With("id", cfg.Name))
+	// A window in which the nodes were still filling moved regions from
+	// their previous owners is not the new size's steady miss rate.
+	auto := scaler.NewAutoScaler(scaler.AutoScalerConfig{Interval: cfg.ScalerInterval, Name: cfg.Name, Lag: lag,
+		Warming: warming(nodes, c.State)}, c, m.pool, m.reader, log.With("id", cfg.Name))
 	c.RunWhileLeader(auto.Run)
 
 	api := web.New(web.Config{Secret: cfg.Secret, TLS: cfg.TLS, AdminToken: cfg.AdminToken, TrustedProxies: cfg.TrustedProxies},

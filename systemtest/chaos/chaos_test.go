@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"github.com/memcache/memcache/internal/history"
 	"github.com/memcache/memcache/internal/netns"
 	"github.com/memcache/memcache/internal/testbin"
+	"github.com/memcache/memcache/node"
 )
 
 var (
@@ -172,6 +174,24 @@ func runCampaign(t *testing.T, c campaign) {
 		w.list(final, fe, true)
 	}
 
+	// What the warm handoffs of the resizes did (node/handoff.go), summed
+	// over the nodes (each counts since it started).
+	var handoff node.HandoffStatus
+	for _, m := range s.nodes {
+		var st node.Stats
+		if code, body, err := s.get("https://"+m.hostPort(nodeHTTPPort)+"/stats?since="+url.QueryEscape(time.Now().Format(time.RFC3339Nano)), &st); err != nil || code != 200 {
+			t.Logf("%s: stats: %d %v %s", m, code, err, body)
+			continue
+		}
+		handoff.Entries += st.Handoff.Entries
+		handoff.Bytes += st.Handoff.Bytes
+		handoff.WarmReads += st.Handoff.WarmReads
+		handoff.Refused += st.Handoff.Refused
+	}
+	handoffs := fmt.Sprintf("%d entries (%d bytes) installed from previous owners, %d warm reads, %d copies refused",
+		handoff.Entries, handoff.Bytes, handoff.WarmReads, handoff.Refused)
+	t.Logf("handoffs: %s", handoffs)
+
 	ops := rec.Ops()
 	if err := history.WriteJSON(filepath.Join(art, "history.json"), ops); err != nil {
 		t.Error(err)
@@ -190,7 +210,7 @@ func runCampaign(t *testing.T, c campaign) {
 	t.Logf("faults: %s", formatCounts(byKind))
 	t.Logf("answers: %s", formatCounts(w.answers))
 	t.Logf("report:\n%s", rep)
-	os.WriteFile(filepath.Join(art, "report.txt"), []byte(fmt.Sprintf("seed %d\nfaults: %s\nanswers: %s\n%s\n", seed, formatCounts(byKind), formatCounts(w.answers), rep)), 0o644)
+	os.WriteFile(filepath.Join(art, "report.txt"), []byte(fmt.Sprintf("seed %d\nfaults: %s\nanswers: %s\nhandoffs: %s\n%s\n", seed, formatCounts(byKind), formatCounts(w.answers), handoffs, rep)), 0o644)
 
 	for _, k := range slices.Concat(rep.NonLinearizable, keysOf(rep.Lost), keysOf(rep.Stale)) {
 		p := filepath.Join(art, "visual-"+strings.ReplaceAll(k, "/", "_")+".html")

@@ -31,6 +31,7 @@ import (
 // own address, so every role listens on its default port there.
 const (
 	managerHTTPPort  = 7200
+	nodeHTTPPort     = 7100
 	raftPort         = 7300
 	managerGossip    = 7400
 	frontendHTTPPort = 8080
