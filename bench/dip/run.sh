@@ -4,9 +4,9 @@
 #
 # Builds memcache, starts `memcache up` on free ports of 127.0.0.1 (3
 # managers, a node, up's own frontend) and a second frontend joined to it
-# with its near-cache off (up's frontend has a 64 MB near-cache and no flag
-# to turn it off; a near-cache hit hides a node miss, so the figure would
-# not measure the pool). bench/dip's driver then sets manual mode and the
+# with its near-cache as asked, off by default (a near-cache hit hides a
+# node miss, so the figure would not measure the pool; up's own frontend
+# keeps its 64 MB near-cache and serves no measured read). bench/dip's driver then sets manual mode and the
 # node capacity, uploads the images through that frontend, and for each
 # scenario resizes the pool to the start size, warms it with an open-loop
 # Zipf read load until the 1-s hit rate is steady, records 20 s, resizes,
