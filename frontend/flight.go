@@ -19,6 +19,7 @@ type flights struct {
 type flight struct {
 	prev    *flight // the flight this one starts after (nil: none)
 	started bool    // guarded by flights.mu; once set, no read joins
+	joined  int     // reads that joined it besides the one that made it; guarded by flights.mu
 	done    chan struct{}
 	img     Image
 	err     error
@@ -33,6 +34,7 @@ func (fs *flights) do(key string, load func() (Image, error)) (Image, error) {
 	}
 	f, ok := fs.m[key]
 	if ok && !f.started {
+		f.joined++
 		fs.mu.Unlock() // join a load that has not begun yet
 		<-f.done
 		return f.img, f.err

@@ -32,11 +32,13 @@ func TestFlightsNeverShareALoadThatBeganBeforeTheRead(t *testing.T) {
 	for range 3 {
 		wg.Go(func() { img, _ := fs.do("k", load); later <- img })
 	}
+	// All three, not just the first: one that came after load 2 began
+	// would wait for a third load, which nothing releases.
 	waitfor.True(t, 10*time.Second, "the later reads to wait for a second load", func() bool {
 		fs.mu.Lock()
 		defer fs.mu.Unlock()
 		f := fs.m["k"]
-		return f != nil && !f.started && f.prev != nil
+		return f != nil && !f.started && f.prev != nil && f.joined == 2
 	})
 	release <- "old"
 	if img := <-first; img.ETag != "old" {

@@ -15,6 +15,15 @@ package node
 //     looked up at G (GET /handoff/{r}?key=), installed and answered as a
 //     hit: one GET, counted once, at N.
 //
+// Until G holds the map that moved r, N neither serves r nor takes writes
+// or fences of it (503; an invalidation is taken): G may still serve r to
+// frontends on the old map, and a write N took meanwhile would leave G's copy
+// stale for them. N learns it from G's first answer (a probe with no budget),
+// or, if G does not answer, once a serving-lease term has passed since N
+// applied the map: by then G has either applied it (a lease renewal brings
+// the current map) or stopped serving (its lease has lapsed). This closes
+// the window in which a region had two servers.
+//
 // What N installs is a fill: it never replaces a newer value. G answers
 // only once it holds a map at least as new as the one that moved r (from
 // then on it refuses every write of r, so its copies can only age by
@@ -107,14 +116,21 @@ type giving struct {
 
 type receiving struct {
 	from    pool.Member
-	epoch   uint64 // Since[r]: the giver must hold at least this map
-	clears  uint64 // the node's clears when it began
+	epoch   uint64    // Since[r]: the giver must hold at least this map
+	applied time.Time // when the node applied the map that gave it r
+	clears  uint64    // the node's clears when it began
 	until   time.Time
 	touched map[string]struct{}
 	started bool
 	copying bool
 	entries uint64
 	bytes   uint64
+}
+
+type pendingRegion struct {
+	from    string
+	epoch   uint64
+	applied time.Time
 }
 
 // handoffs is a node's handoff state. Lock order: Node.genMu, fences.mu,
@@ -128,6 +144,11 @@ type handoffs struct {
 	giving    [region.Count]*giving
 	receiving [region.Count]*receiving
 	recvMask  atomic.Uint32 // regions in receiving, for the read path
+	// pending[r] is set from the map that gives the node region r from a
+	// running previous owner until that owner is known to hold it (see
+	// the design note); pendMask mirrors it for the request path.
+	pending  [region.Count]*pendingRegion
+	pendMask atomic.Uint32
 
 	entries, bytes, reads, refused atomic.Uint64
 }
@@ -172,9 +193,11 @@ func (h *handoffs) update(self string, m Regions, mask, reset, keep uint16, clea
 		}
 		if mask&bit == 0 || reset&bit != 0 {
 			h.receiving[r] = nil
+			h.pending[r] = nil
 		}
 		if from := m.From[r]; mask&bit != 0 && reset&bit != 0 && h.client != nil && from.ID != "" && from.ID != self {
-			h.receiving[r] = &receiving{from: from, epoch: m.Since[r], clears: clears, until: now.Add(h.timeout), touched: map[string]struct{}{}}
+			h.receiving[r] = &receiving{from: from, epoch: m.Since[r], applied: now, clears: clears, until: now.Add(h.timeout), touched: map[string]struct{}{}}
+			h.pending[r] = &pendingRegion{from: from.ID, epoch: m.Since[r], applied: now}
 		}
 	}
 	h.storeMask()
@@ -193,6 +216,48 @@ func (h *handoffs) storeMask() {
 		}
 	}
 	h.recvMask.Store(m)
+	var p uint32
+	for r, pr := range h.pending {
+		if pr != nil {
+			p |= 1 << r
+		}
+	}
+	h.pendMask.Store(p)
+}
+
+// confirm records that node from holds a map as new as held: every region
+// moving here from it by a map no newer may be served.
+func (h *handoffs) confirm(from string, held uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for r, pr := range h.pending {
+		if pr != nil && pr.from == from && pr.epoch <= held {
+			h.pending[r] = nil
+		}
+	}
+	h.storeMask()
+}
+
+// pendingRegion reports whether region r may not be served yet, and from
+// whom it is moving: its previous owner has not been seen holding the map
+// that moved it, and less than term has passed since the node applied it
+// (a serving-lease term; see Node.pendingTerm).
+func (h *handoffs) pendingFrom(r int, term time.Duration) (string, bool) {
+	if h.pendMask.Load()&(1<<r) == 0 {
+		return "", false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pr := h.pending[r]
+	if pr == nil {
+		return "", false
+	}
+	if time.Since(pr.applied) >= term {
+		h.pending[r] = nil
+		h.storeMask()
+		return "", false
+	}
+	return pr.from, true
 }
 
 // receivingRegion reports whether region r is being received.
@@ -360,10 +425,20 @@ func (n *Node) receive(ctx context.Context, r int, rc *receiving) error {
 	defer cancel()
 	b := &backoff.ExponentialBackOff{InitialInterval: 50 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Second}
 	b.Reset()
+	probed := false
 	for {
-		owned := bits.OnesCount32(n.cache.owned.Load())
-		budget := n.cache.Capacity() / int64(max(owned, 1))
+		// First a probe with no budget: the previous owner's answer says
+		// whether it holds the map yet (see the design note).
+		budget := int64(0)
+		if probed {
+			owned := bits.OnesCount32(n.cache.owned.Load())
+			budget = n.cache.Capacity() / int64(max(owned, 1))
+		}
 		err := n.pull(ctx, r, rc, budget)
+		if err == nil && !probed {
+			probed = true
+			continue
+		}
 		var se *handoffStatusError
 		switch {
 		case err == nil:
@@ -382,6 +457,37 @@ func (n *Node) receive(ctx context.Context, r int, rc *receiving) error {
 			return err
 		}
 	}
+}
+
+// confirmFrom confirms the regions moving here from rc's previous owner
+// (handoffs.confirm) by the map its answer says it holds.
+func (n *Node) confirmFrom(resp *http.Response, rc *receiving) {
+	if held, err := strconv.ParseUint(resp.Header.Get(HeaderEpoch), 10, 64); err == nil {
+		n.handoff.confirm(rc.from.ID, held)
+	}
+}
+
+// pendingTerm is how long a region moving here from a running previous
+// owner waits for it at most (handoffs.pendingFrom): a serving-lease term
+// if the node follows the managers, else the handoff timeout.
+func (n *Node) pendingTerm() time.Duration {
+	if t := time.Duration(n.leaseTerm.Load()); t > 0 {
+		return t
+	}
+	return n.handoff.timeout
+}
+
+// refusePending answers 503 for region r while it is moving here and its
+// previous owner may still serve it (see the design note), and reports
+// whether it did.
+func (n *Node) refusePending(w http.ResponseWriter, r int) bool {
+	from, ok := n.handoff.pendingFrom(r, n.pendingTerm())
+	if !ok {
+		return false
+	}
+	w.Header().Set("Retry-After", "1")
+	jsonhttp.Error(w, http.StatusServiceUnavailable, "region %d is moving to node %s from %s, which may still serve it: not served until %s holds the new map", r, n.id, from, from)
+	return true
 }
 
 // handoffURL is the URL of region r's handoff at the node at base.
@@ -406,6 +512,7 @@ func (n *Node) pull(ctx context.Context, r int, rc *receiving, budget int64) err
 		return err
 	}
 	defer resp.Body.Close()
+	n.confirmFrom(resp, rc)
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return &handoffStatusError{resp.StatusCode, strings.TrimSpace(string(msg))}
@@ -487,6 +594,7 @@ func (n *Node) warmRead(ctx context.Context, r int, key string) (Item, bool) {
 		return Item{}, false
 	}
 	defer resp.Body.Close()
+	n.confirmFrom(resp, rc)
 	if resp.StatusCode != http.StatusOK {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 512))
 		return Item{}, false
@@ -537,7 +645,9 @@ func handoffParams(r *http.Request) (rg int, epoch, gen uint64, err error) {
 // kept checks that the node keeps region rg for a receiver at epoch with
 // floor gen, answering the error if not.
 func (n *Node) kept(w http.ResponseWriter, rg int, epoch, gen uint64) bool {
-	if held := n.epoch.Load(); held < epoch {
+	held := n.epoch.Load()
+	w.Header().Set(HeaderEpoch, strconv.FormatUint(held, 10))
+	if held < epoch {
 		jsonhttp.Error(w, http.StatusConflict, "node holds region map epoch %d, older than the handoff's %d: retry", held, epoch)
 		return false
 	}

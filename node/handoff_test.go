@@ -10,7 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
-	"net/url"
+	neturl "net/url"
 	"strconv"
 	"testing"
 	"time"
@@ -121,6 +121,42 @@ func cached(t *testing.T, n *handoffNode, key string) []byte {
 	}
 	t.Fatalf("GET %s at %s: %d %s", key, n.id, r.code, r.body)
 	return nil
+}
+
+// bulk reports whether r is a handoff's bulk copy (not its probe, which
+// asks for no bytes, nor a read's lookup of one key).
+func bulk(r *http.Request) bool {
+	q := r.URL.Query()
+	return r.Method == http.MethodGet && !q.Has("key") && q.Get("budget") != "0"
+}
+
+// heldGiver is g as a receiver sees it: every request passes but the bulk
+// copy, which waits until release is closed.
+func heldGiver(t *testing.T, g *handoffNode) (url string, release chan struct{}) {
+	t.Helper()
+	target, _ := neturl.Parse(g.url)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	release = make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if bulk(r) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, release
+}
+
+// servable reports whether n serves region r's key (no 503: the region is
+// not moving here from a node that may still serve it).
+func servable(t *testing.T, n *handoffNode, key string) func() bool {
+	return func() bool {
+		return do(t, http.MethodGet, keyURL(n.url, key), nil).code != http.StatusServiceUnavailable
+	}
 }
 
 func received(n *handoffNode) func() bool {
@@ -240,10 +276,13 @@ func TestHandoffOnShrink(t *testing.T) {
 // reaches the new owner before the copy does is not undone by the copy.
 func TestHandoffWritesDuringHandoffWin(t *testing.T) {
 	g, n := handoffPair(t, 8, 8, 4, 10<<10, 30*time.Second)
-	m2 := moveLowHalf(g.url)
-	// n takes the regions first: g, still at epoch 1, answers 409 and the
-	// copy waits.
+	gURL, release := heldGiver(t, g)
+	m2 := moveLowHalf(gURL)
+	// Both hold the new map; n has heard from g (its probe) but the copy
+	// waits: writes reach n before it.
+	apply(t, g, m2)
 	apply(t, n, m2)
+	waitfor.True(t, 30*time.Second, "n to serve region 0", servable(t, n, keyIn(0, 50)))
 	written, deleted, kept := keyIn(0, 0), keyIn(0, 1), keyIn(0, 2)
 	fresh := []byte("the newer image")
 	put(t, n, written, fresh, 2)
@@ -257,7 +296,7 @@ func TestHandoffWritesDuringHandoffWin(t *testing.T) {
 	if len(n.Handoffs().Receiving) != 8 {
 		t.Fatalf("n is not waiting for the copy: %v", n.Handoffs())
 	}
-	apply(t, g, m2)
+	close(release)
 	waitfor.True(t, 30*time.Second, "n to receive regions 0..7", received(n))
 	if got := cached(t, n, written); !bytes.Equal(got, fresh) {
 		t.Errorf("written key at n: %q, want the write made during the handoff", got)
@@ -333,12 +372,12 @@ func TestHandoffPreviousOwnerDiesMidway(t *testing.T) {
 	g, n := handoffPair(t, 16, 16, 6, 50<<10, time.Minute)
 	// The previous owner as n sees it: it dies after sending about half
 	// of region 0's copy.
-	target, _ := url.Parse(g.url)
+	target, _ := neturl.Parse(g.url)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	dying := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := httptest.NewRecorder()
 		rp.ServeHTTP(rec, r)
-		if r.Method != http.MethodGet || rec.Code != http.StatusOK {
+		if !bulk(r) || rec.Code != http.StatusOK {
 			w.WriteHeader(rec.Code)
 			w.Write(rec.Body.Bytes())
 			return
@@ -350,6 +389,11 @@ func TestHandoffPreviousOwnerDiesMidway(t *testing.T) {
 		panic(http.ErrAbortHandler) // the connection drops
 	}))
 	defer dying.Close()
+	// n follows the managers with a 2-s serving lease: a region whose
+	// previous owner never answered is served once a lease term has
+	// passed since n took it (by then that owner has stopped serving).
+	const term = 2 * time.Second
+	keepLeased(t, n.Node, term)
 	m2 := moveLowHalf(dying.URL)
 	apply(t, g, m2)
 	apply(t, n, m2)
@@ -358,10 +402,85 @@ func TestHandoffPreviousOwnerDiesMidway(t *testing.T) {
 	if st.Entries == 0 || st.Entries >= 6 {
 		t.Errorf("n installed %d entries of region 0's 6 from a node that died halfway, want some but not all", st.Entries)
 	}
+	// Regions 1..7: the dead node was never heard holding the map.
+	waitfor.True(t, 30*time.Second, "n to serve regions 1..7 after a lease term", func() bool {
+		for r := 1; r < 8; r++ {
+			if !servable(t, n, keyIn(r, 0))() {
+				return false
+			}
+		}
+		return true
+	})
 	for r := 1; r < 8; r++ {
 		if k := keyIn(r, 0); cached(t, n, k) != nil {
 			t.Errorf("%s of region %d at n: the handoff went on past the dead node", k, r)
 		}
+	}
+}
+
+// keepLeased renews n's serving lease of term every term/4 until the test
+// ends, as the managers' watch does.
+func keepLeased(t *testing.T, n *Node, term time.Duration) {
+	n.Renew(time.Now(), term)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(term / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				n.Renew(time.Now(), term)
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+}
+
+// TestHandoffRegionNotServedUntilThePreviousOwnerHoldsTheMap: a region
+// moving here from a running node is neither served nor written (503; an
+// invalidation is taken) until that node holds the map that moved it (it
+// may still serve the region to frontends on the old map, and a write
+// taken here would leave its copy stale for them), or until a serving-lease
+// term has passed if it never answers.
+func TestHandoffRegionNotServedUntilThePreviousOwnerHoldsTheMap(t *testing.T) {
+	g, n := handoffPair(t, 8, 8, 1, 1<<10, time.Minute)
+	keepLeased(t, n.Node, time.Minute)
+	m2 := moveLowHalf(g.url)
+	apply(t, n, m2) // g still holds epoch 1: it serves region 0 to old-map frontends
+	k := keyIn(0, 0)
+	for _, c := range []struct {
+		method string
+		hdr    []string
+		code   int
+	}{
+		{http.MethodGet, nil, http.StatusServiceUnavailable},
+		{http.MethodPut, []string{HeaderEpoch, "2"}, http.StatusServiceUnavailable},
+		{http.MethodPut, []string{HeaderEpoch, "2", "If-None-Match", "*"}, http.StatusServiceUnavailable}, // a fill
+		{http.MethodDelete, []string{HeaderEpoch, "2", HeaderFence, "upload-1"}, http.StatusServiceUnavailable},
+		{http.MethodDelete, []string{HeaderEpoch, "2", HeaderVersion, "7"}, http.StatusServiceUnavailable},
+		{http.MethodDelete, []string{HeaderEpoch, "2"}, http.StatusNoContent}, // removing is always safe
+	} {
+		var body []byte
+		if c.method == http.MethodPut {
+			body = []byte("new")
+		}
+		if r := do(t, c.method, keyURL(n.url, k), body, c.hdr...); r.code != c.code {
+			t.Errorf("%s %v at n before g holds the map: %d %s, want %d", c.method, c.hdr, r.code, r.body, c.code)
+		}
+	}
+	// Region 8 did not move: served as ever.
+	if r := do(t, http.MethodGet, keyURL(g.url, keyIn(8, 0)), nil); r.code != http.StatusOK {
+		t.Errorf("GET of an unmoved region at g: %d", r.code)
+	}
+	apply(t, g, m2)
+	waitfor.True(t, 30*time.Second, "n to serve region 0 once g holds the map", servable(t, n, k))
+	waitfor.True(t, 30*time.Second, "n to receive regions 0..7", received(n))
+	if got := cached(t, n, keyIn(1, 0)); !bytes.Equal(got, value(keyIn(1, 0), 1<<10)) {
+		t.Errorf("region 1 at n after the handoff: %d bytes, want g's copy", len(got))
 	}
 }
 
@@ -370,11 +489,11 @@ func TestHandoffPreviousOwnerDiesMidway(t *testing.T) {
 // and counted once, as a hit, at the new owner only.
 func TestHandoffWarmRead(t *testing.T) {
 	g, n := handoffPair(t, 8, 8, 2, 10<<10, time.Minute)
-	target, _ := url.Parse(g.url)
+	target, _ := neturl.Parse(g.url)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	release := make(chan struct{})
 	held := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && !r.URL.Query().Has("key") {
+		if bulk(r) {
 			select { // the bulk copy waits
 			case <-release:
 			case <-r.Context().Done():
@@ -387,6 +506,7 @@ func TestHandoffWarmRead(t *testing.T) {
 	m2 := moveLowHalf(held.URL)
 	apply(t, g, m2)
 	apply(t, n, m2)
+	waitfor.True(t, 30*time.Second, "n to hear from g (its probe) and serve region 3", servable(t, n, keyIn(3, 77)))
 	gBefore, nBefore := g.Counters(), n.Counters()
 	k := keyIn(3, 1)
 	if got := cached(t, n, k); !bytes.Equal(got, value(k, 10<<10)) {
@@ -436,10 +556,10 @@ func TestHandoffBadInput(t *testing.T) {
 		{http.MethodGet, "/handoff/0?epoch=2&gen=-1", http.StatusBadRequest},
 		{http.MethodGet, "/handoff/0?epoch=2&budget=-5", http.StatusBadRequest},
 		{http.MethodGet, "/handoff/0?epoch=2&key=", http.StatusBadRequest},
-		{http.MethodGet, "/handoff/1?epoch=2&key=" + url.QueryEscape(k0), http.StatusBadRequest}, // k0 is region 0's
-		{http.MethodGet, "/handoff/9?epoch=2", http.StatusNotFound},                              // g still owns 9
-		{http.MethodGet, "/handoff/0?epoch=3", http.StatusConflict},                              // g holds epoch 2
-		{http.MethodGet, "/handoff/0?epoch=2&gen=5", http.StatusConflict},                        // g has not cleared to 5
+		{http.MethodGet, "/handoff/1?epoch=2&key=" + neturl.QueryEscape(k0), http.StatusBadRequest}, // k0 is region 0's
+		{http.MethodGet, "/handoff/9?epoch=2", http.StatusNotFound},                                 // g still owns 9
+		{http.MethodGet, "/handoff/0?epoch=3", http.StatusConflict},                                 // g holds epoch 2
+		{http.MethodGet, "/handoff/0?epoch=2&gen=5", http.StatusConflict},                           // g has not cleared to 5
 		{http.MethodDelete, "/handoff/zero?epoch=2", http.StatusBadRequest},
 		{http.MethodDelete, "/handoff/0?epoch=", http.StatusBadRequest},
 		{http.MethodDelete, "/handoff/0?epoch=1", http.StatusNoContent}, // older than the move: a no-op

@@ -59,6 +59,8 @@ const maxJSONBody = 64 << 10
 //	                     with X-Memcache-Version, refuse older versions from now on, with both,
 //	                     end that upload's fence at that version (fence.go);
 //	                     a fence answers 503 while the node's serving lease has lapsed
+//	                     GET, PUT and a fence of a region moving here answer 503 until its
+//	                     previous owner holds the map that moved it (handoff.go)
 //	DELETE /cache        clear every entry, raising the floor to X-Memcache-Generation if sent; 204
 //	GET    /config       the cache config; PUT /config applies {"capacity_mb":N,"policy":"LRU"|"RR"}
 //	GET    /regions      the region map held; PUT /regions installs a newer one
@@ -236,7 +238,8 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if !n.checkRoute(w, r, key) || !n.checkLease(w) {
+	rg := region.Of(key)
+	if !n.checkRoute(w, r, key) || !n.checkLease(w) || n.refusePending(w, rg) {
 		return
 	}
 	// A read lease is recorded before the value is read (readlease.go).
@@ -246,7 +249,6 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 	}
 	// A region being filled from its previous owner: a miss may be served
 	// from there, and counts as a hit then (handoff.go).
-	rg := region.Of(key)
 	warming := n.handoff.receivingRegion(rg)
 	item, ok, err := n.cache.get(key, !warming)
 	if warming && err == nil {
@@ -298,7 +300,7 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if !n.checkRoute(w, r, key) || !n.checkLease(w) {
+	if !n.checkRoute(w, r, key) || !n.checkLease(w) || n.refusePending(w, region.Of(key)) {
 		return
 	}
 	gen, err := generation(r)
@@ -416,7 +418,7 @@ func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 	// A fence must hold at the node that serves the key: one whose lease
 	// has lapsed may have lost the region to a node the fence never
 	// reached, so it refuses (the upload then stores nothing).
-	if (token != "" || version > 0) && !n.checkLease(w) {
+	if (token != "" || version > 0) && (!n.checkLease(w) || n.refusePending(w, region.Of(key))) {
 		return
 	}
 	n.handoff.touch(key)

@@ -29,6 +29,7 @@ func (n *Node) Renew(sent time.Time, lease time.Duration) {
 			break
 		}
 	}
+	n.leaseTerm.Store(int64(lease))
 	n.leased.Store(true)
 }
 

@@ -99,6 +99,7 @@ type Node struct {
 	start      time.Time
 	leased     atomic.Bool
 	leaseUntil atomic.Int64
+	leaseTerm  atomic.Int64 // the last lease granted, a duration
 
 	fences *fences // fence.go
 

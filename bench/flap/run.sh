@@ -57,7 +57,8 @@ wait "$LOAD" || true
 echo "pool sizes (size@seconds into the load):$sizes"
 tail -4 "$WORK/load.log"
 # The decision log, oldest first, from the manager UI's JSON (a session).
-curl -s -c "$WORK/jar" -o /dev/null -H "Origin: $UI" --data-urlencode "token=$TOKEN" "$UI/ui/login"
+CSRF=$(curl -s -c "$WORK/jar" -b "$WORK/jar" "$UI/ui/login" | sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' | head -1)
+curl -s -c "$WORK/jar" -b "$WORK/jar" -o /dev/null --data-urlencode "csrf=$CSRF" --data-urlencode "token=$TOKEN" "$UI/ui/login"
 curl -s -b "$WORK/jar" "$UI/ui/api/dashboard" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
