@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/memcache/memcache/internal/jsonhttp"
+	"github.com/memcache/memcache/region"
 )
 
 // Fences keep a replaced image out of the cache. The key index gives every
@@ -216,4 +217,21 @@ func fenceHeaders(r *http.Request) (version uint64, token string, err error) {
 		return 0, "", fmt.Errorf("%s header is longer than 128 bytes", HeaderFence)
 	}
 	return version, token, nil
+}
+
+// fencesOf returns the live fences of region r's keys that refuse versions
+// below a minimum, as Exported entries with no value whose Version is that
+// minimum: what a region's previous owner hands its new owner (handoff.go).
+func (n *Node) fencesOf(r int) []Exported {
+	fs := n.fences
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	now := fs.now()
+	var out []Exported
+	for key, f := range fs.m {
+		if f.min > 0 && now.Before(f.expires) && region.Of(key) == r {
+			out = append(out, Exported{Key: key, Item: Item{Version: f.min}})
+		}
+	}
+	return out
 }

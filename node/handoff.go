@@ -18,11 +18,15 @@ package node
 // Until G holds the map that moved r, N neither serves r nor takes writes
 // or fences of it (503; an invalidation is taken): G may still serve r to
 // frontends on the old map, and a write N took meanwhile would leave G's copy
-// stale for them. N learns it from G's first answer (a probe with no budget),
-// or, if G does not answer, once a serving-lease term has passed since N
-// applied the map: by then G has either applied it (a lease renewal brings
-// the current map) or stopped serving (its lease has lapsed). This closes
-// the window in which a region had two servers.
+// stale for them. N learns it from G's answer to a probe
+// (GET /handoff/{r}?fences=1), which also carries G's fences of r: N raises
+// them before it serves r, so a fill of a row read before an upload that
+// went through G is refused here too, and a copy it installs replaces an
+// older fill. If G refuses the connection, nothing listens at its address
+// and r is served at once; if G does not answer, once a serving-lease term
+// has passed since N applied the map: by then G has either applied it (a
+// lease renewal brings the current map) or stopped serving (its lease has
+// lapsed). This closes the window in which a region had two servers.
 //
 // What N installs is a fill: it never replaces a newer value. G answers
 // only once it holds a map at least as new as the one that moved r (from
@@ -50,6 +54,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -225,17 +230,15 @@ func (h *handoffs) storeMask() {
 	h.pendMask.Store(p)
 }
 
-// confirm records that node from holds a map as new as held: every region
-// moving here from it by a map no newer may be served.
-func (h *handoffs) confirm(from string, held uint64) {
+// confirm lets the node serve region r, which it receives as rc: the
+// previous owner holds the map that moved it (see the design note).
+func (h *handoffs) confirm(r int, rc *receiving) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for r, pr := range h.pending {
-		if pr != nil && pr.from == from && pr.epoch <= held {
-			h.pending[r] = nil
-		}
+	if pr := h.pending[r]; pr != nil && pr.epoch == rc.epoch && pr.from == rc.from.ID {
+		h.pending[r] = nil
+		h.storeMask()
 	}
-	h.storeMask()
 }
 
 // pendingRegion reports whether region r may not be served yet, and from
@@ -373,6 +376,22 @@ func (n *Node) runHandoffs(ctx context.Context) {
 func (n *Node) receiveFrom(ctx context.Context, from pool.Member, rs []int) {
 	h := n.handoff
 	dead := false
+	// First every region's probe: the previous owner's fences of it, and
+	// whether it holds the map (the region is served here from then on).
+	for _, r := range rs {
+		rc := h.current(r)
+		if rc == nil || rc.from != from || dead {
+			continue
+		}
+		if err := n.probe(ctx, r, rc); err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				n.log.Info("handoff: the previous owner is not listening; the region is served at once", "region", r, "from", from.ID)
+				continue // the next probes are refused as fast
+			}
+			n.log.Warn("handoff: the previous owner did not answer the probe; the region is served after a lease term", "region", r, "from", from.ID, "err", err)
+			dead = ctx.Err() == nil
+		}
+	}
 	for _, r := range rs {
 		rc := h.current(r)
 		if rc == nil || rc.from != from {
@@ -425,20 +444,10 @@ func (n *Node) receive(ctx context.Context, r int, rc *receiving) error {
 	defer cancel()
 	b := &backoff.ExponentialBackOff{InitialInterval: 50 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Second}
 	b.Reset()
-	probed := false
 	for {
-		// First a probe with no budget: the previous owner's answer says
-		// whether it holds the map yet (see the design note).
-		budget := int64(0)
-		if probed {
-			owned := bits.OnesCount32(n.cache.owned.Load())
-			budget = n.cache.Capacity() / int64(max(owned, 1))
-		}
+		owned := bits.OnesCount32(n.cache.owned.Load())
+		budget := n.cache.Capacity() / int64(max(owned, 1))
 		err := n.pull(ctx, r, rc, budget)
-		if err == nil && !probed {
-			probed = true
-			continue
-		}
 		var se *handoffStatusError
 		switch {
 		case err == nil:
@@ -459,11 +468,69 @@ func (n *Node) receive(ctx context.Context, r int, rc *receiving) error {
 	}
 }
 
-// confirmFrom confirms the regions moving here from rc's previous owner
-// (handoffs.confirm) by the map its answer says it holds.
-func (n *Node) confirmFrom(resp *http.Response, rc *receiving) {
-	if held, err := strconv.ParseUint(resp.Header.Get(HeaderEpoch), 10, 64); err == nil {
-		n.handoff.confirm(rc.from.ID, held)
+// probe asks region r's previous owner for its fences of r once it holds
+// the map that moved r (retrying its 409s until rc's time is up), raises
+// them here, and then lets the node serve r: no fill read before an upload
+// that went through the previous owner can then be stored here (the fence
+// refuses it, or drops it if it came first). A previous owner that refuses
+// the connection serves nobody at that address: r is served at once.
+func (n *Node) probe(ctx context.Context, r int, rc *receiving) error {
+	ctx, cancel := context.WithDeadline(ctx, rc.until)
+	defer cancel()
+	b := &backoff.ExponentialBackOff{InitialInterval: 20 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Second}
+	b.Reset()
+	for {
+		err := n.fetchFences(ctx, r, rc)
+		var se *handoffStatusError
+		switch {
+		case err == nil:
+			n.handoff.confirm(r, rc)
+			return nil
+		case errors.Is(err, syscall.ECONNREFUSED):
+			n.handoff.confirm(r, rc)
+			return err
+		case errors.As(err, &se) && se.code == http.StatusConflict:
+			t := time.NewTimer(b.NextBackOff())
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("the previous owner did not catch up in time: %w", err)
+			case <-t.C:
+			}
+		default:
+			return err
+		}
+	}
+}
+
+// fetchFences makes one GET /handoff/{r}?fences=1 and raises the fences it
+// streams.
+func (n *Node) fetchFences(ctx context.Context, r int, rc *receiving) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.handoffURL(rc.from.HTTP, r, rc.epoch, url.Values{"fences": {"1"}}), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := n.handoff.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return &handoffStatusError{resp.StatusCode, strings.TrimSpace(string(msg))}
+	}
+	br := bufio.NewReader(resp.Body)
+	for {
+		key, it, err := readFrame(br, 0)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading the fences of region %d: %w", r, err)
+		}
+		if region.Of(key) == r && it.Version > 0 {
+			n.raise(key, it.Version)
+		}
 	}
 }
 
@@ -512,7 +579,6 @@ func (n *Node) pull(ctx context.Context, r int, rc *receiving, budget int64) err
 		return err
 	}
 	defer resp.Body.Close()
-	n.confirmFrom(resp, rc)
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return &handoffStatusError{resp.StatusCode, strings.TrimSpace(string(msg))}
@@ -557,7 +623,9 @@ func (n *Node) install(r int, rc *receiving, key string, it Item) bool {
 			if _, t := rc.touched[key]; t {
 				return false
 			}
-			stored, _ := n.cache.put(key, it, true)
+			// An older version here came from a fill (writes are
+			// touched): the copy, newer, replaces it.
+			stored, _ := n.cache.put(key, it, it.Version == 0)
 			if stored {
 				rc.entries++
 				rc.bytes += uint64(len(it.Value))
@@ -566,6 +634,9 @@ func (n *Node) install(r int, rc *receiving, key string, it Item) bool {
 		})
 	}()
 	if ok {
+		if it.Version > 0 {
+			n.raise(key, it.Version) // no slower fill of an older row goes in after it
+		}
 		h.entries.Add(1)
 		h.bytes.Add(uint64(len(it.Value)))
 	} else {
@@ -594,7 +665,6 @@ func (n *Node) warmRead(ctx context.Context, r int, key string) (Item, bool) {
 		return Item{}, false
 	}
 	defer resp.Body.Close()
-	n.confirmFrom(resp, rc)
 	if resp.StatusCode != http.StatusOK {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 512))
 		return Item{}, false
@@ -682,6 +752,25 @@ func (n *Node) handleHandoffGet(w http.ResponseWriter, r *http.Request) {
 			jsonhttp.Error(w, http.StatusBadRequest, "budget %q is not a byte count", v)
 			return
 		}
+	}
+	if q.Get("fences") == "1" {
+		// The probe: only the map matters (from then on the node refuses
+		// every write of the region, so its fences of it are final).
+		held := n.epoch.Load()
+		w.Header().Set(HeaderEpoch, strconv.FormatUint(held, 10))
+		if held < epoch {
+			jsonhttp.Error(w, http.StatusConflict, "node holds region map epoch %d, older than the handoff's %d: retry", held, epoch)
+			return
+		}
+		w.Header().Set("Content-Type", handoffMediaType)
+		bw := bufio.NewWriter(w)
+		for _, f := range n.fencesOf(rg) {
+			if err := writeFrame(bw, f.Key, f.Item); err != nil {
+				return
+			}
+		}
+		bw.Flush()
+		return
 	}
 	key, one := q.Get("key"), q.Has("key")
 	if one && (key == "" || region.Of(key) != rg) {

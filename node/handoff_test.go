@@ -124,10 +124,10 @@ func cached(t *testing.T, n *handoffNode, key string) []byte {
 }
 
 // bulk reports whether r is a handoff's bulk copy (not its probe, which
-// asks for no bytes, nor a read's lookup of one key).
+// asks for the fences, nor a read's lookup of one key).
 func bulk(r *http.Request) bool {
 	q := r.URL.Query()
-	return r.Method == http.MethodGet && !q.Has("key") && q.Get("budget") != "0"
+	return r.Method == http.MethodGet && !q.Has("key") && q.Get("fences") != "1"
 }
 
 // heldGiver is g as a receiver sees it: every request passes but the bulk
@@ -389,11 +389,7 @@ func TestHandoffPreviousOwnerDiesMidway(t *testing.T) {
 		panic(http.ErrAbortHandler) // the connection drops
 	}))
 	defer dying.Close()
-	// n follows the managers with a 2-s serving lease: a region whose
-	// previous owner never answered is served once a lease term has
-	// passed since n took it (by then that owner has stopped serving).
-	const term = 2 * time.Second
-	keepLeased(t, n.Node, term)
+	keepLeased(t, n.Node, time.Hour) // regions are served because the probes passed
 	m2 := moveLowHalf(dying.URL)
 	apply(t, g, m2)
 	apply(t, n, m2)
@@ -402,8 +398,9 @@ func TestHandoffPreviousOwnerDiesMidway(t *testing.T) {
 	if st.Entries == 0 || st.Entries >= 6 {
 		t.Errorf("n installed %d entries of region 0's 6 from a node that died halfway, want some but not all", st.Entries)
 	}
-	// Regions 1..7: the dead node was never heard holding the map.
-	waitfor.True(t, 30*time.Second, "n to serve regions 1..7 after a lease term", func() bool {
+	// Regions 1..7: probed (the node held the map) before it died, so
+	// served, but nothing of them was copied.
+	waitfor.True(t, 30*time.Second, "n to serve regions 1..7", func() bool {
 		for r := 1; r < 8; r++ {
 			if !servable(t, n, keyIn(r, 0))() {
 				return false
@@ -598,4 +595,76 @@ func TestHandoffNeedsTheSecret(t *testing.T) {
 func decodeInto(t *testing.T, b []byte, v any) error {
 	t.Helper()
 	return json.Unmarshal(b, v)
+}
+
+// TestHandoffPreviousOwnerSilentOrGone: a previous owner that never
+// answers keeps the region unserved for a serving-lease term (by then it
+// has applied the map or stopped serving); one that refuses connections
+// serves nobody at its address, so the region is served at once.
+func TestHandoffPreviousOwnerSilentOrGone(t *testing.T) {
+	t.Run("silent", func(t *testing.T) {
+		silent := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+		t.Cleanup(silent.Close) // after n has stopped asking it
+		_, n := handoffPair(t, 8, 8, 1, 1<<10, time.Minute)
+		keepLeased(t, n.Node, 2*time.Second)
+		apply(t, n, moveLowHalf(silent.URL))
+		k := keyIn(0, 0)
+		if r := do(t, http.MethodGet, keyURL(n.url, k), nil); r.code != http.StatusServiceUnavailable {
+			t.Fatalf("GET while the silent previous owner may still serve: %d, want 503", r.code)
+		}
+		waitfor.True(t, 30*time.Second, "n to serve region 0 after a lease term", servable(t, n, k))
+	})
+	t.Run("gone", func(t *testing.T) {
+		_, n := handoffPair(t, 8, 8, 1, 1<<10, time.Minute)
+		gone := httptest.NewServer(http.NotFoundHandler())
+		gone.Close()
+		keepLeased(t, n.Node, time.Hour) // only the refusal can end the wait
+		apply(t, n, moveLowHalf(gone.URL))
+		waitfor.True(t, 30*time.Second, "n to serve regions 0..7 at once", func() bool {
+			for r := range 8 {
+				if !servable(t, n, keyIn(r, 0))() {
+					return false
+				}
+			}
+			return true
+		})
+	})
+}
+
+// TestHandoffFillsOlderThanThePreviousOwnersWrites: a read that loaded a
+// row before an upload went through the previous owner (on the old map)
+// cannot fill the new owner with it: the previous owner's fences reach the
+// new owner before it serves the region; and a fill older than the copy
+// the previous owner hands over is replaced by it.
+func TestHandoffFillsOlderThanThePreviousOwnersWrites(t *testing.T) {
+	g, n := handoffPair(t, 8, 8, 1, 1<<10, time.Minute)
+	fenced, filled := keyIn(0, 10), keyIn(0, 11)
+	// An upload through g (old map): its write at version 2 fences the key
+	// there. A read filled g with version 3 of the other key (no fence).
+	if r := do(t, http.MethodPut, keyURL(g.url, fenced), []byte("v2"), HeaderEpoch, "1", HeaderVersion, "2"); r.code != http.StatusNoContent {
+		t.Fatalf("upload at g: %d %s", r.code, r.body)
+	}
+	if r := do(t, http.MethodPut, keyURL(g.url, filled), []byte("v3"), HeaderEpoch, "1", HeaderVersion, "3", "If-None-Match", "*"); r.code != http.StatusNoContent {
+		t.Fatalf("fill at g: %d %s", r.code, r.body)
+	}
+	gURL, release := heldGiver(t, g)
+	m2 := moveLowHalf(gURL)
+	apply(t, g, m2)
+	apply(t, n, m2)
+	waitfor.True(t, 30*time.Second, "n to serve region 0", servable(t, n, keyIn(0, 50)))
+	// Slow reads that loaded older rows now fill n.
+	if r := do(t, http.MethodPut, keyURL(n.url, fenced), []byte("v1"), HeaderEpoch, "2", HeaderVersion, "1", "If-None-Match", "*"); r.code != http.StatusPreconditionFailed {
+		t.Errorf("fill of version 1 at n after g's upload of version 2: %d %s, want 412 (g's fence)", r.code, r.body)
+	}
+	if r := do(t, http.MethodPut, keyURL(n.url, filled), []byte("v2"), HeaderEpoch, "2", HeaderVersion, "2", "If-None-Match", "*"); r.code != http.StatusNoContent {
+		t.Fatalf("fill of version 2 at n: %d %s", r.code, r.body)
+	}
+	close(release)
+	waitfor.True(t, 30*time.Second, "n to receive regions 0..7", received(n))
+	if got := cached(t, n, fenced); !bytes.Equal(got, []byte("v2")) {
+		t.Errorf("%s at n: %q, want g's v2", fenced, got)
+	}
+	if got := cached(t, n, filled); !bytes.Equal(got, []byte("v3")) {
+		t.Errorf("%s at n: %q, want g's v3 (newer than the fill of v2)", filled, got)
+	}
 }

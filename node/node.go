@@ -331,8 +331,10 @@ func (n *Node) setRegions(m Regions) (int, uint16, error) {
 	// Lost regions handed off to their new owners keep their entries
 	// for them (handoff.go).
 	keep := n.handoff.keepMask(n.id, m, held&^mask)
-	dropped := n.cache.setOwned(mask, reset, keep)
+	// The handoff's gate and touched sets exist before the node owns the
+	// regions they guard.
 	n.handoff.update(n.id, m, mask, reset, keep, n.clearCount())
+	dropped := n.cache.setOwned(mask, reset, keep)
 	n.regions = m
 	n.epoch.Store(m.Epoch)
 	n.log.Info("region map applied", "epoch", m.Epoch, "owned", region.Map(m.Owners).Owned(n.id), "dropped", dropped, "kept", regionList(keep))

@@ -77,7 +77,9 @@ type Pool struct {
 	wg sync.WaitGroup // grow-backs and drains in flight; Run waits for them
 
 	relMu     sync.Mutex
-	releasing map[string]bool // removed members being released after their drain: not to be acquired
+	releasing map[string]bool   // removed members being released after their drain: not to be acquired
+	draining  map[string]uint64 // removed members handing off: the epoch of their latest removal
+	runCtx    context.Context   // Run's (the leadership's); nil until Run starts
 }
 
 // DefaultDeadGrace is PoolConfig.DeadGrace's default.
@@ -103,17 +105,35 @@ func NewPool(cfg PoolConfig, raft Applier, members Membership, prov Provisioner,
 	return &Pool{cfg: cfg, raft: raft, members: members, prov: prov, log: log.With("component", "pool")}
 }
 
-// exclude returns what an Acquire must not return: the members, and the
-// removed nodes being released. A removed node still handing off may be
-// taken back: it is then not released.
-func (p *Pool) exclude(members []fsm.Member) []string {
+// exclude returns what an Acquire must not return: the members, the
+// removed nodes being released, and, if draining, the removed nodes still
+// handing off. A resize or a replacement (under p.mu) may take a draining
+// node back: it is then not released. A grow-back, which acquires without
+// p.mu, may not.
+func (p *Pool) exclude(members []fsm.Member, draining bool) []string {
 	out := ids(members)
 	p.relMu.Lock()
 	defer p.relMu.Unlock()
 	for id := range p.releasing {
 		out = append(out, id)
 	}
+	if draining {
+		for id := range p.draining {
+			out = append(out, id)
+		}
+	}
 	return out
+}
+
+// leaderCtx returns Run's context (the leadership's), or, before Run has
+// started, ctx without its cancellation.
+func (p *Pool) leaderCtx(ctx context.Context) context.Context {
+	p.relMu.Lock()
+	defer p.relMu.Unlock()
+	if p.runCtx != nil {
+		return p.runCtx
+	}
+	return context.WithoutCancel(ctx)
 }
 
 func ids(ms []fsm.Member) []string {
@@ -145,7 +165,7 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 		return fsm.Result{Index: st.Index, Epoch: st.Epoch}, nil
 	case n > len(cur):
 		actx, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
-		got, err := p.prov.Acquire(actx, n-len(cur), p.exclude(cur))
+		got, err := p.prov.Acquire(actx, n-len(cur), p.exclude(cur, false))
 		cancel()
 		if err != nil {
 			return fsm.Result{}, fmt.Errorf("growing the pool to %d: %w", n, err)
@@ -180,30 +200,49 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 			release(removed)
 			return res, nil
 		}
-		// The removed nodes hand their regions off before they stop.
+		// The removed nodes hand their regions off before they stop; the
+		// drain ends with the leadership (a new leader knows nothing of it).
+		p.relMu.Lock()
+		if p.draining == nil {
+			p.draining = map[string]uint64{}
+		}
+		for _, id := range removed {
+			p.draining[id] = res.Epoch
+		}
+		p.relMu.Unlock()
+		lctx := p.leaderCtx(ctx)
 		p.wg.Go(func() {
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DrainTimeout)
+			dctx, cancel := context.WithTimeout(lctx, p.cfg.DrainTimeout)
 			defer cancel()
 			var wg sync.WaitGroup
 			for _, m := range gone {
 				wg.Go(func() {
 					start := time.Now()
 					if err := p.cfg.Drainer.Drain(dctx, m, res.Epoch); err != nil {
-						p.log.Warn("removed node did not finish handing off its regions; releasing it", "member", m.ID, "err", err)
+						p.log.Warn("removed node did not finish handing off its regions", "member", m.ID, "err", err)
 						return
 					}
 					p.log.Info("removed node handed off its regions", "member", m.ID, "took", time.Since(start).Round(time.Millisecond))
 				})
 			}
 			wg.Wait()
-			// Release those the pool has not taken back meanwhile (a grow
-			// during the drain may), and let no grow take them while they
-			// are being released. Under p.mu, no resize is between its
-			// Acquire and its commit.
+			// Release those this drain is the latest removal of and the
+			// pool has not taken back meanwhile, and let no grow take them
+			// while they are being released. Under p.mu, no resize is
+			// between its Acquire and its commit.
 			p.mu.Lock()
 			now := p.raft.State()
-			out := slices.DeleteFunc(slices.Clone(removed), func(id string) bool { _, in := now.Member(id); return in })
 			p.relMu.Lock()
+			var out []string
+			for _, id := range removed {
+				if p.draining[id] != res.Epoch {
+					continue // removed again since: that drain decides
+				}
+				delete(p.draining, id)
+				if _, in := now.Member(id); !in && lctx.Err() == nil {
+					out = append(out, id)
+				}
+			}
 			if p.releasing == nil {
 				p.releasing = map[string]bool{}
 			}
@@ -212,6 +251,9 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 			}
 			p.relMu.Unlock()
 			p.mu.Unlock()
+			if lctx.Err() != nil {
+				p.log.Info("leadership lost during a drain: the removed nodes are left idle", "removed", removed)
+			}
 			if len(out) > 0 {
 				release(out)
 			}
@@ -229,6 +271,9 @@ func (p *Pool) resizeLocked(ctx context.Context, n int) (fsm.Result, error) {
 // gossip reports it failed or left, and one that has been missing from
 // gossip for DeadGrace; and it creates the initial pool when it is empty.
 func (p *Pool) Run(ctx context.Context) {
+	p.relMu.Lock()
+	p.runCtx = ctx
+	p.relMu.Unlock()
 	defer p.wg.Wait()
 	events, cancel := p.members.Subscribe()
 	defer cancel()
@@ -299,7 +344,7 @@ func (p *Pool) replace(ctx context.Context, id, why string) {
 	}
 	cmd := fsm.MarkFailed{ID: id}
 	actx, cancel := context.WithTimeout(ctx, p.cfg.ReplaceTimeout)
-	got, err := p.prov.Acquire(actx, 1, p.exclude(st.Members))
+	got, err := p.prov.Acquire(actx, 1, p.exclude(st.Members, false))
 	cancel()
 	growBack := false
 	if err == nil && len(got) == 1 {
@@ -331,7 +376,7 @@ func (p *Pool) replace(ctx context.Context, id, why string) {
 // adds the node only if the pool is still smaller than n.
 func (p *Pool) growBack(ctx context.Context, n int) {
 	actx, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
-	got, err := p.prov.Acquire(actx, 1, p.exclude(p.raft.State().Members))
+	got, err := p.prov.Acquire(actx, 1, p.exclude(p.raft.State().Members, true))
 	cancel()
 	if err != nil || len(got) != 1 {
 		if ctx.Err() == nil {
@@ -343,7 +388,9 @@ func (p *Pool) growBack(ctx context.Context, n int) {
 	defer p.mu.Unlock()
 	st := p.raft.State()
 	if _, in := st.Member(got[0].ID); in || len(st.Members) >= n {
-		p.prov.Release(context.WithoutCancel(ctx), []string{got[0].ID})
+		if !in { // a member (taken by a resize meanwhile) is not given back
+			p.prov.Release(context.WithoutCancel(ctx), []string{got[0].ID})
+		}
 		return
 	}
 	next := append(slices.Clone(st.Members), fsm.Member{ID: got[0].ID, HTTP: got[0].HTTP})

@@ -410,7 +410,8 @@ func (d *blockingDrainer) Drain(ctx context.Context, m fsm.Member, epoch uint64)
 // TestPoolShrinkDrainsBeforeRelease: a shrink commits at once, but gives a
 // removed node back to the provisioner only once the Drainer says it has
 // handed off; a grow meanwhile may take it back, and then it is not
-// released at all (that would stop a member).
+// released at all (that would stop a member); removed again, it is
+// released once, by its latest drain only.
 func TestPoolShrinkDrainsBeforeRelease(t *testing.T) {
 	env := newPoolEnv(t, "n1", "n2", "n3")
 	d := &blockingDrainer{release: make(chan struct{})}
@@ -446,14 +447,30 @@ func TestPoolShrinkDrainsBeforeRelease(t *testing.T) {
 	if got := memberIDs(env.raft.State()); !slices.Equal(got, []string{"n1", "n2"}) {
 		t.Fatalf("members after growing during the drain: %q, want [n1 n2]", got)
 	}
+	// And removed again: only the second drain may release it, once.
+	res2, err := p.Resize(ctx, 1)
+	if err != nil {
+		t.Fatalf("Resize(1) again: %v", err)
+	}
+	waitfor.True(t, poolWait, "the second drain of n2 to begin", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return slices.Contains(d.asked, fmt.Sprintf("n2@%d", res2.Epoch))
+	})
 	close(d.release)
-	waitfor.True(t, poolWait, "n3 to be released after its drain", func() bool {
+	waitfor.True(t, poolWait, "n3 and n2 to be released after their drains", func() bool {
 		_, rel := env.prov.calls()
-		return len(rel) == 1
+		return len(rel) == 2
 	})
 	stop()
 	<-stopped // Run waits for the drains
-	if _, rel := env.prov.calls(); len(rel) != 1 || !slices.Equal(rel[0].ids, []string{"n3"}) {
-		t.Errorf("releases %v, want only n3 (n2 is a member again)", rel)
+	_, rel := env.prov.calls()
+	var released []string
+	for _, r := range rel {
+		released = append(released, r.ids...)
+	}
+	slices.Sort(released)
+	if !slices.Equal(released, []string{"n2", "n3"}) {
+		t.Errorf("released %v, want n2 and n3 once each (n2 by its second drain only)", released)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -382,7 +383,8 @@ func (m *Manager) Close(ctx context.Context) error {
 // drainer is the pool's Drainer (scaler.PoolConfig): it waits until a
 // node a shrink removed holds the shrink's map and keeps no region for a
 // new owner any more (node.HandoffStatus), polling its statistics. A node
-// that does not answer is not waited for.
+// that refuses the connection is gone and not waited for; another error
+// is retried until ctx ends.
 type drainer struct{ nodes *node.Client }
 
 func (d drainer) Drain(ctx context.Context, m fsm.Member, epoch uint64) error {
@@ -390,10 +392,10 @@ func (d drainer) Drain(ctx context.Context, m fsm.Member, epoch uint64) error {
 	defer tick.Stop()
 	for {
 		st, err := d.nodes.Stats(ctx, m.HTTP, time.Now())
-		if err != nil {
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
 			return err
-		}
-		if st.Epoch >= epoch && len(st.Handoff.Giving) == 0 {
+		case err == nil && st.Epoch >= epoch && len(st.Handoff.Giving) == 0:
 			return nil
 		}
 		select {
