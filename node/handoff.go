@@ -88,6 +88,9 @@ type HandoffStatus struct {
 	Receiving []HandoffRegion `json:"receiving"`
 	// Giving are the regions the node keeps for their new owners.
 	Giving []HandoffRegion `json:"giving"`
+	// Waiting are the regions the node owns but does not serve yet: their
+	// previous owner has not been seen holding the map that moved them.
+	Waiting []int `json:"waiting"`
 	// Entries and Bytes the node has installed from previous owners,
 	// WarmReads the reads it answered from them, Refused the copies it
 	// kept out (a newer write, a clear, a fence), since it started.
@@ -302,7 +305,7 @@ func (n *Node) Handoffs() HandoffStatus {
 	h := n.handoff
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st := HandoffStatus{Receiving: []HandoffRegion{}, Giving: []HandoffRegion{},
+	st := HandoffStatus{Receiving: []HandoffRegion{}, Giving: []HandoffRegion{}, Waiting: []int{},
 		Entries: h.entries.Load(), Bytes: h.bytes.Load(), WarmReads: h.reads.Load(), Refused: h.refused.Load()}
 	for r, rc := range h.receiving {
 		if rc == nil {
@@ -317,6 +320,12 @@ func (n *Node) Handoffs() HandoffStatus {
 	for r, g := range h.giving {
 		if g != nil {
 			st.Giving = append(st.Giving, HandoffRegion{Region: r, Peer: g.to, Epoch: g.epoch, State: "kept", Until: g.until})
+		}
+	}
+	term := n.pendingTerm()
+	for r, pr := range h.pending {
+		if pr != nil && time.Since(pr.applied) < term {
+			st.Waiting = append(st.Waiting, r)
 		}
 	}
 	return st
@@ -477,7 +486,9 @@ func (n *Node) receive(ctx context.Context, r int, rc *receiving) error {
 func (n *Node) probe(ctx context.Context, r int, rc *receiving) error {
 	ctx, cancel := context.WithDeadline(ctx, rc.until)
 	defer cancel()
-	b := &backoff.ExponentialBackOff{InitialInterval: 20 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Second}
+	// Short pauses: the region is not served meanwhile, and the previous
+	// owner usually applies the map within milliseconds.
+	b := &backoff.ExponentialBackOff{InitialInterval: 10 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 100 * time.Millisecond}
 	b.Reset()
 	for {
 		err := n.fetchFences(ctx, r, rc)

@@ -448,6 +448,9 @@ func TestHandoffRegionNotServedUntilThePreviousOwnerHoldsTheMap(t *testing.T) {
 	keepLeased(t, n.Node, time.Minute)
 	m2 := moveLowHalf(g.url)
 	apply(t, n, m2) // g still holds epoch 1: it serves region 0 to old-map frontends
+	if w := n.Handoffs().Waiting; len(w) != 8 {
+		t.Errorf("waiting regions %v, want 0..7", w)
+	}
 	k := keyIn(0, 0)
 	for _, c := range []struct {
 		method string
@@ -475,6 +478,9 @@ func TestHandoffRegionNotServedUntilThePreviousOwnerHoldsTheMap(t *testing.T) {
 	}
 	apply(t, g, m2)
 	waitfor.True(t, 30*time.Second, "n to serve region 0 once g holds the map", servable(t, n, k))
+	if w := n.Handoffs().Waiting; len(w) != 0 {
+		t.Errorf("waiting regions %v once g holds the map, want none", w)
+	}
 	waitfor.True(t, 30*time.Second, "n to receive regions 0..7", received(n))
 	if got := cached(t, n, keyIn(1, 0)); !bytes.Equal(got, value(keyIn(1, 0), 1<<10)) {
 		t.Errorf("region 1 at n after the handoff: %d bytes, want g's copy", len(got))

@@ -20,6 +20,7 @@ func TestHandoffText(t *testing.T) {
 		{node.HandoffStatus{Receiving: []node.HandoffRegion{{Region: 1, Peer: "n2", Entries: 1, Bytes: 2048}, {Region: 2, Peer: "n1"}},
 			Giving: []node.HandoffRegion{{Region: 7, Peer: "n3"}}},
 			"receiving 2 regions from n1, n2: 1 entries, 2.0 KB so far; keeping 1 region for n3"},
+		{node.HandoffStatus{Waiting: []int{3, 4}}, "2 regions not served until the previous owner holds the map"},
 	} {
 		if got := handoffText(c.st); got != c.want {
 			t.Errorf("handoffText(%v) = %q, want %q", c.st, got, c.want)

@@ -693,6 +693,9 @@ func handoffText(h node.HandoffStatus) string {
 		}
 		parts = append(parts, fmt.Sprintf("keeping %d region%s for %s", n, plural(n), strings.Join(slices.Sorted(maps.Keys(to)), ", ")))
 	}
+	if n := len(h.Waiting); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d region%s not served until the previous owner holds the map", n, plural(n)))
+	}
 	return strings.Join(parts, "; ")
 }
 

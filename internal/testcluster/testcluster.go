@@ -455,11 +455,13 @@ func (c *Cluster) WaitNodesFollow() {
 	if len(c.Nodes) == 0 {
 		return
 	}
-	waitfor.True(c.t, Wait, "the pool's nodes to hold its region map", func() bool {
+	waitfor.True(c.t, Wait, "the pool's nodes to hold its region map and serve their regions", func() bool {
 		st := c.State()
 		for _, m := range st.Members {
 			n := c.nodeNamed(m.ID)
-			if n == nil || n.Node().Epoch() != st.Epoch {
+			// A region moving to a node is served there once its previous
+			// owner holds the map too (node/handoff.go).
+			if n == nil || n.Node().Epoch() != st.Epoch || len(n.Node().Handoffs().Waiting) > 0 {
 				return false
 			}
 		}
