@@ -222,8 +222,8 @@ func (c *Cache) peek(key string) (Item, bool) {
 	return e.item, true
 }
 
-// Exported is an entry as a region's previous owner hands it off.
-type Exported struct {
+// handoffEntry is an entry as a region's previous owner hands it off.
+type handoffEntry struct {
 	Key  string
 	Item Item
 }
@@ -231,10 +231,10 @@ type Exported struct {
 // export returns the entries of region r, most recently used first, as
 // many as fit in budget bytes of values (an entry that does not fit is
 // skipped for smaller, colder ones).
-func (c *Cache) export(r int, budget int64) []Exported {
+func (c *Cache) export(r int, budget int64) []handoffEntry {
 	type ranked struct {
 		stamp uint64
-		Exported
+		handoffEntry
 	}
 	var all []ranked
 	for i := range c.shards {
@@ -242,17 +242,17 @@ func (c *Cache) export(r int, budget int64) []Exported {
 		s.mu.Lock()
 		for _, e := range s.all {
 			if int(e.region) == r {
-				all = append(all, ranked{e.stamp, Exported{e.key, e.item}})
+				all = append(all, ranked{e.stamp, handoffEntry{e.key, e.item}})
 			}
 		}
 		s.mu.Unlock()
 	}
 	slices.SortFunc(all, func(a, b ranked) int { return cmp.Compare(b.stamp, a.stamp) })
-	out := make([]Exported, 0, len(all))
+	out := make([]handoffEntry, 0, len(all))
 	for _, e := range all {
 		if size := int64(len(e.Item.Value)); size <= budget {
 			budget -= size
-			out = append(out, e.Exported)
+			out = append(out, e.handoffEntry)
 		}
 	}
 	return out

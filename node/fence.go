@@ -220,17 +220,17 @@ func fenceHeaders(r *http.Request) (version uint64, token string, err error) {
 }
 
 // fencesOf returns the live fences of region r's keys that refuse versions
-// below a minimum, as Exported entries with no value whose Version is that
+// below a minimum, as handoffEntry values with no value whose Version is that
 // minimum: what a region's previous owner hands its new owner (handoff.go).
-func (n *Node) fencesOf(r int) []Exported {
+func (n *Node) fencesOf(r int) []handoffEntry {
 	fs := n.fences
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	now := fs.now()
-	var out []Exported
+	var out []handoffEntry
 	for key, f := range fs.m {
 		if f.min > 0 && now.Before(f.expires) && region.Of(key) == r {
-			out = append(out, Exported{Key: key, Item: Item{Version: f.min}})
+			out = append(out, handoffEntry{Key: key, Item: Item{Version: f.min}})
 		}
 	}
 	return out

@@ -124,9 +124,8 @@ type giving struct {
 
 type receiving struct {
 	from    pool.Member
-	epoch   uint64    // Since[r]: the giver must hold at least this map
-	applied time.Time // when the node applied the map that gave it r
-	clears  uint64    // the node's clears when it began
+	epoch   uint64 // Since[r]: the giver must hold at least this map
+	clears  uint64 // the node's clears when it began
 	until   time.Time
 	touched map[string]struct{}
 	started bool
@@ -204,7 +203,7 @@ func (h *handoffs) update(self string, m Regions, mask, reset, keep uint16, clea
 			h.pending[r] = nil
 		}
 		if from := m.From[r]; mask&bit != 0 && reset&bit != 0 && h.client != nil && from.ID != "" && from.ID != self {
-			h.receiving[r] = &receiving{from: from, epoch: m.Since[r], applied: now, clears: clears, until: now.Add(h.timeout), touched: map[string]struct{}{}}
+			h.receiving[r] = &receiving{from: from, epoch: m.Since[r], clears: clears, until: now.Add(h.timeout), touched: map[string]struct{}{}}
 			h.pending[r] = &pendingRegion{from: from.ID, epoch: m.Since[r], applied: now}
 		}
 	}
@@ -446,72 +445,55 @@ type handoffStatusError struct {
 func (e *handoffStatusError) Error() string { return fmt.Sprintf("%d %s", e.code, e.msg) }
 
 // receive copies region r from rc.from until done, rc's time is up, the
-// receive ends (the region moved again) or ctx is done. It waits, retrying,
-// while the giver answers 409 (it does not hold the map yet).
+// receive ends (the region moved again) or ctx is done.
 func (n *Node) receive(ctx context.Context, r int, rc *receiving) error {
-	ctx, cancel := context.WithDeadline(ctx, rc.until)
-	defer cancel()
-	b := &backoff.ExponentialBackOff{InitialInterval: 50 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Second}
-	b.Reset()
-	for {
+	err := untilCaughtUp(ctx, rc.until, 50*time.Millisecond, time.Second, func(ctx context.Context) error {
 		owned := bits.OnesCount32(n.cache.owned.Load())
-		budget := n.cache.Capacity() / int64(max(owned, 1))
-		err := n.pull(ctx, r, rc, budget)
-		var se *handoffStatusError
-		switch {
-		case err == nil:
-			return nil
-		case errors.As(err, &se) && se.code == http.StatusNotFound:
-			return errNothingKept
-		case errors.As(err, &se) && se.code == http.StatusConflict:
-			t := time.NewTimer(b.NextBackOff())
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return fmt.Errorf("the previous owner did not catch up in time: %w", err)
-			case <-t.C:
-			}
-		default:
-			return err
-		}
+		return n.pull(ctx, r, rc, n.cache.Capacity()/int64(max(owned, 1)))
+	})
+	if se := (*handoffStatusError)(nil); errors.As(err, &se) && se.code == http.StatusNotFound {
+		return errNothingKept
 	}
+	return err
 }
 
 // probe asks region r's previous owner for its fences of r once it holds
-// the map that moved r (retrying its 409s until rc's time is up), raises
-// them here, and then lets the node serve r: no fill read before an upload
-// that went through the previous owner can then be stored here (the fence
-// refuses it, or drops it if it came first). A previous owner that refuses
-// the connection serves nobody at that address: r is served at once.
+// the map that moved r (until rc's time is up), raises them here, and then
+// lets the node serve r: no fill read before an upload that went through
+// the previous owner can then be stored here (the fence refuses it, or
+// drops it if it came first). A previous owner that refuses the connection
+// serves nobody at that address: r is served at once.
 func (n *Node) probe(ctx context.Context, r int, rc *receiving) error {
-	ctx, cancel := context.WithDeadline(ctx, rc.until)
-	defer cancel()
 	// Short pauses: the region is not served meanwhile, and the previous
 	// owner usually applies the map within milliseconds.
-	b := &backoff.ExponentialBackOff{InitialInterval: 10 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 100 * time.Millisecond}
-	b.Reset()
-	for {
-		err := n.fetchFences(ctx, r, rc)
-		var se *handoffStatusError
-		switch {
-		case err == nil:
-			n.handoff.confirm(r, rc)
-			return nil
-		case errors.Is(err, syscall.ECONNREFUSED):
-			n.handoff.confirm(r, rc)
-			return err
-		case errors.As(err, &se) && se.code == http.StatusConflict:
-			t := time.NewTimer(b.NextBackOff())
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return fmt.Errorf("the previous owner did not catch up in time: %w", err)
-			case <-t.C:
-			}
-		default:
-			return err
-		}
+	err := untilCaughtUp(ctx, rc.until, 10*time.Millisecond, 100*time.Millisecond, func(ctx context.Context) error {
+		return n.fetchFences(ctx, r, rc)
+	})
+	if err == nil || errors.Is(err, syscall.ECONNREFUSED) {
+		n.handoff.confirm(r, rc)
 	}
+	return err
+}
+
+// untilCaughtUp calls attempt until it returns anything but the previous
+// owner's 409 (it does not hold the map, or has not cleared as far, yet),
+// pausing with jittered exponential backoff from first up to most, until
+// the deadline.
+func untilCaughtUp(ctx context.Context, deadline time.Time, first, most time.Duration, attempt func(context.Context) error) error {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	b := &backoff.ExponentialBackOff{InitialInterval: first, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: most}
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		err := attempt(ctx)
+		if se := (*handoffStatusError)(nil); err != nil && !(errors.As(err, &se) && se.code == http.StatusConflict) {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		return struct{}{}, err
+	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(0))
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("the previous owner did not catch up in time: %w", err)
+	}
+	return err
 }
 
 // fetchFences makes one GET /handoff/{r}?fences=1 and raises the fences it
@@ -791,14 +773,14 @@ func (n *Node) handleHandoffGet(w http.ResponseWriter, r *http.Request) {
 	if !n.kept(w, rg, epoch, gen) {
 		return
 	}
-	var entries []Exported
+	var entries []handoffEntry
 	if one {
 		it, ok := n.cache.peek(key)
 		if !ok || n.cache.Owns(rg) {
 			jsonhttp.Error(w, http.StatusNotFound, "key is not kept")
 			return
 		}
-		entries = []Exported{{key, it}}
+		entries = []handoffEntry{{key, it}}
 	} else {
 		entries = n.cache.export(rg, budget)
 	}
@@ -908,7 +890,7 @@ func regionList(mask uint16) []int {
 	return rs
 }
 
-// statusJSON is for logs and tests.
+// String is the status as JSON, for logs and tests.
 func (s HandoffStatus) String() string {
 	b, _ := json.Marshal(s)
 	return string(b)

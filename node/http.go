@@ -199,11 +199,11 @@ func cacheKey(r *http.Request) (string, error) {
 	return key, nil
 }
 
-// checkRoute answers for a key the node must not serve: a caller whose map
-// is newer than the node's (409: the node is behind and may still hold a
+// checkRoute answers for a key of region rg the node must not serve: a
+// caller whose map is newer than the node's (409: the node is behind and may still hold a
 // region it has lost), or a key of a region the node does not own (421).
 // It reports whether the request may go on.
-func (n *Node) checkRoute(w http.ResponseWriter, r *http.Request, key string) bool {
+func (n *Node) checkRoute(w http.ResponseWriter, r *http.Request, rg int) bool {
 	if v := r.Header.Get(HeaderEpoch); v != "" {
 		callerEpoch, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
@@ -219,13 +219,13 @@ func (n *Node) checkRoute(w http.ResponseWriter, r *http.Request, key string) bo
 		// ownership (the key may have been replaced at another owner
 		// meanwhile): refuse it.
 		if r.Method == http.MethodPut {
-			if since := n.regionSince(region.Of(key)); callerEpoch < since {
+			if since := n.regionSince(rg); callerEpoch < since {
 				jsonhttp.Error(w, http.StatusConflict, "caller's region map epoch %d is older than this node's ownership of the region (since epoch %d)", callerEpoch, since)
 				return false
 			}
 		}
 	}
-	if rg := region.Of(key); !n.cache.Owns(rg) {
+	if !n.cache.Owns(rg) {
 		jsonhttp.Error(w, http.StatusMisdirectedRequest, "region %d of key is not owned by node %s at epoch %d", rg, n.id, n.epoch.Load())
 		return false
 	}
@@ -239,7 +239,7 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rg := region.Of(key)
-	if !n.checkRoute(w, r, key) || !n.checkLease(w) || n.refusePending(w, rg) {
+	if !n.checkRoute(w, r, rg) || !n.checkLease(w) || n.refusePending(w, rg) {
 		return
 	}
 	// A read lease is recorded before the value is read (readlease.go).
@@ -300,7 +300,8 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 		jsonhttp.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if !n.checkRoute(w, r, key) || !n.checkLease(w) || n.refusePending(w, region.Of(key)) {
+	rg := region.Of(key)
+	if !n.checkRoute(w, r, rg) || !n.checkLease(w) || n.refusePending(w, rg) {
 		return
 	}
 	gen, err := generation(r)
@@ -407,7 +408,8 @@ func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 	}
 	// An invalidation sent to a node that is not (or not yet) the owner
 	// did not reach the copy that would be served: say so.
-	if !n.checkRoute(w, r, key) {
+	rg := region.Of(key)
+	if !n.checkRoute(w, r, rg) {
 		return
 	}
 	version, token, err := fenceHeaders(r)
