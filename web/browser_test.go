@@ -16,6 +16,7 @@ import (
 
 	"github.com/memcache/memcache/fsm"
 	"github.com/memcache/memcache/gossip"
+	"github.com/memcache/memcache/internal/netns"
 	"github.com/memcache/memcache/internal/testcluster"
 	"github.com/memcache/memcache/internal/waitfor"
 	"github.com/memcache/memcache/metrics"
@@ -48,6 +49,10 @@ func newBrowser(t *testing.T) *browser {
 		}
 		t.Skipf("%s not found (run .ci/install-chromium.sh; MEMCACHE_TEST_REQUIRE_BROWSER=1 makes this a failure)", chromiumPath)
 	}
+	// Chromium aborts the requests in flight, form submissions included,
+	// when the machine's interfaces change: no network-namespace test
+	// (of any package running beside this one) builds a network meanwhile.
+	netns.Quiet(t)
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromiumPath),
 		chromedp.Headless,
@@ -132,9 +137,9 @@ func (b *browser) consoleProblems() []string {
 			continue
 		}
 		// Chromium aborts the requests in flight when the host's network
-		// interfaces change: the network-namespace tests that run beside
-		// this one add and remove bridges and veths. Not the page's error
-		// (its poll retries), so not this test's.
+		// interfaces change (netns.Quiet keeps this suite's own tests from
+		// changing them, not the rest of the machine). Not the page's
+		// error (its poll retries), so not this test's.
 		if strings.Contains(p, "net::ERR_NETWORK_CHANGED") {
 			continue
 		}

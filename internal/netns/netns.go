@@ -22,6 +22,11 @@
 // behind; the lock file records their names and the next binary to claim X
 // removes them.
 //
+// A test that needs the root namespace's interfaces to stay as they are (a
+// browser: Chromium aborts its requests when they change) calls Quiet: it
+// waits until no Network exists in any process, and New waits while it
+// holds (a lock file under /run/memcache-netns, shared by every Network).
+//
 // It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN), ip from iproute2, nft for
 // Block, and IPv6 enabled for Options.IPv6. Without them Require (and New)
 // skips the test, or fails it when MEMCACHE_TEST_REQUIRE_NETNS=1.
@@ -168,6 +173,11 @@ func NewWith(t testing.TB, opts Options) *Network {
 		opts.StopGrace = 20 * time.Second
 	}
 	nw := &Network{t: t, opts: opts, logDir: t.TempDir()}
+	quiet, err := lockQuiet(syscall.LOCK_SH, t, "a test that needs the network still (a browser) to end")
+	if err != nil {
+		t.Fatalf("netns: %v", err)
+	}
+	t.Cleanup(func() { quiet.Close() }) // after nw.cleanup (registered later, run first)
 	if err := nw.claim(); err != nil {
 		t.Fatalf("netns: %v", err)
 	}
