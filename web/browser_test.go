@@ -204,12 +204,44 @@ var markStale = chromedp.Evaluate[chromedp.Void](`document.body.setAttribute('da
 // fresh prefixes a selector so it matches only in a document loaded after markStale.
 func fresh(sel string) chromedp.CSS { return chromedp.CSS("body:not([data-stale]) " + sel) }
 
+// settled waits until the dashboard's script has drawn the page's data (at
+// once on a page without it). Until then the pool table grows from its
+// "loading…" row and moves the forms below it: chromedp clicks at an
+// element's coordinates, as a user does, and a click made as the page moves
+// lands beside its target (a radio button left unchecked, a form submitted
+// with the value the page was rendered with).
+var settled = chromedp.Poll[chromedp.Void](`!window.memcacheDashboard || window.memcacheDashboard.state.updates > 0`,
+	chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(stepTimeout))
+
 // submit clicks a form's button and waits for the dashboard that says the
 // write named done succeeded.
 func (tb *tab) submit(button, done string) {
 	tb.t.Helper()
-	tb.do("submitting "+button, markStale, chromedp.Click(chromedp.CSS(button)),
+	tb.do("submitting "+button, settled, markStale, chromedp.Click(chromedp.CSS(button)),
 		chromedp.WaitVisible(fresh(`#notice[data-done="`+done+`"]`)))
+}
+
+// choose clicks a radio button and checks that it is checked; a click that
+// landed beside it (a refresh redrew a table above it between chromedp
+// finding it and clicking) is made again, as a user would.
+func (tb *tab) choose(radio string) {
+	tb.t.Helper()
+	for try := 1; ; try++ {
+		tb.do("choosing "+radio, settled, chromedp.Click(chromedp.CSS(radio)))
+		ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
+		checked, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector('`+radio+`').checked`))
+		cancel()
+		if err != nil {
+			tb.fail("reading "+radio, err)
+		}
+		if checked {
+			return
+		}
+		if try == 3 {
+			tb.fail("choosing "+radio, fmt.Errorf("not checked after %d clicks", try))
+		}
+		tb.t.Logf("choosing %s: the click landed beside it; clicking again", radio)
+	}
 }
 
 // chartsHaveData is true when app.js has drawn the six charts, each with 30
@@ -415,7 +447,8 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 	tb.wait("the summary to show the config", fmt.Sprintf(`document.getElementById('sum-cache').textContent === '%d MB · %s'`, cfg.capacity, cfg.policy))
 
 	// Automatic mode: grow and shrink are disabled.
-	tb.do("choosing automatic mode", chromedp.Click(chromedp.CSS("#mode-auto")),
+	tb.choose("#mode-auto")
+	tb.do("setting the miss-rate band",
 		chromedp.SetValue(chromedp.CSS("#max-miss"), "0.3"), chromedp.SetValue(chromedp.CSS("#min-miss"), "0.05"))
 	tb.submit("#save-scaling", "scaling")
 	if got := s.waitConverged().Scaling; got.Mode != fsm.ModeAuto || got.MaxMissRate != 0.3 || got.MinMissRate != 0.05 {
@@ -431,7 +464,7 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 	}
 
 	// Manual mode, grow by one.
-	tb.do("choosing manual mode", chromedp.Click(chromedp.CSS("#mode-manual")))
+	tb.choose("#mode-manual")
 	tb.submit("#save-scaling", "scaling")
 	if got := s.waitConverged().Scaling.Mode; got != fsm.ModeManual {
 		t.Errorf("mode: got %s, want manual", got)
@@ -458,7 +491,7 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 	before := s.state()
 	tb.do("clearing caches without the CSRF token",
 		chromedp.Evaluate[chromedp.Void](`document.querySelector('form[action="/ui/clear"] input[name=csrf]').remove()`),
-		markStale, chromedp.Click(chromedp.CSS("#clear-caches")), chromedp.WaitVisible(fresh("#problem-heading")))
+		settled, markStale, chromedp.Click(chromedp.CSS("#clear-caches")), chromedp.WaitVisible(fresh("#problem-heading")))
 	if got := tb.text("#problem"); !strings.Contains(got, "Nothing was changed") {
 		t.Errorf("form without CSRF: the page says %q, want that nothing was changed", got)
 	}
@@ -484,7 +517,7 @@ func flow(t *testing.T, s *system, tb *tab, r *replica, cfg flowConfig) {
 	// a busy machine gossip may have taken a starved node for failed since
 	// the grow (the pool then changed epoch), so the size is the state's.
 	opened := s.state()
-	tb.do("opening the delete confirmation", markStale, chromedp.Click(chromedp.CSS("#delete-all")),
+	tb.do("opening the delete confirmation", settled, markStale, chromedp.Click(chromedp.CSS("#delete-all")),
 		chromedp.WaitVisible(fresh("#confirm-delete")))
 	list := tb.text("#delete-list")
 	sizes := []int{len(opened.Members)}
