@@ -499,20 +499,12 @@ func untilCaughtUp(ctx context.Context, deadline time.Time, first, most time.Dur
 // fetchFences makes one GET /handoff/{r}?fences=1 and raises the fences it
 // streams.
 func (n *Node) fetchFences(ctx context.Context, r int, rc *receiving) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.handoffURL(rc.from.HTTP, r, rc.epoch, url.Values{"fences": {"1"}}), nil)
+	body, err := n.openHandoff(ctx, r, rc, url.Values{"fences": {"1"}})
 	if err != nil {
 		return err
 	}
-	resp, err := n.handoff.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return &handoffStatusError{resp.StatusCode, strings.TrimSpace(string(msg))}
-	}
-	br := bufio.NewReader(resp.Body)
+	defer body.Close()
+	br := bufio.NewReader(body)
 	for {
 		key, it, err := readFrame(br, 0)
 		if errors.Is(err, io.EOF) {
@@ -560,27 +552,38 @@ func (n *Node) handoffURL(base string, r int, epoch uint64, q url.Values) string
 	return base + "/handoff/" + strconv.Itoa(r) + "?" + q.Encode()
 }
 
-// pull makes one GET /handoff/{r} and installs what it streams.
-func (n *Node) pull(ctx context.Context, r int, rc *receiving, budget int64) error {
-	u := n.handoffURL(rc.from.HTTP, r, rc.epoch, url.Values{"budget": {strconv.FormatInt(budget, 10)}})
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+// openHandoff makes one GET /handoff/{r} with query q at region r's
+// previous owner and returns the stream it answers, or a
+// *handoffStatusError for any answer but 200.
+func (n *Node) openHandoff(ctx context.Context, r int, rc *receiving, q url.Values) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.handoffURL(rc.from.HTTP, r, rc.epoch, q), nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := n.handoff.client.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return &handoffStatusError{resp.StatusCode, strings.TrimSpace(string(msg))}
+		resp.Body.Close()
+		return nil, &handoffStatusError{resp.StatusCode, strings.TrimSpace(string(msg))}
 	}
+	return resp.Body, nil
+}
+
+// pull makes one GET /handoff/{r} and installs what it streams.
+func (n *Node) pull(ctx context.Context, r int, rc *receiving, budget int64) error {
+	body, err := n.openHandoff(ctx, r, rc, url.Values{"budget": {strconv.FormatInt(budget, 10)}})
+	if err != nil {
+		return err
+	}
+	defer body.Close()
 	h := n.handoff
 	h.mu.Lock()
 	rc.copying = true
 	h.mu.Unlock()
-	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	br := bufio.NewReaderSize(body, 64<<10)
 	for {
 		key, it, err := readFrame(br, n.cache.Capacity())
 		if errors.Is(err, io.EOF) {
